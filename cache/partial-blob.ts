@@ -1,0 +1,272 @@
+import type { Readable } from 'node:stream';
+import type { Digest } from '../registry/digest.js';
+import { RegfsError } from '../registry/errors.js';
+import type { FdLease } from './fd-pool.js';
+import { writeRangeMap } from './range-map-file.js';
+import { RangeSet, type ByteSpan } from './range-set.js';
+import type { ReadAhead } from './read-ahead.js';
+
+/** RangeFetcher opens an upstream stream of exactly the bytes [span.start, span.end) of the blob. */
+export type RangeFetcher = (span: ByteSpan, signal: AbortSignal) => Promise<Readable>;
+
+/** FetchTask is one upstream range fetch streaming into the sparse file; `end` may shrink when a far-away reader splits it. */
+export interface FetchTask {
+  readonly start: number;
+  /** pos is the next byte the task will write; [start, pos) is present. */
+  pos: number;
+  end: number;
+  readonly controller: AbortController;
+  /** done settles when the task has stopped; it rejects with the task's RegfsError. */
+  readonly done: Promise<void>;
+}
+
+/** PartialBlobFiles is how a partial blob reaches its files: a lease of the sparse data file and the range map path. */
+export interface PartialBlobFiles {
+  /** dataPath is the sparse data file. */
+  dataPath: string;
+  /** mapPath is the persisted range map beside it. */
+  mapPath: string;
+  /** open leases the data file for reading and positional writing (created when absent). */
+  open(): Promise<FdLease>;
+  /** onBytes is told how many upstream bytes were written. */
+  onBytes(n: number): void;
+}
+
+interface Waiter {
+  start: number;
+  end: number;
+  resolve(): void;
+  reject(err: Error): void;
+}
+
+function overlaps(a: ByteSpan, b: ByteSpan): boolean {
+  return a.start < b.end && b.start < a.end;
+}
+
+/** closedError is the error in-flight work fails with when the cache shuts down or drops the blob. */
+export function closedError(digest: Digest): RegfsError {
+  return new RegfsError('IO', `blob ${digest}: the cache stopped fetching it (closed or evicted)`);
+}
+
+function toRegfsError(err: unknown, what: string): RegfsError {
+  if (err instanceof RegfsError) return err;
+  return new RegfsError('IO', `${what}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+}
+
+/**
+ * PartialBlob is one large blob being filled by HTTP ranges into a sparse file: which bytes are present
+ * (a RangeSet), which are being fetched (FetchTasks, single flight per byte), who waits for which bytes,
+ * and the range map persisted next to the data so a restart keeps what was fetched.
+ */
+export class PartialBlob {
+  /** tasks are the upstream fetches in flight. */
+  readonly tasks = new Set<FetchTask>();
+  /** lastAccess is the LRU clock of the last read. */
+  lastAccess: number;
+  /** finalizing is the in-flight verify-and-promote of a complete partial. */
+  finalizing?: Promise<void>;
+  /** dead is set once the blob was promoted, discarded or evicted: readers must start over. */
+  dead = false;
+  private readonly waiters = new Set<Waiter>();
+  private persistChain: Promise<void> = Promise.resolve();
+  private queuedPersist?: Promise<void>;
+  private deadError?: RegfsError;
+
+  constructor(
+    readonly digest: Digest,
+    readonly size: number,
+    readonly ranges: RangeSet,
+    readonly readAhead: ReadAhead,
+    private readonly files: PartialBlobFiles,
+    lastAccess: number,
+  ) {
+    this.lastAccess = lastAccess;
+  }
+
+  /** isComplete tells whether every byte is present. */
+  isComplete(): boolean {
+    return this.ranges.has(0, this.size);
+  }
+
+  /** known returns the bytes present or being fetched. */
+  known(): RangeSet {
+    const k = this.ranges.clone();
+    for (const t of this.tasks) if (t.pos < t.end) k.add(t.pos, t.end);
+    return k;
+  }
+
+  /**
+   * plan returns the spans to fetch so [start, end) becomes present, plus read-ahead up to `window` bytes
+   * from `start` (only once less than half a window is known ahead of `end`). A fetch in flight whose next
+   * byte is more than `splitDistance` before the first missing byte is cut short there, so a far-away
+   * reader does not wait for it to stream through everything in between.
+   */
+  plan(start: number, end: number, window: number, splitDistance: number): ByteSpan[] {
+    const gap = this.ranges.missing(start, end)[0];
+    if (gap) {
+      for (const t of this.tasks) {
+        if (t.pos < gap.start && gap.start < t.end && gap.start - t.pos > splitDistance) t.end = gap.start;
+      }
+    }
+    const known = this.known();
+    const want = Math.min(this.size, Math.max(end, start + window));
+    if (known.has(start, end)) {
+      const ahead = known.runEnd(end);
+      if (ahead >= want || ahead - end >= window / 2) return [];
+      return known.missing(ahead, want);
+    }
+    return known.missing(start, want);
+  }
+
+  /** startFetch streams [span.start, span.end) from upstream into the sparse file, marking bytes as each chunk lands. */
+  startFetch(span: ByteSpan, fetcher: RangeFetcher): FetchTask {
+    const controller = new AbortController();
+    let resolveDone!: () => void;
+    let rejectDone!: (e: Error) => void;
+    const done = new Promise<void>((res, rej) => {
+      resolveDone = res;
+      rejectDone = rej;
+    });
+    done.catch(() => undefined); // observed by whoever waits; never unhandled
+    const task: FetchTask = { start: span.start, pos: span.start, end: span.end, controller, done };
+    this.tasks.add(task);
+    void this.runTask(task, fetcher).then(
+      () => resolveDone(),
+      (e: Error) => rejectDone(e),
+    );
+    return task;
+  }
+
+  private async runTask(task: FetchTask, fetcher: RangeFetcher): Promise<void> {
+    const what = `blob ${this.digest} bytes ${task.start}-${task.end}`;
+    let error: RegfsError | undefined;
+    let lease: FdLease | undefined;
+    try {
+      lease = await this.files.open();
+      const stream = await fetcher({ start: task.start, end: task.end }, task.controller.signal);
+      try {
+        for await (const c of stream) {
+          if (task.controller.signal.aborted) break;
+          let chunk = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
+          const room = task.end - task.pos;
+          if (room <= 0) break;
+          if (chunk.length > room) chunk = chunk.subarray(0, room);
+          let off = 0;
+          while (off < chunk.length) off += (await lease.fh.write(chunk, off, chunk.length - off, task.pos + off)).bytesWritten;
+          const from = task.pos;
+          task.pos += chunk.length;
+          this.ranges.add(from, task.pos);
+          this.files.onBytes(chunk.length);
+          this.wake();
+          if (task.pos >= task.end) break;
+        }
+      } finally {
+        if (!stream.destroyed) stream.destroy();
+      }
+      if (task.controller.signal.aborted) throw this.deadError ?? closedError(this.digest);
+      if (task.pos < task.end) throw new RegfsError('SIZE_MISMATCH', `${what}: upstream ended after ${task.pos - task.start} bytes`);
+    } catch (err) {
+      error = task.controller.signal.aborted ? (this.deadError ?? closedError(this.digest)) : toRegfsError(err, what);
+    } finally {
+      lease?.release();
+      this.tasks.delete(task);
+    }
+    this.settle(task, error);
+    if (error) throw error;
+  }
+
+  /** waitFor resolves when [start, end) is present, or when a fetch it depends on settles (so the caller re-plans); it rejects with that fetch's error. */
+  waitFor(start: number, end: number): Promise<void> {
+    if (this.deadError) return Promise.reject(this.deadError);
+    if (this.dead || this.ranges.has(start, end) || !this.known().has(start, end)) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => this.waiters.add({ start, end, resolve, reject }));
+  }
+
+  private wake(): void {
+    for (const w of this.waiters) {
+      if (this.ranges.has(w.start, w.end)) {
+        this.waiters.delete(w);
+        w.resolve();
+      }
+    }
+  }
+
+  private settle(task: FetchTask, error: RegfsError | undefined): void {
+    const unfilled: ByteSpan = { start: task.pos, end: task.end };
+    for (const w of this.waiters) {
+      this.waiters.delete(w);
+      if (error && !this.ranges.has(w.start, w.end) && overlaps(w, unfilled)) w.reject(error);
+      else w.resolve();
+    }
+  }
+
+  /** read copies present bytes [position, position+n) into buf[0..n). */
+  async read(buf: Buffer, position: number, n: number): Promise<number> {
+    const lease = await this.files.open();
+    try {
+      let got = 0;
+      while (got < n) {
+        const { bytesRead } = await lease.fh.read(buf, got, n - got, position + got);
+        if (bytesRead === 0) throw new RegfsError('IO', `partial blob ${this.digest}: sparse file ended at ${position + got}, before bytes marked present`);
+        got += bytesRead;
+      }
+      return got;
+    } finally {
+      lease.release();
+    }
+  }
+
+  /** abortAll stops every fetch in flight (they fail with `reason`, or a "cache closed" error). */
+  abortAll(reason?: RegfsError): void {
+    if (reason) this.deadError ??= reason;
+    for (const t of this.tasks) t.controller.abort();
+  }
+
+  /** drain waits until no fetch is in flight. */
+  async drain(): Promise<void> {
+    while (this.tasks.size > 0) await Promise.allSettled([...this.tasks].map((t) => t.done));
+  }
+
+  /**
+   * retire marks the blob dead (promoted, discarded or evicted), aborts its fetches, wakes its waiters
+   * (rejecting them with `error` if given, else letting them start over), and waits for fetches and persists to stop.
+   */
+  async retire(error?: RegfsError): Promise<void> {
+    this.dead = true;
+    if (error) this.deadError = error;
+    this.abortAll(error);
+    for (const w of this.waiters) {
+      this.waiters.delete(w);
+      if (error) w.reject(error);
+      else w.resolve();
+    }
+    await this.drain();
+    await this.persistChain;
+  }
+
+  /** flush makes written bytes durable (fdatasync). */
+  async flush(): Promise<void> {
+    const lease = await this.files.open();
+    try {
+      await lease.fh.datasync();
+    } finally {
+      lease.release();
+    }
+  }
+
+  /** persist syncs the data then atomically writes the range map; calls made while one runs coalesce into one more. */
+  persist(): Promise<void> {
+    if (this.queuedPersist) return this.queuedPersist;
+    const p = this.persistChain.then(async () => {
+      this.queuedPersist = undefined;
+      if (this.dead || this.ranges.covered() === 0) return;
+      const snapshot = this.ranges.clone(); // taken before the sync, so every byte it claims is synced
+      await this.flush();
+      if (this.dead) return;
+      await writeRangeMap(this.files.mapPath, { digest: this.digest, size: this.size, ranges: snapshot });
+    });
+    this.queuedPersist = p;
+    this.persistChain = p.catch(() => undefined);
+    return p;
+  }
+}

@@ -1,0 +1,57 @@
+import { promises as fsp, constants as C } from 'node:fs';
+import { isDigest, type Digest } from '../registry/digest.js';
+import { RegfsError } from '../registry/errors.js';
+import { writeFileAtomic } from '../util/fs-atomic.js';
+import { RangeSet } from './range-set.js';
+
+/** RangeMap is the persisted state of a partial blob: which bytes of which blob are in its sparse file. */
+export interface RangeMap {
+  digest: Digest;
+  size: number;
+  ranges: RangeSet;
+}
+
+const MAX_MAP_BYTES = 16 * 1024 * 1024;
+
+/** parseRangeMap validates untrusted range-map JSON; ranges must lie inside [0, size). */
+export function parseRangeMap(text: string, where: string): RangeMap {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    throw new RegfsError('INVALID_ARGUMENT', `${where} is not JSON`);
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new RegfsError('INVALID_ARGUMENT', `${where} is not an object`);
+  const r = raw as Record<string, unknown>;
+  if (r.version !== 1) throw new RegfsError('INVALID_ARGUMENT', `${where} has unknown version ${JSON.stringify(r.version)}`);
+  if (!isDigest(r.digest)) throw new RegfsError('INVALID_ARGUMENT', `${where} has an invalid digest`);
+  const size = r.size;
+  if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) throw new RegfsError('INVALID_ARGUMENT', `${where} has an invalid size`);
+  const ranges = RangeSet.fromJSON(r.ranges);
+  const spans = ranges.spans();
+  const last = spans[spans.length - 1];
+  if (last && last.end > size) throw new RegfsError('INVALID_ARGUMENT', `${where} has a range past the blob size ${size}`);
+  return { digest: r.digest, size, ranges };
+}
+
+/** serializeRangeMap renders a range map as its persisted JSON. */
+export function serializeRangeMap(m: RangeMap): string {
+  return JSON.stringify({ version: 1, digest: m.digest, size: m.size, ranges: m.ranges.toJSON() });
+}
+
+/** readRangeMap loads and validates a persisted range map (never following a symlink). */
+export async function readRangeMap(file: string): Promise<RangeMap> {
+  const fh = await fsp.open(file, C.O_RDONLY | C.O_NOFOLLOW);
+  try {
+    const st = await fh.stat();
+    if (!st.isFile() || st.size > MAX_MAP_BYTES) throw new RegfsError('INVALID_ARGUMENT', `${file} is not a plausible range map`);
+    return parseRangeMap(await fh.readFile({ encoding: 'utf8' }), file);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** writeRangeMap persists a range map atomically (temp file, fsync, rename, directory fsync). */
+export async function writeRangeMap(file: string, m: RangeMap): Promise<void> {
+  await writeFileAtomic(file, serializeRangeMap(m), 0o600);
+}

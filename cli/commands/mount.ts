@@ -1,0 +1,98 @@
+import type { Command } from 'commander';
+import path from 'node:path';
+import { RegfsError } from '../../registry/errors.js';
+import { createLogger } from '../../util/log.js';
+import { addRemoteOptions } from '../context.js';
+import { action } from '../run.js';
+
+/** parseSize reads a byte size like 512M, 10G, 1024 (binary units). */
+export function parseSize(v: string, flag: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?$/i.exec(v.trim());
+  if (!m) throw new RegfsError('INVALID_ARGUMENT', `invalid ${flag} ${JSON.stringify(v)}: expected a size like 512M or 10G`);
+  const unit = (m[2] ?? 'B').toUpperCase()[0]!;
+  const mult = { B: 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }[unit as 'B'] ?? 1;
+  return Math.floor(Number(m[1]) * mult);
+}
+
+/** parseSeconds reads a duration in seconds (integer or decimal). */
+export function parseSeconds(v: string, flag: string): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) throw new RegfsError('INVALID_ARGUMENT', `invalid ${flag} ${JSON.stringify(v)}: expected seconds, e.g. 30`);
+  return n;
+}
+
+/** registerMount adds `regfs mount` (foreground, like rclone mount) and `regfs unmount`. */
+export function registerMount(program: Command): void {
+  const cmd = program
+    .command('mount')
+    .description('mount a registry (or a folder of OCI layouts) read-only as a directory tree; runs in the foreground, Ctrl-C unmounts')
+    .argument('<source>', 'registry host[:port], or oci:DIR (a folder of OCI image layouts)')
+    .argument('<mountpoint>', 'an existing directory')
+    .option('--cache-dir <dir>', 'blob cache directory (default $XDG_CACHE_HOME/regfs, /var/cache/regfs for root)')
+    .option('--metadata-ttl <seconds>', 'how long tag and repository listings are trusted', '30')
+    .option('--cache-max-size <size>', 'evict least recently used blobs above this size, e.g. 10G')
+    .option('--min-free-space <size>', 'keep at least this much disk free in the cache filesystem', '1G')
+    .option('--verify <mode>', 'lazy: serve ranges before the whole blob is verified; strict: only verified bytes', 'lazy')
+    .option('--allow-other', 'let other users read the mount (needs user_allow_other in /etc/fuse.conf for non-root)')
+    .option('--log-format <format>', 'text or json', 'text')
+    .option('--log-level <level>', 'debug, info, warn or error', 'info');
+  addRemoteOptions(cmd, { credentials: false });
+  cmd.addHelpText('after', '\nExamples:\n  regfs mount localhost:5000 /mnt/registry\n  regfs mount oci:./store ./mnt --cache-max-size 20G\n  ls /mnt/registry/samples/artifact/1.0/ && cat /mnt/registry/samples/artifact/1.0/artifact.txt\n');
+  cmd.action(
+    action(async (ctx, source: string, mountpoint: string) => {
+      const o = ctx.opts as typeof ctx.opts & { cacheDir?: string; metadataTtl: string; cacheMaxSize?: string; minFreeSpace: string; verify: string; allowOther?: boolean; logFormat: string; logLevel: string };
+      if (o.verify !== 'lazy' && o.verify !== 'strict') throw new RegfsError('INVALID_ARGUMENT', `invalid --verify ${o.verify}: expected lazy or strict`);
+      if (o.logFormat !== 'text' && o.logFormat !== 'json') throw new RegfsError('INVALID_ARGUMENT', `invalid --log-format ${o.logFormat}: expected text or json`);
+      if (!['debug', 'info', 'warn', 'error'].includes(o.logLevel)) throw new RegfsError('INVALID_ARGUMENT', `invalid --log-level ${o.logLevel}`);
+      // Loaded on demand: push/pull never pay for the FUSE binding.
+      const { defaultCacheDir, serveMount } = await import('../../mount/serve.js');
+      const log = createLogger({ level: o.debug ? 'debug' : (o.logLevel as 'info'), format: o.logFormat });
+      const registry = ctx.registry(source, { mount: true, log });
+      const running = await serveMount({
+        registry,
+        mountpoint,
+        cacheDir: o.cacheDir ?? defaultCacheDir(),
+        metadataTtlMs: parseSeconds(o.metadataTtl, '--metadata-ttl') * 1000,
+        cache: {
+          maxSize: o.cacheMaxSize ? parseSize(o.cacheMaxSize, '--cache-max-size') : undefined,
+          minFreeBytes: parseSize(o.minFreeSpace, '--min-free-space'),
+          verify: o.verify,
+        },
+        log,
+        allowOther: o.allowOther,
+      });
+      await new Promise<void>((resolve) => {
+        const stop = (sig: string): void => {
+          log.info(`received ${sig}, unmounting`);
+          process.off('SIGINT', onInt);
+          process.off('SIGTERM', onTerm);
+          running.stop().then(resolve, resolve);
+        };
+        const onInt = (): void => stop('SIGINT');
+        const onTerm = (): void => stop('SIGTERM');
+        process.on('SIGINT', onInt);
+        process.on('SIGTERM', onTerm);
+        process.on('SIGHUP', () => {
+          running.metadata.dropListings();
+          log.info('SIGHUP: dropped cached listings');
+        });
+      });
+    }),
+  );
+
+  const un = program
+    .command('unmount')
+    .description('unmount a regfs mount (also a stale one left by a crash)')
+    .argument('<mountpoint>', 'the mounted directory');
+  un.addHelpText('after', '\nExample:\n  regfs unmount /mnt/registry\n');
+  un.action(
+    action(async (ctx, mountpoint: string) => {
+      const { fusermountUnmount, procMountpoints } = await import('../../mount/mounter.js');
+      const abs = path.resolve(mountpoint);
+      const m = (await procMountpoints()).find((x) => x.mountpoint === abs);
+      if (!m) throw new RegfsError('NOT_FOUND', `${abs} is not mounted`);
+      await fusermountUnmount(abs);
+      ctx.out.line(`Unmounted ${abs}`);
+    }),
+  );
+}

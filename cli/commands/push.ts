@@ -1,0 +1,101 @@
+import type { Command } from 'commander';
+import { RegfsError } from '../../registry/errors.js';
+import { packArtifact, parseAnnotationArgs, parseFileArg } from '../../registry/pack.js';
+import { isTag, referenceString } from '../../registry/reference.js';
+import { pullArtifact, pushArtifact } from '../../registry/transfer.js';
+import { addRemoteOptions } from '../context.js';
+import { Progress } from '../progress.js';
+import { action } from '../run.js';
+
+function collect(v: string, prev: string[] = []): string[] {
+  return [...prev, v];
+}
+
+function stderrTty(format: string | undefined): NodeJS.WriteStream | undefined {
+  return format !== 'json' && process.stderr.isTTY ? process.stderr : undefined;
+}
+
+/** registerPush adds `regfs push` (ORAS file-to-layer conventions). */
+export function registerPush(program: Command): void {
+  const cmd = program
+    .command('push')
+    .description('push files as an artifact: one layer per file (title annotation), a directory as one tar+gzip layer')
+    .argument('<reference>', 'host[:port]/repo[:tag][,tag2...] or oci:DIR[:tag]')
+    .argument('[files...]', 'FILE[:TYPE] to push; TYPE defaults to application/vnd.oci.image.layer.v1.tar')
+    .option('--config <file[:type]>', 'config file and its media type (default: the empty config, with an artifactType)')
+    .option('--manifest-config <file[:type]>', 'older ORAS spelling of --config')
+    .option('--artifact-type <type>', 'artifactType of the manifest (default application/vnd.unknown.artifact.v1 when no config is given)')
+    .option('-a, --annotation <key=value>', 'manifest annotation (repeatable)', collect, [])
+    .option('--annotation-file <file>', 'JSON annotations: {"$manifest": {...}, "$config": {...}, "<file title>": {...}}')
+    .option('--concurrency <n>', 'blobs uploaded at once', '5');
+  addRemoteOptions(cmd, { layout: true });
+  cmd.addHelpText('after', '\nExamples:\n  regfs push localhost:5000/samples/artifact:1.0 ./artifact.txt:application/vnd.unknown.layer.v1+txt\n  regfs push localhost:5000/docs:v1,latest README.md docs/\n  regfs push oci:./store/samples/artifact:1.0 artifact.txt\n');
+  cmd.action(
+    action(async (ctx, refArg: string, files: string[]) => {
+      const o = ctx.opts as typeof ctx.opts & { config?: string; manifestConfig?: string; artifactType?: string; annotation: string[]; annotationFile?: string; concurrency: string };
+      const [first, ...extraTags] = refArg.split(',');
+      const ref = ctx.reference(first!);
+      for (const t of extraTags) if (!isTag(t)) throw new RegfsError('INVALID_REFERENCE', `invalid tag ${JSON.stringify(t)} in ${JSON.stringify(refArg)}`);
+      if (ref.digest) throw new RegfsError('INVALID_REFERENCE', `cannot push to a digest reference ${JSON.stringify(first)}; give a tag`);
+      if (o.config && o.manifestConfig) throw new RegfsError('INVALID_ARGUMENT', '--config and --manifest-config are the same flag; give one');
+      const concurrency = Number(o.concurrency);
+      if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 64) throw new RegfsError('INVALID_ARGUMENT', `invalid --concurrency ${o.concurrency}: expected 1-64`);
+      const cfg = o.config ?? o.manifestConfig;
+      const packed = await packArtifact({
+        files: files.map(parseFileArg),
+        config: cfg ? parseFileArg(cfg) : undefined,
+        artifactType: o.artifactType,
+        annotations: parseAnnotationArgs(o.annotation),
+        annotationFile: o.annotationFile,
+      });
+      const tags = [ref.tag ?? 'latest', ...extraTags];
+      const repo = ctx.repository(ref, { create: true });
+      const progress = new Progress({ start: 'Uploading', done: 'Uploaded' }, (l) => ctx.out.line(l), stderrTty(o.format));
+      const desc = await pushArtifact(repo, packed, tags, { concurrency, onEvent: (e) => progress.on(e) });
+      progress.clear();
+      const shown = referenceString({ ...ref, tag: tags[0] });
+      ctx.out.result(
+        { reference: shown, tags, mediaType: desc.mediaType, digest: desc.digest, size: desc.size, artifactType: packed.artifactType ?? null },
+        [`Pushed [${ref.kind === 'remote' ? 'registry' : 'oci-layout'}] ${shown}`, ...(packed.artifactType ? [`ArtifactType: ${packed.artifactType}`] : []), `Digest: ${desc.digest}`],
+      );
+    }),
+  );
+}
+
+/** registerPull adds `regfs pull`. */
+export function registerPull(program: Command): void {
+  const cmd = program
+    .command('pull')
+    .description('pull the titled files of an artifact into a directory (verified, written atomically, never outside it)')
+    .argument('<reference>', 'host[:port]/repo:tag, host[:port]/repo@sha256:... or oci:DIR[:tag]')
+    .option('-o, --output <dir>', 'output directory', '.')
+    .option('--media-type <types>', 'only pull layers of these media types (comma-separated)')
+    .option('--keep-old-files', 'refuse to replace files that already exist')
+    .option('--concurrency <n>', 'blobs downloaded at once', '3');
+  addRemoteOptions(cmd, { layout: true });
+  cmd.addHelpText('after', '\nExamples:\n  regfs pull localhost:5000/samples/artifact:1.0 -o out/\n  regfs pull localhost:5000/samples/artifact:1.0 --media-type application/vnd.unknown.layer.v1+txt\n');
+  cmd.action(
+    action(async (ctx, refArg: string) => {
+      const o = ctx.opts as typeof ctx.opts & { output: string; mediaType?: string; keepOldFiles?: boolean; concurrency: string };
+      const ref = ctx.reference(refArg);
+      const reference = ref.digest ?? ref.tag ?? 'latest';
+      const concurrency = Number(o.concurrency);
+      if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 64) throw new RegfsError('INVALID_ARGUMENT', `invalid --concurrency ${o.concurrency}: expected 1-64`);
+      const repo = ctx.repository(ref);
+      const progress = new Progress({ start: 'Downloading', done: 'Downloaded' }, (l) => ctx.out.line(l), stderrTty(o.format));
+      const res = await pullArtifact(repo, reference, o.output, {
+        mediaTypes: o.mediaType?.split(',').map((s) => s.trim()).filter(Boolean),
+        keepOldFiles: o.keepOldFiles,
+        concurrency,
+        onEvent: (e) => progress.on(e),
+      });
+      progress.clear();
+      if (res.skipped) ctx.out.line(`Skipped pulling ${res.skipped} layer(s) without file name in "org.opencontainers.image.title"`);
+      const shown = referenceString({ ...ref, tag: ref.digest ? undefined : reference });
+      ctx.out.result(
+        { reference: shown, digest: res.manifest.descriptor.digest, mediaType: res.manifest.descriptor.mediaType, files: res.files, output: o.output },
+        [`Pulled [${ref.kind === 'remote' ? 'registry' : 'oci-layout'}] ${shown}`, `Digest: ${res.manifest.descriptor.digest}`],
+      );
+    }),
+  );
+}

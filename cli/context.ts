@@ -1,0 +1,123 @@
+import { Command, Option } from 'commander';
+import { CredentialStore, type Credential, type CredentialProvider } from '../registry/credentials.js';
+import { RegfsError } from '../registry/errors.js';
+import { OciLayoutRepository, OciLayoutStore } from '../registry/oci-layout.js';
+import { parseReference, parseRegistryHost, type Reference } from '../registry/reference.js';
+import { RemoteRegistry } from '../registry/remote.js';
+import type { TransportOptions } from '../registry/http-client.js';
+import type { Registry, Repository } from '../registry/storage.js';
+import { createLogger, nullLogger, type Logger } from '../util/log.js';
+import { Output, type OutputFormat } from './output.js';
+
+/** CommonOptions are the flags every registry command accepts (ORAS spellings). */
+export interface CommonOptions {
+  plainHttp?: boolean;
+  insecure?: boolean;
+  caFile?: string;
+  registryConfig?: string;
+  username?: string;
+  password?: string;
+  ociLayout?: boolean;
+  format?: OutputFormat;
+  debug?: boolean;
+}
+
+/** addRemoteOptions adds the connection and credential flags to a command. */
+export function addRemoteOptions(cmd: Command, opts: { layout?: boolean; credentials?: boolean } = {}): Command {
+  cmd
+    .option('--plain-http', 'use plain HTTP for a non-loopback registry (loopback hosts use HTTP unless --ca-file or --insecure is given)')
+    .option('--insecure', 'use HTTPS but skip TLS certificate verification')
+    .option('--ca-file <file>', 'trust the CA certificates in this PEM file (selects HTTPS for loopback hosts too)')
+    .option('--registry-config <file>', 'docker-compatible credentials file (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json)')
+    .option('-d, --debug', 'log HTTP requests to stderr (credentials are never printed)');
+  if (opts.credentials !== false) {
+    cmd.option('-u, --username <user>', 'registry username (overrides stored credentials)').option('-p, --password <password>', 'registry password or token (prefer stored credentials from regfs login)');
+  }
+  if (opts.layout) cmd.option('--oci-layout', 'treat the reference as an OCI image layout directory DIR[:tag] (same as oci:DIR[:tag])');
+  return addFormatOption(cmd);
+}
+
+/** addFormatOption adds `--format text|json`. */
+export function addFormatOption(cmd: Command): Command {
+  return cmd.addOption(new Option('--format <format>', 'output format').choices(['text', 'json']).default('text'));
+}
+
+/** Context is what a command needs: output, logging, and a way to open registries and repositories. */
+export class Context {
+  readonly out: Output;
+  readonly log: Logger;
+  private readonly opened: Registry[] = [];
+
+  constructor(readonly opts: CommonOptions) {
+    this.out = new Output(opts.format ?? 'text');
+    this.log = opts.debug ? createLogger({ level: 'debug' }) : nullLogger;
+  }
+
+  /** credentials returns the provider for this command: explicit -u/-p first, then the config file. */
+  credentials(): CredentialProvider {
+    const store = new CredentialStore(this.opts.registryConfig);
+    const { username, password } = this.opts;
+    if (username !== undefined || password !== undefined) {
+      if (username === undefined) throw new RegfsError('INVALID_ARGUMENT', '--password given without --username');
+      const cred: Credential = { username, password: password ?? '' };
+      return async () => cred;
+    }
+    return store.provider();
+  }
+
+  /** remote opens a registry by host; `tune` overrides transport settings (the mount uses short deadlines). */
+  remote(host: string, tune: Partial<TransportOptions> = {}): RemoteRegistry {
+    const r = new RemoteRegistry(parseRegistryHost(host), {
+      plainHttp: this.opts.plainHttp,
+      insecure: this.opts.insecure,
+      caFile: this.opts.caFile,
+      credentials: this.credentials(),
+      log: this.log,
+      ...tune,
+    });
+    this.opened.push(r);
+    return r;
+  }
+
+  /** reference parses a reference, honouring --oci-layout. */
+  reference(input: string): Reference {
+    return parseReference(input, { layout: this.opts.ociLayout });
+  }
+
+  /** repository opens the repository a reference names (remote or OCI layout). */
+  repository(ref: Reference, opts: { create?: boolean } = {}): Repository {
+    if (ref.kind === 'layout') return new OciLayoutRepository(ref.path, layoutName(ref.path), { create: opts.create });
+    return this.remote(ref.registry).repository(ref.repository);
+  }
+
+  /**
+   * registry opens a registry host, or a folder of OCI layouts given as oci:DIR. With `mount`, every
+   * registry call gets a deadline well below the FUSE operation timeout, and few, quick retries.
+   */
+  registry(input: string, opts: { mount?: boolean; log?: Logger } = {}): Registry {
+    if (input.startsWith('oci:') || this.opts.ociLayout) {
+      const dir = input.startsWith('oci:') ? input.slice(4) : input;
+      const store = new OciLayoutStore(dir);
+      this.opened.push(store);
+      return store;
+    }
+    return this.remote(input, opts.mount ? { timeoutMs: 8000, retries: 2, retryBudgetMs: 10_000, log: opts.log ?? this.log } : {});
+  }
+
+  /** close releases every connection pool the command opened. */
+  async close(): Promise<void> {
+    await Promise.all(this.opened.map((r) => r.close().catch(() => undefined)));
+  }
+}
+
+function layoutName(dir: string): string {
+  const base = dir.replace(/\/+$/, '').split('/').pop() ?? 'layout';
+  return base.toLowerCase().replace(/[^a-z0-9._-]/g, '-') || 'layout';
+}
+
+/** requireTagOrDigest refuses a reference without a tag or digest where one is needed. */
+export function requireTagOrDigest(ref: Reference, input: string): string {
+  const r = ref.digest ?? ref.tag;
+  if (!r) throw new RegfsError('INVALID_REFERENCE', `reference ${JSON.stringify(input)} needs a tag or digest, e.g. ${input}:latest`);
+  return r;
+}

@@ -1,0 +1,48 @@
+import { Command, CommanderError } from 'commander';
+import { registerLogin } from './commands/login.js';
+import { registerMount } from './commands/mount.js';
+import { registerPull, registerPush } from './commands/push.js';
+import { registerInspect, registerRepo } from './commands/repo.js';
+import { ExitCode } from './exit-codes.js';
+import { exitState } from './run.js';
+
+/** VERSION is the regfs release. */
+export const VERSION = '0.1.0';
+
+/** buildProgram assembles the commander program with every command. */
+export function buildProgram(): Command {
+  const program = new Command('regfs')
+    .description('Mount an OCI registry as a directory tree, and push/pull artifacts the ORAS way')
+    .version(VERSION)
+    .showHelpAfterError('(run with --help for usage)')
+    .enablePositionalOptions(false);
+  registerLogin(program);
+  registerPush(program);
+  registerPull(program);
+  registerRepo(program);
+  registerInspect(program);
+  registerMount(program);
+  const exit = (cmd: Command): void => {
+    cmd.exitOverride();
+    cmd.commands.forEach(exit);
+  };
+  exit(program);
+  return program;
+}
+
+/** main runs the CLI with argv and resolves to the process exit code. */
+export async function main(argv: string[]): Promise<number> {
+  exitState.code = 0;
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return ExitCode.ok;
+      return ExitCode.usage;
+    }
+    process.stderr.write(`Error: ${(err as Error).message}\n`);
+    return ExitCode.failure;
+  }
+  return exitState.code;
+}

@@ -1,0 +1,56 @@
+import { isRegfsError } from '../registry/errors.js';
+
+/** Errno values (negated, as FUSE callbacks expect) that the mount returns. */
+export const Errno = {
+  EPERM: -1,
+  ENOENT: -2,
+  EIO: -5,
+  EBADF: -9,
+  EACCES: -13,
+  EEXIST: -17,
+  ENOTDIR: -20,
+  EISDIR: -21,
+  EINVAL: -22,
+  ENOSPC: -28,
+  EROFS: -30,
+  ERANGE: -34,
+  ENAMETOOLONG: -36,
+  ENOSYS: -38,
+  ENODATA: -61,
+  ENOTSUP: -95,
+  ETIMEDOUT: -110,
+} as const;
+
+/** MountError is thrown inside the VFS to answer with a specific errno. */
+export class MountError extends Error {
+  constructor(readonly errno: number, message: string) {
+    super(message);
+  }
+}
+
+/** toErrno translates any error into the errno the kernel sees; this is the only place that decides it. */
+export function toErrno(err: unknown): number {
+  if (err instanceof MountError) return err.errno;
+  if (isRegfsError(err)) {
+    switch (err.code) {
+      case 'NOT_FOUND':
+        return Errno.ENOENT;
+      case 'UNAUTHORIZED':
+      case 'DENIED':
+        return Errno.EACCES;
+      case 'INVALID_REFERENCE':
+      case 'INVALID_DIGEST':
+      case 'INVALID_ARGUMENT':
+        return Errno.ENOENT;
+      case 'UNSUPPORTED':
+        return Errno.ENOTSUP;
+      default:
+        return Errno.EIO;
+    }
+  }
+  const code = (err as NodeJS.ErrnoException)?.code;
+  if (code === 'ENOENT') return Errno.ENOENT;
+  if (code === 'ENOSPC') return Errno.ENOSPC;
+  if (code === 'ENOTDIR') return Errno.ENOTDIR;
+  return Errno.EIO;
+}

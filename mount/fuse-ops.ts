@@ -1,0 +1,141 @@
+import { promises as fsp } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import { errorMessage } from '../registry/errors.js';
+import type { Descriptor } from '../registry/descriptor.js';
+import type { ReadableRepository } from '../registry/storage.js';
+import type { Logger } from '../util/log.js';
+import { Errno, toErrno } from './errno.js';
+import { openFlagsWritable, type Attr, type BlobSource, type Vfs } from './vfs.js';
+
+type Cb<T = undefined> = (err: number, value?: T) => void;
+
+/** FuseHandlers are the plain callback handlers fuse-native calls. */
+export interface FuseHandlers {
+  getattr(p: string, cb: (err: number, stat?: Attr) => void): void;
+  readdir(p: string, cb: (err: number, names?: string[]) => void): void;
+  open(p: string, flags: number, cb: (err: number, fd?: number) => void): void;
+  release(p: string, fd: number, cb: (err: number) => void): void;
+  read(p: string, fd: number, buf: Buffer, len: number, pos: number, cb: (n: number) => void): void;
+  readlink(p: string, cb: (err: number, target?: string) => void): void;
+  getxattr(p: string, name: string, position: number, cb: (err: number, value?: Buffer) => void): void;
+  listxattr(p: string, cb: (err: number, names?: string[]) => void): void;
+  statfs(p: string, cb: (err: number, s?: Record<string, number>) => void): void;
+  access(p: string, mode: number, cb: (err: number) => void): void;
+  [refused: string]: (...args: never[]) => void;
+}
+
+type Handle = { kind: 'blob'; repo: ReadableRepository; layer: Descriptor } | { kind: 'local'; fh: FileHandle };
+
+/** HandlerOptions wire the handlers to the tree, the cache and the log. */
+export interface HandlerOptions {
+  vfs: Vfs;
+  blobs: BlobSource;
+  /** statfsPath is a local directory whose filesystem statfs reports (the cache). */
+  statfsPath: string;
+  log: Logger;
+}
+
+/**
+ * createHandlers returns the FUSE operations over a Vfs: every handler is async, answers through its
+ * callback exactly once, and maps failures to an errno in one place (errno.ts). Reads fill the
+ * kernel's buffer from the cache and never keep it. Writes are refused with EROFS.
+ */
+export function createHandlers(opts: HandlerOptions): FuseHandlers {
+  const { vfs, blobs, log } = opts;
+  const handles = new Map<number, Handle>();
+  let nextFd = 10;
+  const reported = new Map<string, number>();
+
+  /** fail logs an error once per cause per minute (not per read) and returns its errno. */
+  const fail = (op: string, p: string, err: unknown): number => {
+    const errno = toErrno(err);
+    if (errno !== Errno.ENOENT) {
+      const msg = errorMessage(err);
+      const last = reported.get(msg) ?? 0;
+      if (Date.now() - last > 60_000) {
+        reported.set(msg, Date.now());
+        log.warn(`${op} ${p}: ${msg}`);
+      }
+    }
+    return errno;
+  };
+
+  const handlers: FuseHandlers = {
+    getattr(p, cb) {
+      vfs.lookup(p).then((r) => cb(0, r.attr), (e: unknown) => cb(fail('getattr', p, e)));
+    },
+    readdir(p, cb) {
+      vfs.lookup(p).then(
+        async (r) => {
+          if (r.type !== 'dir') return cb(Errno.ENOTDIR);
+          cb(0, ['.', '..', ...(await r.list())]);
+        },
+        (e: unknown) => cb(fail('readdir', p, e)),
+      ).catch((e: unknown) => cb(fail('readdir', p, e)));
+    },
+    open(p, flags, cb) {
+      if (openFlagsWritable(flags)) return cb(Errno.EROFS);
+      vfs.lookup(p).then(
+        async (r) => {
+          const fd = nextFd++;
+          if (r.type === 'file') {
+            blobs.pin(r.layer.digest);
+            handles.set(fd, { kind: 'blob', repo: r.repo, layer: r.layer });
+          } else if (r.type === 'local-file') {
+            handles.set(fd, { kind: 'local', fh: await fsp.open(r.file, 'r') });
+          } else return cb(r.type === 'dir' ? Errno.EISDIR : Errno.EINVAL);
+          cb(0, fd);
+        },
+        (e: unknown) => cb(fail('open', p, e)),
+      ).catch((e: unknown) => cb(fail('open', p, e)));
+    },
+    release(_p, fd, cb) {
+      const h = handles.get(fd);
+      handles.delete(fd);
+      if (h?.kind === 'blob') blobs.unpin(h.layer.digest);
+      if (h?.kind === 'local') h.fh.close().then(() => cb(0), () => cb(0));
+      else cb(0);
+    },
+    read(p, fd, buf, len, pos, cb) {
+      const h = handles.get(fd);
+      if (!h) return cb(Errno.EBADF);
+      const done = (n: number): void => cb(n);
+      if (h.kind === 'local') {
+        h.fh.read(buf, 0, len, pos).then((r) => done(r.bytesRead), (e: unknown) => done(fail('read', p, e)));
+        return;
+      }
+      blobs.read(h.repo, h.layer, buf, pos, len).then(done, (e: unknown) => done(fail('read', p, e)));
+    },
+    readlink(p, cb) {
+      vfs.lookup(p).then((r) => (r.type === 'symlink' ? cb(0, r.target) : cb(Errno.EINVAL)), (e: unknown) => cb(fail('readlink', p, e)));
+    },
+    getxattr(p, name, _position, cb) {
+      vfs.lookup(p).then((r) => {
+        const v = r.xattrs[name];
+        if (v === undefined) return cb(Errno.ENODATA);
+        cb(0, Buffer.from(v, 'utf8'));
+      }, (e: unknown) => cb(fail('getxattr', p, e)));
+    },
+    listxattr(p, cb) {
+      vfs.lookup(p).then((r) => cb(0, Object.keys(r.xattrs)), (e: unknown) => cb(fail('listxattr', p, e)));
+    },
+    statfs(_p, cb) {
+      fsp.statfs(opts.statfsPath).then(
+        (s) => cb(0, { bsize: s.bsize, frsize: s.bsize, blocks: s.blocks, bfree: s.bfree, bavail: s.bavail, files: s.files, ffree: s.ffree, favail: s.ffree, fsid: 0, flag: 1, namemax: 255 }),
+        () => cb(0, { bsize: 4096, frsize: 4096, blocks: 0, bfree: 0, bavail: 0, files: 0, ffree: 0, favail: 0, fsid: 0, flag: 1, namemax: 255 }),
+      );
+    },
+    access(p, mode, cb) {
+      if (mode & 2) return cb(Errno.EROFS);
+      vfs.lookup(p).then(() => cb(0), (e: unknown) => cb(fail('access', p, e)));
+    },
+  };
+  // Every mutating operation is refused: the mount is read-only until write support lands.
+  for (const op of ['create', 'write', 'mkdir', 'unlink', 'rmdir', 'rename', 'truncate', 'ftruncate', 'chmod', 'chown', 'utimens', 'symlink', 'link', 'mknod', 'setxattr', 'removexattr']) {
+    handlers[op] = ((...args: unknown[]) => {
+      const cb = args[args.length - 1] as Cb;
+      cb(Errno.EROFS);
+    }) as (...args: never[]) => void;
+  }
+  return handlers;
+}

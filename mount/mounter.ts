@@ -1,0 +1,110 @@
+import { execFile } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import Fuse from 'fuse-native';
+import { RegfsError } from '../registry/errors.js';
+import type { Logger } from '../util/log.js';
+import type { FuseHandlers } from './fuse-ops.js';
+
+/** procMountpoints lists the FUSE mountpoints in /proc/mounts (decoding its octal escapes). */
+export async function procMountpoints(): Promise<Array<{ mountpoint: string; fstype: string; source: string }>> {
+  const text = await fsp.readFile('/proc/mounts', 'utf8').catch(() => '');
+  const unescape = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  return text
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => l.split(' '))
+    .map(([source, mp, fstype]) => ({ source: unescape(source ?? ''), mountpoint: unescape(mp ?? ''), fstype: fstype ?? '' }))
+    .filter((m) => m.fstype.startsWith('fuse'));
+}
+
+/** fusermountUnmount runs `fusermount -uz MOUNTPOINT` (lazy unmount; clears a stale mount). */
+export function fusermountUnmount(mountpoint: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    execFile('fusermount', ['-uz', mountpoint], (err, _out, stderr) => {
+      if (err) reject(new RegfsError('IO', `fusermount -uz ${mountpoint} failed: ${stderr.trim() || err.message}`));
+      else resolve();
+    });
+  });
+}
+
+/** statWithDeadline stats a path from a child process so a hung mount can never block this one. */
+function probe(mountpoint: string, ms: number): Promise<'ok' | 'stale' | 'hung'> {
+  return new Promise((resolve) => {
+    const child = execFile('stat', ['-c', '%i', mountpoint], { timeout: ms }, (err, _out, stderr) => {
+      if (!err) return resolve('ok');
+      if (/Transport endpoint is not connected|Socket not connected/i.test(stderr)) return resolve('stale');
+      resolve(err.killed ? 'hung' : 'stale');
+    });
+    child.on('error', () => resolve('hung'));
+  });
+}
+
+/**
+ * prepareMountpoint checks the mountpoint before mounting: it must be an empty-or-existing directory;
+ * a FUSE mount left there by a crash (ENOTCONN) is cleared with fusermount -uz; a live mount is refused.
+ */
+export async function prepareMountpoint(mountpoint: string, log: Logger): Promise<string> {
+  const abs = path.resolve(mountpoint);
+  const mounted = (await procMountpoints()).find((m) => m.mountpoint === abs);
+  if (mounted) {
+    const state = await probe(abs, 3000);
+    if (state === 'ok') throw new RegfsError('CONFLICT', `${abs} is already mounted (${mounted.source}); run: regfs unmount ${abs}`);
+    log.warn(`clearing a stale mount at ${abs} (${state})`);
+    await fusermountUnmount(abs);
+  }
+  let st;
+  try {
+    st = await fsp.stat(abs);
+  } catch {
+    throw new RegfsError('NOT_FOUND', `mountpoint ${abs} does not exist: create it with mkdir -p ${abs}`);
+  }
+  if (!st.isDirectory()) throw new RegfsError('INVALID_ARGUMENT', `mountpoint ${abs} is not a directory`);
+  return abs;
+}
+
+/** FuseMountOptions tune the kernel side of a mount. */
+export interface FuseMountOptions {
+  /** attrTimeout and entryTimeout are the kernel's attribute/entry cache lifetimes in seconds. */
+  attrTimeout?: number;
+  entryTimeout?: number;
+  /** opTimeoutMs is when fuse-native answers an operation itself (ETIMEDOUT) if a handler has not. */
+  opTimeoutMs?: number;
+  allowOther?: boolean;
+  fsname?: string;
+}
+
+/** FuseMount is a live mount: the thin shell around fuse-native. */
+export class FuseMount {
+  private constructor(readonly mountpoint: string, private readonly fuse: Fuse) {}
+
+  /** mount attaches handlers at mountpoint (which prepareMountpoint checked). */
+  static mount(mountpoint: string, handlers: FuseHandlers, opts: FuseMountOptions = {}): Promise<FuseMount> {
+    const fuse = new Fuse(mountpoint, handlers, {
+      fsname: opts.fsname ?? 'regfs',
+      subtype: 'regfs',
+      autoCache: true,
+      attrTimeout: opts.attrTimeout ?? 1,
+      entryTimeout: opts.entryTimeout ?? 1,
+      maxRead: 1024 * 1024,
+      timeout: opts.opTimeoutMs ?? 60_000,
+      allowOther: opts.allowOther,
+    });
+    return new Promise((resolve, reject) => {
+      fuse.mount((err) => {
+        if (err) reject(new RegfsError('IO', `cannot mount at ${mountpoint}: ${err.message}`));
+        else resolve(new FuseMount(mountpoint, fuse));
+      });
+    });
+  }
+
+  /** unmount detaches the mount; when the kernel refuses (busy), it falls back to a lazy fusermount -uz. */
+  unmount(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.fuse.unmount((err) => {
+        if (!err) return resolve();
+        fusermountUnmount(this.mountpoint).then(resolve, reject);
+      });
+    });
+  }
+}

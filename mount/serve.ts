@@ -1,0 +1,83 @@
+import { promises as fsp } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { BlobCache, type BlobCacheOptions } from '../cache/blob-cache.js';
+import { MetadataCache } from '../cache/metadata-cache.js';
+import { RegfsError } from '../registry/errors.js';
+import type { Registry } from '../registry/storage.js';
+import type { Logger } from '../util/log.js';
+import { createHandlers } from './fuse-ops.js';
+import { FuseMount, prepareMountpoint } from './mounter.js';
+import { Vfs } from './vfs.js';
+
+/** ServeOptions describe one lazy mount. */
+export interface ServeOptions {
+  registry: Registry;
+  mountpoint: string;
+  cacheDir: string;
+  metadataTtlMs: number;
+  cache: Omit<BlobCacheOptions, 'log'>;
+  log: Logger;
+  allowOther?: boolean;
+}
+
+/** RunningMount is a mounted tree with its caches; stop() unmounts and closes them. */
+export interface RunningMount {
+  mountpoint: string;
+  blobs: BlobCache;
+  metadata: MetadataCache;
+  stop(): Promise<void>;
+}
+
+/** defaultCacheDir is `$XDG_CACHE_HOME/regfs`, `~/.cache/regfs`, or `/var/cache/regfs` for root without XDG. */
+export function defaultCacheDir(): string {
+  if (process.env.XDG_CACHE_HOME) return path.join(process.env.XDG_CACHE_HOME, 'regfs');
+  if (process.getuid?.() === 0) return '/var/cache/regfs';
+  return path.join(os.homedir(), '.cache', 'regfs');
+}
+
+/** isInside tells whether `child` is `parent` or below it. */
+export function isInside(parent: string, child: string): boolean {
+  const rel = path.relative(parent, child);
+  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
+}
+
+/**
+ * serveMount wires a registry to a mountpoint: metadata cache, blob cache, the virtual tree and the
+ * FUSE handlers. The cache may not live under the mountpoint (the process must never touch its own mount).
+ */
+export async function serveMount(opts: ServeOptions): Promise<RunningMount> {
+  const mountpoint = path.resolve(opts.mountpoint);
+  const cacheDir = path.resolve(opts.cacheDir);
+  if (isInside(mountpoint, cacheDir)) {
+    throw new RegfsError('INVALID_ARGUMENT', `cache directory ${cacheDir} is inside the mountpoint ${mountpoint}; choose another --cache-dir`);
+  }
+  await prepareMountpoint(mountpoint, opts.log);
+  await fsp.mkdir(cacheDir, { recursive: true, mode: 0o700 });
+  const blobs = await BlobCache.open(cacheDir, { ...opts.cache, log: opts.log });
+  const metadata = new MetadataCache({ ttlMs: opts.metadataTtlMs, log: opts.log });
+  const vfs = new Vfs({ registry: opts.registry, metadata, blobs, extractDir: path.join(cacheDir, 'extracted'), log: opts.log });
+  const handlers = createHandlers({ vfs, blobs, statfsPath: cacheDir, log: opts.log });
+  let fuse: FuseMount;
+  try {
+    fuse = await FuseMount.mount(mountpoint, handlers, { allowOther: opts.allowOther });
+  } catch (err) {
+    await blobs.close();
+    throw err;
+  }
+  opts.log.info(`mounted ${opts.registry.display} at ${mountpoint}`, { cache: cacheDir });
+  let stopped: Promise<void> | undefined;
+  return {
+    mountpoint,
+    blobs,
+    metadata,
+    stop: () => {
+      stopped ??= (async () => {
+        await fuse.unmount().catch((e: unknown) => opts.log.warn(`unmount ${mountpoint}: ${(e as Error).message}`));
+        await blobs.close();
+        opts.log.info(`unmounted ${mountpoint}`);
+      })();
+      return stopped;
+    },
+  };
+}

@@ -1,0 +1,70 @@
+import { randomBytes } from 'node:crypto';
+import { promises as fsp, constants as C } from 'node:fs';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { Verifier } from './digest.js';
+import type { Descriptor } from './descriptor.js';
+import { fsyncDir } from '../util/fs-atomic.js';
+
+/**
+ * verifying wraps a stream of a whole blob so it errors at the end (or as soon as it runs long) when
+ * the bytes do not match `desc`. It is pull-based: nothing flows, and no error can fire, before a consumer reads.
+ */
+export function verifying(src: Readable, desc: Descriptor): Readable {
+  return passThrough(src, (v: Verifier | undefined) => v ?? new Verifier(desc.digest, desc.size), (v, chunk) => v.update(chunk), (v) => v.verify());
+}
+
+/**
+ * passThrough maps a stream through per-chunk and end-of-stream hooks as a lazy async generator, so
+ * errors surface to whoever consumes it (never as an unhandled 'error' event) and the source is
+ * destroyed when the consumer stops early.
+ */
+export function passThrough<S>(src: Readable, init: (s: S | undefined) => S, onChunk: (s: S, chunk: Buffer) => void, onEnd?: (s: S) => void): Readable {
+  return Readable.from(
+    (async function* () {
+      const state = init(undefined);
+      try {
+        for await (const c of src) {
+          const chunk = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
+          onChunk(state, chunk);
+          yield chunk;
+        }
+        onEnd?.(state);
+      } finally {
+        if (!src.destroyed) src.destroy();
+      }
+    })(),
+    { objectMode: false },
+  );
+}
+
+/** tempPathFor returns a hidden, unique temp file name beside `file`. */
+export function tempPathFor(file: string): string {
+  return path.join(path.dirname(file), `.${path.basename(file)}.${randomBytes(6).toString('hex')}.part`);
+}
+
+/**
+ * writeStreamAtomic writes a stream to a temp file beside `file` (created exclusively, never following
+ * a symlink), fsyncs it and renames it into place; on any error the temp file is removed and `file` is
+ * untouched. Only the FileHandle owns the fd, so an error never closes a descriptor twice.
+ */
+export async function writeStreamAtomic(src: Readable, file: string, mode = 0o644): Promise<void> {
+  const tmp = tempPathFor(file);
+  const fh = await fsp.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, mode);
+  try {
+    for await (const chunk of src) {
+      const buf = typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer);
+      let off = 0;
+      while (off < buf.length) off += (await fh.write(buf, off, buf.length - off)).bytesWritten;
+    }
+    await fh.sync();
+    await fh.close();
+    await fsp.rename(tmp, file);
+  } catch (err) {
+    src.destroy();
+    await fh.close().catch(() => undefined);
+    await fsp.rm(tmp, { force: true });
+    throw err;
+  }
+  await fsyncDir(path.dirname(file));
+}

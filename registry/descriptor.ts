@@ -1,0 +1,72 @@
+import { parseDigest, type Digest } from './digest.js';
+import { RegfsError } from './errors.js';
+
+/** Platform says which OS and architecture a manifest in an index is for. */
+export interface Platform {
+  architecture: string;
+  os: string;
+  variant?: string;
+  'os.version'?: string;
+}
+
+/** Descriptor points at content by media type, digest and size (OCI image spec). */
+export interface Descriptor {
+  mediaType: string;
+  digest: Digest;
+  size: number;
+  annotations?: Record<string, string>;
+  artifactType?: string;
+  platform?: Platform;
+  urls?: string[];
+  /** data is the optional embedded base64 content. */
+  data?: string;
+}
+
+const MEDIA_TYPE_RE = /^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}\/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$/;
+
+/** isMediaType tells whether s follows RFC 6838's type/subtype grammar. */
+export function isMediaType(s: unknown): s is string {
+  return typeof s === 'string' && MEDIA_TYPE_RE.test(s);
+}
+
+/** MAX_BLOB_SIZE bounds descriptor sizes to what a JS number counts exactly. */
+export const MAX_BLOB_SIZE = Number.MAX_SAFE_INTEGER;
+
+/** parseDescriptor validates an untrusted descriptor: digest grammar, integer size, media type, string annotations. */
+export function parseDescriptor(raw: unknown, where: string): Descriptor {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    throw new RegfsError('INVALID_MANIFEST', `${where} is not an object`);
+  }
+  const r = raw as Record<string, unknown>;
+  if (!isMediaType(r.mediaType)) {
+    throw new RegfsError('INVALID_MANIFEST', `${where} has an invalid mediaType ${JSON.stringify(r.mediaType)}`);
+  }
+  const digest = parseDigest(r.digest, `${where} digest`);
+  const size = r.size;
+  if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) {
+    throw new RegfsError('INVALID_MANIFEST', `${where} has an invalid size ${JSON.stringify(size)}: expected a non-negative integer`);
+  }
+  const d: Descriptor = { mediaType: r.mediaType, digest, size };
+  if (r.annotations !== undefined) d.annotations = parseAnnotations(r.annotations, where);
+  if (r.artifactType !== undefined) {
+    if (!isMediaType(r.artifactType)) throw new RegfsError('INVALID_MANIFEST', `${where} has an invalid artifactType`);
+    d.artifactType = r.artifactType;
+  }
+  if (r.platform !== undefined) d.platform = r.platform as Platform;
+  if (Array.isArray(r.urls)) d.urls = r.urls.filter((u): u is string => typeof u === 'string');
+  if (typeof r.data === 'string') d.data = r.data;
+  return d;
+}
+
+/** parseAnnotations validates an annotation map: string keys to string values. */
+export function parseAnnotations(raw: unknown, where: string): Record<string, string> {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    throw new RegfsError('INVALID_MANIFEST', `${where} annotations are not an object`);
+  }
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(raw)) {
+    if (typeof v !== 'string') throw new RegfsError('INVALID_MANIFEST', `${where} annotation ${JSON.stringify(k)} is not a string`);
+    out[k] = v;
+  }
+  return out;
+}

@@ -1,0 +1,49 @@
+/** Stable error codes; each maps to one exit code (cli/exit-codes.ts) and one errno (mount/errno.ts). */
+export type ErrorCode =
+  | 'INVALID_REFERENCE'
+  | 'INVALID_DIGEST'
+  | 'INVALID_ARGUMENT'
+  | 'INVALID_MANIFEST'
+  | 'UNAUTHORIZED'
+  | 'DENIED'
+  | 'NOT_FOUND'
+  | 'DIGEST_MISMATCH'
+  | 'SIZE_MISMATCH'
+  | 'TOO_LARGE'
+  | 'UNSAFE_PATH'
+  | 'UNSUPPORTED'
+  | 'REGISTRY_ERROR'
+  | 'NETWORK'
+  | 'TIMEOUT'
+  | 'INSECURE_REDIRECT'
+  | 'CONFLICT'
+  | 'IO';
+
+/** RegfsError is the one error type regfs throws on purpose: a stable `code`, a one-line message, an optional cause. */
+export class RegfsError extends Error {
+  override readonly name = 'RegfsError';
+  /** code is the stable kind of failure. */
+  readonly code: ErrorCode;
+  /** status is the HTTP status when the error came from a registry response. */
+  readonly status?: number;
+  /** registryCode is the `code` field of the registry's error body (e.g. MANIFEST_UNKNOWN). */
+  readonly registryCode?: string;
+
+  constructor(code: ErrorCode, message: string, opts: { cause?: unknown; status?: number; registryCode?: string } = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.code = code;
+    this.status = opts.status;
+    this.registryCode = opts.registryCode;
+  }
+}
+
+/** isRegfsError tells whether err is a RegfsError, optionally of the given code. */
+export function isRegfsError(err: unknown, code?: ErrorCode): err is RegfsError {
+  return err instanceof RegfsError && (code === undefined || err.code === code);
+}
+
+/** errorMessage renders any thrown value as one line for a user. */
+export function errorMessage(err: unknown): string {
+  if (err instanceof Error) return err.message.split('\n')[0] ?? String(err);
+  return String(err);
+}

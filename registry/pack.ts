@@ -1,0 +1,203 @@
+import { createHash } from 'node:crypto';
+import { createReadStream, promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { digestOf, type Digest } from './digest.js';
+import { isMediaType, type Descriptor } from './descriptor.js';
+import { RegfsError } from './errors.js';
+import { Annotation, EMPTY_CONFIG, MediaType } from './media-types.js';
+import { checkTitle } from './safe-path.js';
+import type { BlobSource } from './storage.js';
+import { packDirectory, packDirectoryGzip } from './tar-dir.js';
+
+/** FileArg is one `FILE[:TYPE]` argument of push. */
+export interface FileArg {
+  path: string;
+  mediaType?: string;
+}
+
+/** parseFileArg splits `path:media/type`; the suffix counts as a type only when it looks like one. */
+export function parseFileArg(arg: string): FileArg {
+  const i = arg.lastIndexOf(':');
+  if (i > 0) {
+    const t: string = arg.slice(i + 1);
+    if (t.includes('/')) {
+      if (isMediaType(t)) return { path: arg.slice(0, i), mediaType: t };
+      throw new RegfsError('INVALID_ARGUMENT', `invalid media type ${JSON.stringify(t)} in ${JSON.stringify(arg)}: expected type/subtype`);
+    }
+  }
+  return { path: arg };
+}
+
+/** PreparedBlob is a blob ready to upload: its descriptor, a display name and a way to (re)open its bytes. */
+export interface PreparedBlob {
+  name: string;
+  desc: Descriptor;
+  open: BlobSource;
+}
+
+/** PackedArtifact is everything push uploads: config, layers and the manifest bytes. */
+export interface PackedArtifact {
+  config: PreparedBlob;
+  layers: PreparedBlob[];
+  manifest: Buffer;
+  mediaType: string;
+  artifactType?: string;
+}
+
+/** PackOptions are push's inputs, following ORAS's flags. */
+export interface PackOptions {
+  files: FileArg[];
+  /** config is `--config FILE[:TYPE]` (also spelled `--manifest-config`). */
+  config?: FileArg;
+  artifactType?: string;
+  /** annotations are `-a KEY=VALUE` manifest annotations. */
+  annotations?: Record<string, string>;
+  /** annotationFile is ORAS's JSON file: `$manifest`, `$config` and per-title keys. */
+  annotationFile?: string;
+  /** cwd resolves relative file paths (default process.cwd()). */
+  cwd?: string;
+}
+
+type AnnotationFile = Record<string, Record<string, string>>;
+
+async function readAnnotationFile(file: string): Promise<AnnotationFile> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(await fsp.readFile(file, 'utf8'));
+  } catch (err) {
+    throw new RegfsError('INVALID_ARGUMENT', `annotation file ${file} is not readable JSON: ${(err as Error).message}`);
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new RegfsError('INVALID_ARGUMENT', `annotation file ${file} must be a JSON object`);
+  const out: AnnotationFile = {};
+  for (const [k, v] of Object.entries(raw)) {
+    if (typeof v !== 'object' || v === null || Array.isArray(v) || Object.values(v).some((x) => typeof x !== 'string')) {
+      throw new RegfsError('INVALID_ARGUMENT', `annotation file ${file}: "${k}" must map keys to string values`);
+    }
+    out[k] = v as Record<string, string>;
+  }
+  return out;
+}
+
+/** hashStream returns the sha256 digest and length of a stream. */
+export async function hashStream(s: Readable): Promise<{ digest: Digest; size: number }> {
+  const h = createHash('sha256');
+  let size = 0;
+  for await (const c of s) {
+    h.update(c as Buffer);
+    size += (c as Buffer).length;
+  }
+  return { digest: `sha256:${h.digest('hex')}`, size };
+}
+
+/** titleFor turns a push path into its ORAS title: cleaned, slash-separated, relative; absolute or escaping paths are refused. */
+export function titleFor(p: string): string {
+  const cleaned = path.posix.normalize(p.split(path.sep).join('/')).replace(/\/+$/, '');
+  if (path.posix.isAbsolute(cleaned)) {
+    throw new RegfsError('UNSAFE_PATH', `file ${JSON.stringify(p)} is absolute: push it from its directory with a relative path (titles are relative paths)`);
+  }
+  return checkTitle(cleaned);
+}
+
+/** prepareFile hashes one file or directory (a directory becomes a tar+gzip layer with the unpack annotation). */
+export async function prepareFile(arg: FileArg, cwd: string, extra?: Record<string, string>): Promise<PreparedBlob> {
+  const title = titleFor(arg.path);
+  const abs = path.resolve(cwd, arg.path);
+  let st;
+  try {
+    st = await fsp.stat(abs);
+  } catch {
+    throw new RegfsError('NOT_FOUND', `file ${JSON.stringify(arg.path)} not found`);
+  }
+  if (st.isDirectory()) {
+    const tarInfo = await hashStream(packDirectory(abs, { prefix: title }));
+    const gz = await hashStream(packDirectoryGzip(abs, { prefix: title }));
+    return {
+      name: title,
+      desc: {
+        mediaType: arg.mediaType ?? MediaType.ociLayerTarGzip,
+        digest: gz.digest,
+        size: gz.size,
+        annotations: { [Annotation.title]: title, [Annotation.digestAnnotation]: tarInfo.digest, [Annotation.unpack]: 'true', ...extra },
+      },
+      open: () => packDirectoryGzip(abs, { prefix: title }),
+    };
+  }
+  if (!st.isFile()) throw new RegfsError('INVALID_ARGUMENT', `${JSON.stringify(arg.path)} is not a regular file or directory`);
+  const { digest, size } = await hashStream(createReadStream(abs));
+  return {
+    name: title,
+    desc: { mediaType: arg.mediaType ?? MediaType.ociLayerTar, digest, size, annotations: { [Annotation.title]: title, ...extra } },
+    open: () => createReadStream(abs),
+  };
+}
+
+/** packArtifact builds an ORAS-compatible artifact from files: one layer per file, the empty config unless one is given. */
+export async function packArtifact(opts: PackOptions): Promise<PackedArtifact> {
+  const cwd = opts.cwd ?? process.cwd();
+  const af = opts.annotationFile ? await readAnnotationFile(opts.annotationFile) : {};
+  const seen = new Set<string>();
+  const layers: PreparedBlob[] = [];
+  for (const f of opts.files) {
+    const title = titleFor(f.path);
+    if (seen.has(title)) throw new RegfsError('INVALID_ARGUMENT', `file ${JSON.stringify(title)} is given twice`);
+    seen.add(title);
+    layers.push(await prepareFile(f, cwd, af[title]));
+  }
+  for (const key of Object.keys(af)) {
+    if (key !== '$manifest' && key !== '$config' && !seen.has(key)) {
+      throw new RegfsError('INVALID_ARGUMENT', `annotation file names ${JSON.stringify(key)}, which is not among the files pushed`);
+    }
+  }
+  let config: PreparedBlob;
+  let artifactType = opts.artifactType;
+  if (opts.config) {
+    const abs = path.resolve(cwd, opts.config.path);
+    let bytes: Buffer;
+    try {
+      bytes = await fsp.readFile(abs);
+    } catch {
+      throw new RegfsError('NOT_FOUND', `config file ${JSON.stringify(opts.config.path)} not found`);
+    }
+    config = {
+      name: opts.config.path,
+      desc: { mediaType: opts.config.mediaType ?? MediaType.unknownConfig, digest: digestOf(bytes), size: bytes.length, ...(af.$config ? { annotations: af.$config } : {}) },
+      open: () => Readable.from([bytes]),
+    };
+  } else {
+    const bytes = Buffer.from('{}');
+    config = {
+      name: 'config',
+      desc: { mediaType: EMPTY_CONFIG.mediaType, digest: EMPTY_CONFIG.digest, size: EMPTY_CONFIG.size, data: EMPTY_CONFIG.data, ...(af.$config ? { annotations: af.$config } : {}) },
+      open: () => Readable.from([bytes]),
+    };
+    artifactType ??= MediaType.unknownArtifact;
+  }
+  if (artifactType !== undefined && !isMediaType(artifactType)) {
+    throw new RegfsError('INVALID_ARGUMENT', `invalid --artifact-type ${JSON.stringify(artifactType)}: expected type/subtype`);
+  }
+  const annotations = { ...af.$manifest, ...opts.annotations };
+  const layerDescs = layers.length
+    ? layers.map((l) => l.desc)
+    : [{ mediaType: EMPTY_CONFIG.mediaType, digest: EMPTY_CONFIG.digest, size: EMPTY_CONFIG.size, data: EMPTY_CONFIG.data } as Descriptor];
+  const manifest: Record<string, unknown> = {
+    schemaVersion: 2,
+    mediaType: MediaType.ociManifest,
+    ...(artifactType ? { artifactType } : {}),
+    config: config.desc,
+    layers: layerDescs,
+    ...(Object.keys(annotations).length ? { annotations } : {}),
+  };
+  return { config, layers, manifest: Buffer.from(JSON.stringify(manifest)), mediaType: MediaType.ociManifest, artifactType };
+}
+
+/** parseAnnotationArgs turns `KEY=VALUE` strings into a map, refusing a missing `=`. */
+export function parseAnnotationArgs(args: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const a of args) {
+    const i = a.indexOf('=');
+    if (i <= 0) throw new RegfsError('INVALID_ARGUMENT', `invalid annotation ${JSON.stringify(a)}: expected KEY=VALUE`);
+    out[a.slice(0, i)] = a.slice(i + 1);
+  }
+  return out;
+}

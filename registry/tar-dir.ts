@@ -1,0 +1,549 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, promises as fsp, constants as C, type Stats } from 'node:fs';
+import path from 'node:path';
+import { pipeline, Readable, Transform, type TransformCallback } from 'node:stream';
+import { createGunzip, createGzip } from 'node:zlib';
+import tar from 'tar-stream';
+import { digestAlgorithm, type Digest } from './digest.js';
+import { RegfsError, isRegfsError } from './errors.js';
+import { checkTitle, mkdirInside, resolveInside } from './safe-path.js';
+import { fsyncDir } from '../util/fs-atomic.js';
+
+/*
+ * Directory layers, the ORAS way: oras-go's file store (content/file/utils.go `tarDirectory`) walks the
+ * directory depth-first with entries sorted by name inside each directory (Go's filepath.Walk), names every
+ * entry `<prefix>/<path relative to the directory>` where the prefix is the layer's title (the pushed
+ * directory's name), starts with an entry for the directory itself named `<prefix>`, and clears
+ * uid/gid/uname/gname. On pull it extracts into `<dir>/<title>` after checking each entry (and each link
+ * target) lies under `<prefix>`. packDirectory and extractTar(..., { stripPrefix }) follow that layout.
+ */
+
+/** PackOptions tunes packDirectory. */
+export interface PackOptions {
+  /** prefix names the entries `<prefix>/...` (ORAS uses the layer title); default basename(dir). */
+  prefix?: string;
+}
+
+/** ExtractOptions tunes extractTar and extractTarAtomic. */
+export interface ExtractOptions {
+  /** gzip gunzips the source first. */
+  gzip?: boolean;
+  /** stripPrefix requires every entry to be `<prefix>` or under `<prefix>/` and removes that prefix. */
+  stripPrefix?: string;
+  /** tarDigest, when set, is checked against the uncompressed tar stream (ORAS's `io.deis.oras.content.digest`). */
+  tarDigest?: Digest;
+}
+
+/** ExtractResult counts what an extraction wrote. */
+export interface ExtractResult {
+  /** files counts regular files written (hard links, which are copied, included). */
+  files: number;
+  /** bytes counts the content bytes of those files. */
+  bytes: number;
+}
+
+/** HeaderArg is what tar-stream's pack.entry takes. */
+type HeaderArg = Parameters<tar.Pack['entry']>[0];
+
+/** EntrySource is one entry tar-stream's extractor yields (header plus content stream). */
+type EntrySource = tar.Extract extends AsyncIterable<infer S> ? S : never;
+
+/** Sink is the writable tar-stream returns for one packed entry. */
+type Sink = ReturnType<tar.Pack['entry']>;
+
+const MAX_TAR_MTIME = 0o77777777777; // 11 octal digits; tar-stream also truncates to int32 seconds
+const MAX_INT32 = 2 ** 31 - 1;
+
+function ioError(message: string, err: unknown): RegfsError {
+  if (isRegfsError(err)) return err;
+  const detail = (err as NodeJS.ErrnoException | undefined)?.code ?? (err instanceof Error ? err.message : String(err));
+  return new RegfsError('IO', `${message}: ${detail}`, { cause: err });
+}
+
+function unsafeEntry(name: string, reason: string): RegfsError {
+  const shown = JSON.stringify(name.length > 80 ? name.slice(0, 80) + '…' : name);
+  return new RegfsError('UNSAFE_PATH', `unsafe tar entry ${shown}: ${reason}`);
+}
+
+/** reasonOf strips the `unsafe path "<name>": ` lead from an UNSAFE_PATH message, leaving the reason. */
+function reasonOf(err: RegfsError): string {
+  return err.message.replace(/^unsafe (?:path|tar entry) "(?:[^"\\]|\\.)*": /, '');
+}
+
+/** byteCompare orders strings by their UTF-8 bytes, as Go sorts directory names. */
+function byteCompare(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+}
+
+function tarMtime(st: Stats): Date {
+  const secs = Math.min(Math.max(Math.floor(st.mtimeMs / 1000), 0), Math.min(MAX_TAR_MTIME, MAX_INT32));
+  return new Date(secs * 1000);
+}
+
+/** waitDrain resolves once w drains, and rejects if it errors or closes first. */
+function waitDrain(w: Sink): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (w.destroyed) {
+      reject(new Error('tar entry closed early'));
+      return;
+    }
+    const cleanup = (): void => {
+      w.removeListener('drain', onDrain);
+      w.removeListener('error', onError);
+      w.removeListener('close', onClose);
+    };
+    const onDrain = (): void => {
+      cleanup();
+      resolve();
+    };
+    const onError = (err: unknown): void => {
+      cleanup();
+      reject(err);
+    };
+    const onClose = (): void => {
+      cleanup();
+      reject(new Error('tar entry closed early'));
+    };
+    w.on('drain', onDrain);
+    w.on('error', onError);
+    w.on('close', onClose);
+  });
+}
+
+/** addEntry adds one header-only entry (directory, symlink) and waits until the packer accepted it. */
+function addEntry(pack: tar.Pack, header: HeaderArg): Promise<void> {
+  return new Promise((resolve, reject) => {
+    // Errors reach the callback; the listener keeps a destroyed entry from crashing the process.
+    pack.entry(header, (err) => (err ? reject(err) : resolve())).on('error', () => undefined);
+  });
+}
+
+/** addFile streams one regular file into the packer, opened without following symlinks. */
+async function addFile(pack: tar.Pack, abs: string, name: string): Promise<void> {
+  const fh = await fsp.open(abs, C.O_RDONLY | C.O_NOFOLLOW);
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) return; // replaced since the walk saw it
+    const header: HeaderArg = {
+      name,
+      type: 'file',
+      size: st.size,
+      mode: st.mode & 0o7777,
+      mtime: tarMtime(st),
+      uid: 0,
+      gid: 0,
+      uname: '',
+      gname: '',
+    };
+    let sink!: Sink;
+    const done = new Promise<void>((resolve, reject) => {
+      sink = pack.entry(header, (err) => (err ? reject(err) : resolve()));
+    });
+    sink.on('error', () => undefined); // reported through the entry callback and waitDrain
+    done.catch(() => undefined); // awaited below; this only keeps an early throw from leaving it unhandled
+    if (st.size > 0) {
+      const rs = createReadStream('', { fd: fh.fd, autoClose: false, start: 0, end: st.size - 1, highWaterMark: 64 * 1024 });
+      for await (const chunk of rs as AsyncIterable<Buffer>) {
+        if (!sink.write(chunk)) await waitDrain(sink);
+      }
+    }
+    sink.end(undefined);
+    await done;
+  } finally {
+    await fh.close().catch(() => undefined);
+  }
+}
+
+/** walk adds dir's children depth-first, names sorted bytewise within each directory (Go's filepath.Walk order). */
+async function walk(pack: tar.Pack, absDir: string, nameDir: string): Promise<void> {
+  const names = (
+    await fsp.readdir(absDir).catch((err: unknown) => {
+      throw ioError(`cannot pack ${JSON.stringify(absDir)}`, err);
+    })
+  ).sort(byteCompare);
+  for (const child of names) {
+    const abs = path.join(absDir, child);
+    const name = `${nameDir}/${child}`;
+    let st: Stats;
+    try {
+      st = await fsp.lstat(abs);
+    } catch (err) {
+      throw ioError(`cannot pack ${JSON.stringify(abs)}`, err);
+    }
+    const common = { name, mode: st.mode & 0o7777, mtime: tarMtime(st), uid: 0, gid: 0, uname: '', gname: '' };
+    if (st.isDirectory()) {
+      await addEntry(pack, { ...common, type: 'directory', size: 0 });
+      await walk(pack, abs, name);
+    } else if (st.isSymbolicLink()) {
+      const linkname = await fsp.readlink(abs).catch((err: unknown) => {
+        throw ioError(`cannot pack ${JSON.stringify(abs)}`, err);
+      });
+      await addEntry(pack, { ...common, type: 'symlink', size: 0, linkname });
+    } else if (st.isFile()) {
+      await addFile(pack, abs, name).catch((err: unknown) => {
+        throw ioError(`cannot pack ${JSON.stringify(abs)}`, err);
+      });
+    }
+    // sockets, fifos and devices are skipped
+  }
+}
+
+/**
+ * packDirectory streams a deterministic tar (ustar, pax where names need it) of dir the way ORAS packs a
+ * pushed directory: a first entry `<prefix>` for dir itself, then `<prefix>/...` depth-first with names sorted
+ * bytewise per directory; regular files (streamed), directories and symlinks (not followed); uid/gid 0, empty
+ * uname/gname, mode & 0o7777, mtime in whole seconds. dir itself is followed if it is a symlink.
+ */
+export function packDirectory(dir: string, opts: PackOptions = {}): Readable {
+  const pack = tar.pack();
+  const run = async (): Promise<void> => {
+    const root = path.resolve(dir);
+    const prefix = checkTitle(opts.prefix ?? path.basename(root));
+    const st = await fsp.stat(root);
+    if (!st.isDirectory()) throw new RegfsError('INVALID_ARGUMENT', `cannot pack ${JSON.stringify(dir)}: not a directory`);
+    await addEntry(pack, {
+      name: prefix,
+      type: 'directory',
+      size: 0,
+      mode: st.mode & 0o7777,
+      mtime: tarMtime(st),
+      uid: 0,
+      gid: 0,
+      uname: '',
+      gname: '',
+    });
+    await walk(pack, root, prefix);
+    pack.finalize();
+  };
+  run().catch((err: unknown) => {
+    if (!pack.destroyed) pack.destroy(ioError(`cannot pack ${JSON.stringify(dir)}`, err));
+  });
+  return Readable.from(pack, { objectMode: false });
+}
+
+/** packDirectoryGzip is packDirectory piped through gzip; Node's gzip header carries mtime 0, so the output is deterministic. */
+export function packDirectoryGzip(dir: string, opts: PackOptions = {}): Readable {
+  return pipeline(packDirectory(dir, opts), createGzip(), () => undefined);
+}
+
+/** stripDotSlash removes leading `./` from an entry name (`tar -C dir .` style archives). */
+function stripDotSlash(name: string): string {
+  let n = name;
+  while (n.startsWith('./')) n = n.slice(2);
+  return n;
+}
+
+/**
+ * entryPath maps a raw entry name to a checked path relative to dest, or '' for dest itself.
+ * It throws UNSAFE_PATH for names checkTitle refuses or (with a prefix) names outside it.
+ */
+function entryPath(raw: string, prefix: string | undefined): string {
+  const stripped = stripDotSlash(raw);
+  let rel: string;
+  if (stripped === '' || stripped === '.' || /^\/*$/.test(stripped)) {
+    if (raw.startsWith('/')) throw unsafeEntry(raw, 'absolute path');
+    rel = '';
+  } else {
+    try {
+      rel = checkTitle(stripped);
+    } catch (err) {
+      if (isRegfsError(err, 'UNSAFE_PATH')) throw unsafeEntry(raw, reasonOf(err));
+      throw err;
+    }
+  }
+  if (prefix === undefined || rel === '') return rel;
+  if (rel === prefix) return '';
+  if (rel.startsWith(prefix + '/')) return rel.slice(prefix.length + 1);
+  throw unsafeEntry(raw, `not under the layer prefix ${JSON.stringify(prefix)}`);
+}
+
+/**
+ * checkSymlinkTarget allows only a relative target that stays inside dest when resolved against the link's
+ * directory. `..` may only lead the target: after a name component it could climb out through a symlink
+ * (`s -> .`, `t -> s/../x`), which a lexical check cannot see.
+ */
+function checkSymlinkTarget(raw: string, rel: string, target: string): void {
+  if (target === '') throw unsafeEntry(raw, 'symlink with an empty target');
+  if (/[\u0000-\u001f\u007f-\u009f\\]/.test(target)) throw unsafeEntry(raw, 'symlink target contains a control character or backslash');
+  if (target.startsWith('/')) throw unsafeEntry(raw, `symlink target ${JSON.stringify(target)} is absolute`);
+  let seenName = false;
+  for (const seg of target.split('/')) {
+    if (seg === '' || seg === '.') continue;
+    if (seg === '..') {
+      if (seenName) throw unsafeEntry(raw, `symlink target ${JSON.stringify(target)} has '..' after a name`);
+    } else {
+      seenName = true;
+    }
+  }
+  const resolved = path.posix.normalize(path.posix.join(path.posix.dirname(rel === '' ? '.' : rel), target));
+  if (resolved === '..' || resolved.startsWith('../') || path.posix.isAbsolute(resolved)) {
+    throw unsafeEntry(raw, `symlink target ${JSON.stringify(target)} points outside the destination`);
+  }
+}
+
+/** chunks views a tar entry's content as the Buffers tar-stream yields. */
+function chunks(entry: AsyncIterable<unknown>): AsyncIterable<Buffer> {
+  return entry as AsyncIterable<Buffer>;
+}
+
+/** drain reads an entry to its end. */
+async function drain(entry: AsyncIterable<unknown>): Promise<void> {
+  for await (const _chunk of entry) {
+    // discard
+  }
+}
+
+async function writeAll(fh: fsp.FileHandle, chunk: Buffer): Promise<void> {
+  let off = 0;
+  while (off < chunk.length) {
+    const { bytesWritten } = await fh.write(chunk, off, chunk.length - off);
+    off += bytesWritten;
+  }
+}
+
+function tempBeside(abs: string): string {
+  return path.join(path.dirname(abs), `.${path.basename(abs)}.${randomBytes(6).toString('hex')}.part`);
+}
+
+/** placeFile writes a new regular file at abs: exclusive, no-follow temp file beside it, then rename. */
+async function placeFile(abs: string, mode: number, mtime: Date | undefined, fill: (fh: fsp.FileHandle) => Promise<void>): Promise<void> {
+  const tmp = tempBeside(abs);
+  const fh = await fsp.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
+  try {
+    await fill(fh);
+    await fh.chmod(mode & 0o777);
+    if (mtime) await fh.utimes(mtime, mtime).catch(() => undefined);
+    await fh.close();
+    await fsp.rename(tmp, abs);
+  } catch (err) {
+    await fh.close().catch(() => undefined);
+    await fsp.rm(tmp, { force: true });
+    throw err;
+  }
+}
+
+/**
+ * extractTar safely unpacks a tar (optionally gzipped) into dest, creating dest if missing. Every entry name
+ * is checked with checkTitle (leading `./` removed) and, with stripPrefix, must be `<prefix>` or under
+ * `<prefix>/`, which is removed. Directories are made with mkdirInside; files go to an O_EXCL|O_NOFOLLOW temp
+ * file renamed into place, mode & 0o777; symlinks must be relative and stay inside dest; hard links must name
+ * a file this extraction already wrote and are copied; devices and fifos are skipped; nothing is ever written
+ * through an existing symlink (resolveInside on every entry). The first unsafe entry aborts with UNSAFE_PATH,
+ * and what was extracted so far stays in dest: callers needing all-or-nothing use extractTarAtomic, which
+ * extracts into a fresh temp directory and renames it over the target only on success.
+ */
+export async function extractTar(src: Readable, dest: string, opts: ExtractOptions = {}): Promise<ExtractResult> {
+  let prefix: string | undefined;
+  if (opts.stripPrefix !== undefined) {
+    try {
+      prefix = checkTitle(opts.stripPrefix);
+    } catch (err) {
+      src.destroy();
+      throw new RegfsError('INVALID_ARGUMENT', `invalid stripPrefix: ${(err as Error).message}`, { cause: err });
+    }
+  }
+  const root = path.resolve(dest);
+  try {
+    await fsp.mkdir(root, { recursive: true });
+  } catch (err) {
+    src.destroy();
+    throw ioError(`cannot create ${JSON.stringify(dest)}`, err);
+  }
+
+  const hash = opts.tarDigest ? createHash(digestAlgorithm(opts.tarDigest)) : undefined;
+  const hasher = new Transform({
+    transform(chunk: Buffer, _enc, cb: TransformCallback) {
+      hash?.update(chunk);
+      cb(null, chunk);
+    },
+  });
+  const ex = tar.extract();
+  let input!: Readable;
+  const inputDone = new Promise<void>((resolve, reject) => {
+    const onDone = (err: NodeJS.ErrnoException | null | undefined): void => {
+      if (err) {
+        if (!ex.destroyed) ex.destroy(err);
+        reject(err);
+      } else {
+        resolve();
+      }
+    };
+    input = opts.gzip ? pipeline(src, createGunzip(), hasher, onDone) : pipeline(src, hasher, onDone);
+  });
+  inputDone.catch(() => undefined); // awaited on success; on failure the extractor's own error is reported
+  // Take the iterator before any data flows: tar-stream only queues entries for an iterator that exists.
+  const entries = ex[Symbol.asyncIterator]();
+  input.pipe(ex);
+
+  const result: ExtractResult = { files: 0, bytes: 0 };
+  const written = new Set<string>(); // regular files this extraction wrote, relative to root
+  const dirs: { abs: string; mode: number; mtime?: Date }[] = [];
+  const links: { abs: string; mtime: Date }[] = [];
+  const extractEntry = async (entry: EntrySource): Promise<void> => {
+    const h = entry.header;
+    const raw = h.name;
+    const rel = entryPath(raw, prefix);
+    const mode = h.mode ?? 0o644;
+    switch (h.type) {
+      case 'directory': {
+        const abs = await mkdirInside(root, rel);
+        dirs.push({ abs, mode, mtime: h.mtime });
+        await drain(entry);
+        break;
+      }
+      case 'file':
+      case 'contiguous-file': {
+        if (rel === '') throw unsafeEntry(raw, 'a file entry in place of the destination directory');
+        await mkdirInside(root, path.posix.dirname(rel));
+        const abs = await resolveInside(root, rel);
+        let n = 0;
+        await placeFile(abs, mode, h.mtime, async (fh) => {
+          for await (const chunk of chunks(entry)) {
+            await writeAll(fh, chunk);
+            n += chunk.length;
+          }
+        });
+        written.add(rel);
+        result.files++;
+        result.bytes += n;
+        break;
+      }
+      case 'symlink': {
+        if (rel === '') throw unsafeEntry(raw, 'a symlink in place of the destination directory');
+        checkSymlinkTarget(raw, rel, h.linkname ?? '');
+        await mkdirInside(root, path.posix.dirname(rel));
+        const abs = await resolveInside(root, rel);
+        await drain(entry);
+        await fsp.symlink(h.linkname ?? '', abs);
+        written.delete(rel);
+        if (h.mtime) links.push({ abs, mtime: h.mtime });
+        break;
+      }
+      case 'link': {
+        if (rel === '') throw unsafeEntry(raw, 'a hard link in place of the destination directory');
+        const linkRaw = h.linkname ?? '';
+        let srcRel: string;
+        try {
+          srcRel = entryPath(linkRaw, prefix);
+        } catch (err) {
+          if (isRegfsError(err, 'UNSAFE_PATH')) throw unsafeEntry(raw, `hard link target ${JSON.stringify(linkRaw)}: ${reasonOf(err)}`);
+          throw err;
+        }
+        if (!written.has(srcRel)) {
+          throw unsafeEntry(raw, `hard link target ${JSON.stringify(linkRaw)} is not a file extracted earlier from this archive`);
+        }
+        const srcAbs = await resolveInside(root, srcRel);
+        await mkdirInside(root, path.posix.dirname(rel));
+        const abs = await resolveInside(root, rel);
+        await drain(entry);
+        const sfh = await fsp.open(srcAbs, C.O_RDONLY | C.O_NOFOLLOW);
+        let n = 0;
+        try {
+          const st = await sfh.stat();
+          if (!st.isFile()) throw unsafeEntry(raw, 'hard link target is not a regular file');
+          const buf = Buffer.allocUnsafe(64 * 1024);
+          await placeFile(abs, st.mode, st.mtime, async (fh) => {
+            for (;;) {
+              const { bytesRead } = await sfh.read(buf, 0, buf.length, n);
+              if (bytesRead === 0) break;
+              await writeAll(fh, buf.subarray(0, bytesRead));
+              n += bytesRead;
+            }
+          });
+        } finally {
+          await sfh.close().catch(() => undefined);
+        }
+        written.add(rel);
+        result.files++;
+        result.bytes += n;
+        break;
+      }
+      default:
+        // character/block devices, fifos and unknown type flags (GNU sparse, volume labels...) are skipped
+        await drain(entry);
+    }
+  };
+
+  try {
+    for await (const entry of { [Symbol.asyncIterator]: () => entries }) {
+      const raw = entry.header.name;
+      try {
+        await extractEntry(entry);
+      } catch (err) {
+        // Name the tar entry, not the intermediate path mkdirInside/resolveInside saw.
+        if (isRegfsError(err, 'UNSAFE_PATH') && !err.message.startsWith('unsafe tar entry')) throw unsafeEntry(raw, reasonOf(err));
+        throw err;
+      }
+    }
+    await inputDone;
+    // Directory modes and times last: children are in place, and deeper directories go first.
+    for (const d of dirs.sort((a, b) => b.abs.length - a.abs.length)) {
+      await fsp.chmod(d.abs, (d.mode & 0o777) | 0o700);
+      if (d.mtime) await fsp.utimes(d.abs, d.mtime, d.mtime).catch(() => undefined);
+    }
+    for (const l of links) await fsp.lutimes(l.abs, l.mtime, l.mtime).catch(() => undefined);
+    if (hash && opts.tarDigest) {
+      const actual = `${digestAlgorithm(opts.tarDigest)}:${hash.digest('hex')}`;
+      if (actual !== opts.tarDigest) {
+        throw new RegfsError('DIGEST_MISMATCH', `tar digest mismatch: expected ${opts.tarDigest}, got ${actual}`);
+      }
+    }
+    return result;
+  } catch (err) {
+    input.unpipe(ex);
+    if (!ex.destroyed) ex.destroy();
+    if (!input.destroyed) input.destroy();
+    throw ioError(`cannot extract into ${JSON.stringify(dest)}`, err);
+  }
+}
+
+/**
+ * extractTarAtomic extracts into a fresh sibling `.<name>.<random>.part` directory, then renames it over
+ * target (an existing target directory is first moved aside to `.<name>.<random>.old` and removed after).
+ * On any failure the temp directory is removed and target is left untouched. A target that exists but is not
+ * a directory is refused. Between the two renames target is briefly absent.
+ */
+export async function extractTarAtomic(src: Readable, target: string, opts: ExtractOptions = {}): Promise<ExtractResult> {
+  const abs = path.resolve(target);
+  const parent = path.dirname(abs);
+  const name = path.basename(abs);
+  const tmp = path.join(parent, `.${name}.${randomBytes(6).toString('hex')}.part`);
+  try {
+    await fsp.mkdir(tmp);
+  } catch (err) {
+    src.destroy();
+    throw ioError(`cannot create ${JSON.stringify(tmp)}`, err);
+  }
+  let result: ExtractResult;
+  try {
+    result = await extractTar(src, tmp, opts);
+    let existing: Stats | undefined;
+    try {
+      existing = await fsp.lstat(abs);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(`cannot inspect ${JSON.stringify(target)}`, err);
+    }
+    if (existing === undefined) {
+      await fsp.rename(tmp, abs);
+    } else if (existing.isSymbolicLink()) {
+      throw new RegfsError('UNSAFE_PATH', `refusing to replace ${JSON.stringify(target)}: it is a symbolic link`);
+    } else if (!existing.isDirectory()) {
+      throw new RegfsError('IO', `refusing to replace ${JSON.stringify(target)}: it exists and is not a directory`);
+    } else {
+      const old = path.join(parent, `.${name}.${randomBytes(6).toString('hex')}.old`);
+      await fsp.rename(abs, old);
+      try {
+        await fsp.rename(tmp, abs);
+      } catch (err) {
+        await fsp.rename(old, abs).catch(() => undefined);
+        throw err;
+      }
+      await fsp.rm(old, { recursive: true, force: true }).catch(() => undefined);
+    }
+  } catch (err) {
+    await fsp.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
+    throw ioError(`cannot extract into ${JSON.stringify(target)}`, err);
+  }
+  await fsyncDir(parent).catch(() => undefined);
+  return result;
+}

@@ -1,0 +1,37 @@
+import { randomBytes } from 'node:crypto';
+import { promises as fsp, constants as C } from 'node:fs';
+import path from 'node:path';
+
+/** writeFileAtomic writes data to a temp file beside `file`, fsyncs it, renames it into place and fsyncs the directory. */
+export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
+  const dir = path.dirname(file);
+  const tmp = path.join(dir, `.${path.basename(file)}.${randomBytes(6).toString('hex')}.tmp`);
+  const fh = await fsp.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, mode);
+  try {
+    await fh.writeFile(data);
+    await fh.chmod(mode);
+    await fh.sync();
+  } catch (err) {
+    await fh.close();
+    await fsp.rm(tmp, { force: true });
+    throw err;
+  }
+  await fh.close();
+  try {
+    await fsp.rename(tmp, file);
+  } catch (err) {
+    await fsp.rm(tmp, { force: true });
+    throw err;
+  }
+  await fsyncDir(dir);
+}
+
+/** fsyncDir flushes a directory entry change (a rename or create) to disk. */
+export async function fsyncDir(dir: string): Promise<void> {
+  const dh = await fsp.open(dir, C.O_RDONLY | C.O_DIRECTORY);
+  try {
+    await dh.sync();
+  } finally {
+    await dh.close();
+  }
+}
