@@ -48,7 +48,8 @@ export class CacheLayout {
 
   /**
    * prepare creates the directory tree (0700) and refuses to use it when the root or a subdirectory is a
-   * symlink or not a directory, is not owned by this user, or is group/world-writable.
+   * symlink or not a directory, is not owned by this user, or is group/world-writable; a directory that
+   * is only readable by others is tightened to 0700.
    */
   async prepare(): Promise<void> {
     await fsp.mkdir(path.dirname(this.root), { recursive: true, mode: 0o700 });
@@ -79,4 +80,6 @@ async function mkdirChecked(dir: string): Promise<void> {
       `cache directory ${dir} is group- or world-writable (mode ${(st.mode & 0o777).toString(8).padStart(4, '0')}); run \`chmod 700 ${dir}\``,
     );
   }
+  // Readable by others is not unsafe for us, but cached content may be private: tighten it to 0700.
+  if ((st.mode & 0o077) !== 0) await fsp.chmod(dir, 0o700);
 }

@@ -19,11 +19,13 @@ interface Slot {
 export class FdPool {
   private readonly slots = new Map<string, Slot>();
   private readonly closing = new Set<Promise<void>>();
+  private closed = false;
 
   constructor(private readonly max: number) {}
 
   /** acquire leases the file for key, opening it with `open` when it is not open yet. */
   async acquire(key: string, open: () => Promise<FileHandle>): Promise<FdLease> {
+    if (this.closed) throw new Error('file pool is closed');
     let slot = this.slots.get(key);
     if (slot) {
       this.slots.delete(key); // re-insert: most recently used last
@@ -73,8 +75,9 @@ export class FdPool {
     return this.slots.size;
   }
 
-  /** closeAll drops every key and waits until every file (idle ones now, leased ones on release) is closed. */
+  /** closeAll drops every key, refuses further leases, and waits until every file (idle ones now, leased ones on release) is closed. */
   async closeAll(): Promise<void> {
+    this.closed = true;
     for (const key of [...this.slots.keys()]) this.drop(key);
     while (this.closing.size > 0) await Promise.allSettled([...this.closing]);
   }

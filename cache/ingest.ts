@@ -5,6 +5,7 @@ import type { Readable } from 'node:stream';
 import type { Descriptor } from '../registry/descriptor.js';
 import { digestHex, Verifier } from '../registry/digest.js';
 import { fsyncDir } from '../util/fs-atomic.js';
+import { BatchedWriter } from './batched-writer.js';
 
 /**
  * ingestBlob streams a whole blob into a fresh temp file under `ingestDir`, verifies it against `desc`
@@ -16,15 +17,18 @@ export async function ingestBlob(src: Readable, desc: Descriptor, ingestDir: str
   const verifier = new Verifier(desc.digest, desc.size);
   const fh = await fsp.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
   try {
-    let pos = 0;
-    for await (const c of src) {
-      const chunk = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
-      verifier.update(chunk);
-      let off = 0;
-      while (off < chunk.length) off += (await fh.write(chunk, off, chunk.length - off, pos + off)).bytesWritten;
-      pos += chunk.length;
-      onChunk?.(chunk.length);
+    const writer = new BatchedWriter(fh, 0, (a, b) => onChunk?.(b - a));
+    try {
+      for await (const c of src) {
+        const chunk = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
+        verifier.update(chunk);
+        const full = writer.push(chunk);
+        if (full) await full;
+      }
+    } finally {
+      await writer.drain().catch(() => undefined); // never close the file under a write in flight
     }
+    await writer.drain();
     verifier.verify();
     await fh.sync();
     await fh.close();

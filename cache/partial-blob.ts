@@ -1,7 +1,11 @@
 import type { Readable } from 'node:stream';
 import type { Digest } from '../registry/digest.js';
 import { RegfsError } from '../registry/errors.js';
+import { abortable } from './abortable.js';
+import { BatchedWriter } from './batched-writer.js';
 import type { FdLease } from './fd-pool.js';
+import { hashFile, type FileDigest } from './hash-file.js';
+import { PrefixHasher } from './prefix-hasher.js';
 import { writeRangeMap } from './range-map-file.js';
 import { RangeSet, type ByteSpan } from './range-set.js';
 import type { ReadAhead } from './read-ahead.js';
@@ -12,7 +16,7 @@ export type RangeFetcher = (span: ByteSpan, signal: AbortSignal) => Promise<Read
 /** FetchTask is one upstream range fetch streaming into the sparse file; `end` may shrink when a far-away reader splits it. */
 export interface FetchTask {
   readonly start: number;
-  /** pos is the next byte the task will write; [start, pos) is present. */
+  /** pos is the next byte the task will take from its stream; [start, pos) is present or being written. */
   pos: number;
   end: number;
   readonly controller: AbortController;
@@ -38,6 +42,9 @@ interface Waiter {
   resolve(): void;
   reject(err: Error): void;
 }
+
+/** MAX_FETCHES_AHEAD is how many fetches of one blob may be in flight before read-ahead waits. */
+const MAX_FETCHES_AHEAD = 2;
 
 function overlaps(a: ByteSpan, b: ByteSpan): boolean {
   return a.start < b.end && b.start < a.end;
@@ -71,6 +78,8 @@ export class PartialBlob {
   private persistChain: Promise<void> = Promise.resolve();
   private queuedPersist?: Promise<void>;
   private deadError?: RegfsError;
+  private frozen = false;
+  private readonly hasher: PrefixHasher;
 
   constructor(
     readonly digest: Digest,
@@ -81,6 +90,17 @@ export class PartialBlob {
     lastAccess: number,
   ) {
     this.lastAccess = lastAccess;
+    this.hasher = new PrefixHasher(digest, () => this.ranges.runEnd(0), () => this.files.open());
+  }
+
+  /** computeDigest hashes the complete data (mostly done already, in the background, as the prefix filled in). */
+  async computeDigest(): Promise<FileDigest> {
+    return (await this.hasher.result(this.size)) ?? hashFile(this.files.dataPath, this.digest);
+  }
+
+  /** dataPath is the sparse data file. */
+  get dataPath(): string {
+    return this.files.dataPath;
   }
 
   /** isComplete tells whether every byte is present. */
@@ -91,7 +111,7 @@ export class PartialBlob {
   /** known returns the bytes present or being fetched. */
   known(): RangeSet {
     const k = this.ranges.clone();
-    for (const t of this.tasks) if (t.pos < t.end) k.add(t.pos, t.end);
+    for (const t of this.tasks) if (t.start < t.end) k.add(t.start, t.end);
     return k;
   }
 
@@ -109,10 +129,16 @@ export class PartialBlob {
       }
     }
     const known = this.known();
-    const want = Math.min(this.size, Math.max(end, start + window));
+    // Read-ahead streams compete for bandwidth with the one the reader waits on: keep at most
+    // MAX_FETCHES_AHEAD in flight within this read's window, and plan read-ahead only when less than
+    // half a window is known ahead.
+    let nearby = 0;
+    for (const t of this.tasks) if (t.end > start && t.start < start + window) nearby++;
+    const readAhead = nearby < MAX_FETCHES_AHEAD ? window : 0;
+    const want = Math.min(this.size, Math.max(end, start + readAhead));
     if (known.has(start, end)) {
       const ahead = known.runEnd(end);
-      if (ahead >= want || ahead - end >= window / 2) return [];
+      if (ahead >= want || ahead - end >= readAhead / 2) return [];
       return known.missing(ahead, want);
     }
     return known.missing(start, want);
@@ -141,9 +167,18 @@ export class PartialBlob {
     const what = `blob ${this.digest} bytes ${task.start}-${task.end}`;
     let error: RegfsError | undefined;
     let lease: FdLease | undefined;
+    let writer: BatchedWriter | undefined;
     try {
       lease = await this.files.open();
-      const stream = await fetcher({ start: task.start, end: task.end }, task.controller.signal);
+      const stream = await abortable(fetcher({ start: task.start, end: task.end }, task.controller.signal), task.controller.signal);
+      task.controller.signal.addEventListener('abort', () => stream.destroy(), { once: true });
+      const w = new BatchedWriter(lease.fh, task.start, (a, b, bufs) => {
+        this.ranges.add(a, b);
+        this.files.onBytes(b - a);
+        this.hasher.written(a, bufs);
+        this.wake();
+      });
+      writer = w;
       try {
         for await (const c of stream) {
           if (task.controller.signal.aborted) break;
@@ -151,23 +186,21 @@ export class PartialBlob {
           const room = task.end - task.pos;
           if (room <= 0) break;
           if (chunk.length > room) chunk = chunk.subarray(0, room);
-          let off = 0;
-          while (off < chunk.length) off += (await lease.fh.write(chunk, off, chunk.length - off, task.pos + off)).bytesWritten;
-          const from = task.pos;
           task.pos += chunk.length;
-          this.ranges.add(from, task.pos);
-          this.files.onBytes(chunk.length);
-          this.wake();
+          const full = w.push(chunk);
+          if (full) await full;
           if (task.pos >= task.end) break;
         }
       } finally {
         if (!stream.destroyed) stream.destroy();
       }
+      await w.drain();
       if (task.controller.signal.aborted) throw this.deadError ?? closedError(this.digest);
       if (task.pos < task.end) throw new RegfsError('SIZE_MISMATCH', `${what}: upstream ended after ${task.pos - task.start} bytes`);
     } catch (err) {
       error = task.controller.signal.aborted ? (this.deadError ?? closedError(this.digest)) : toRegfsError(err, what);
     } finally {
+      await writer?.drain().catch(() => undefined); // never release the file under a write in flight
       lease?.release();
       this.tasks.delete(task);
     }
@@ -192,7 +225,7 @@ export class PartialBlob {
   }
 
   private settle(task: FetchTask, error: RegfsError | undefined): void {
-    const unfilled: ByteSpan = { start: task.pos, end: task.end };
+    const unfilled: ByteSpan = { start: task.start, end: task.end };
     for (const w of this.waiters) {
       this.waiters.delete(w);
       if (error && !this.ranges.has(w.start, w.end) && overlaps(w, unfilled)) w.reject(error);
@@ -233,6 +266,7 @@ export class PartialBlob {
    */
   async retire(error?: RegfsError): Promise<void> {
     this.dead = true;
+    this.hasher.stop();
     if (error) this.deadError = error;
     this.abortAll(error);
     for (const w of this.waiters) {
@@ -241,6 +275,12 @@ export class PartialBlob {
       else w.resolve();
     }
     await this.drain();
+    await this.persistChain;
+  }
+
+  /** freeze stops range-map persistence (the blob is being promoted) and waits for a persist in progress. */
+  async freeze(): Promise<void> {
+    this.frozen = true;
     await this.persistChain;
   }
 
@@ -259,10 +299,10 @@ export class PartialBlob {
     if (this.queuedPersist) return this.queuedPersist;
     const p = this.persistChain.then(async () => {
       this.queuedPersist = undefined;
-      if (this.dead || this.ranges.covered() === 0) return;
+      if (this.dead || this.frozen || this.ranges.covered() === 0) return;
       const snapshot = this.ranges.clone(); // taken before the sync, so every byte it claims is synced
       await this.flush();
-      if (this.dead) return;
+      if (this.dead || this.frozen) return;
       await writeRangeMap(this.files.mapPath, { digest: this.digest, size: this.size, ranges: snapshot });
     });
     this.queuedPersist = p;

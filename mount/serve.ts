@@ -7,7 +7,7 @@ import { RegfsError } from '../registry/errors.js';
 import type { Registry } from '../registry/storage.js';
 import type { Logger } from '../util/log.js';
 import { createHandlers } from './fuse-ops.js';
-import { FuseMount, prepareMountpoint } from './mounter.js';
+import { FuseMount, prepareMountpoint, procMountpoints } from './mounter.js';
 import { Vfs } from './vfs.js';
 
 /** ServeOptions describe one lazy mount. */
@@ -27,6 +27,8 @@ export interface RunningMount {
   blobs: BlobCache;
   metadata: MetadataCache;
   stop(): Promise<void>;
+  /** done settles once the mount is stopped, by stop() or because it was unmounted from outside. */
+  done: Promise<void>;
 }
 
 /** defaultCacheDir is `$XDG_CACHE_HOME/regfs`, `~/.cache/regfs`, or `/var/cache/regfs` for root without XDG. */
@@ -66,18 +68,27 @@ export async function serveMount(opts: ServeOptions): Promise<RunningMount> {
     throw err;
   }
   opts.log.info(`mounted ${opts.registry.display} at ${mountpoint}`, { cache: cacheDir });
+  let settle: () => void = () => undefined;
+  const done = new Promise<void>((resolve) => (settle = resolve));
   let stopped: Promise<void> | undefined;
-  return {
-    mountpoint,
-    blobs,
-    metadata,
-    stop: () => {
-      stopped ??= (async () => {
-        await fuse.unmount().catch((e: unknown) => opts.log.warn(`unmount ${mountpoint}: ${(e as Error).message}`));
-        await blobs.close();
-        opts.log.info(`unmounted ${mountpoint}`);
-      })();
-      return stopped;
-    },
+  const stop = (): Promise<void> => {
+    stopped ??= (async () => {
+      clearInterval(watch);
+      await fuse.unmount().catch((e: unknown) => opts.log.debug(`unmount ${mountpoint}: ${(e as Error).message}`));
+      await blobs.close();
+      opts.log.info(`unmounted ${mountpoint}`);
+    })().finally(settle);
+    return stopped;
   };
+  // `regfs unmount` or `fusermount -u` from outside: notice it (from /proc/mounts, never by touching
+  // the mountpoint) and shut down instead of lingering with the cache locked.
+  const watch = setInterval(() => {
+    procMountpoints().then((mps) => {
+      if (stopped || mps.some((m) => m.mountpoint === mountpoint)) return;
+      opts.log.info(`${mountpoint} was unmounted from outside; stopping`);
+      void stop();
+    }, () => undefined);
+  }, 1000);
+  watch.unref();
+  return { mountpoint, blobs, metadata, stop, done };
 }

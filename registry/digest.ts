@@ -33,9 +33,9 @@ export function shortDigest(d: Digest): string {
   return digestHex(d).slice(0, 12);
 }
 
-/** digestOf hashes bytes with sha256. */
-export function digestOf(data: Uint8Array | string): Digest {
-  return `sha256:${createHash('sha256').update(data).digest('hex')}`;
+/** digestOf hashes bytes with sha256, or with the given algorithm. */
+export function digestOf(data: Uint8Array | string, algorithm: 'sha256' | 'sha512' = 'sha256'): Digest {
+  return `${algorithm}:${createHash(algorithm).update(data).digest('hex')}` as Digest;
 }
 
 /** Verifier hashes bytes as they pass and checks them against an expected digest and size. */

@@ -1,7 +1,7 @@
 import { PassThrough, Readable } from 'node:stream';
 import { CATALOG_SCOPE, readCappedBuffer, repositoryScope } from './auth.js';
 import { verifying } from './blob-io.js';
-import { digestOf, isDigest, parseDigest, type Digest } from './digest.js';
+import { digestAlgorithm, digestOf, isDigest, parseDigest, type Digest } from './digest.js';
 import type { Descriptor } from './descriptor.js';
 import { RegfsError } from './errors.js';
 import { errorFromBody, header, RegistryTransport, type TransportOptions } from './http-client.js';
@@ -56,7 +56,7 @@ export class RemoteRegistry implements Registry {
   }
 }
 
-/** paginate follows `Link: <...>; rel="next"` (or `last=` when no Link is sent) and collects one string array field. */
+/** paginate follows `Link: <...>; rel="next"` on the registry's own origin and collects one string array field. */
 async function paginate(t: RegistryTransport, first: string, scopes: string[], what: string, field: 'tags' | 'repositories', signal?: AbortSignal): Promise<string[]> {
   const out: string[] = [];
   let path: string | undefined = first;
@@ -152,9 +152,11 @@ export class RemoteRepository implements Repository {
     const bytes = await readCappedBuffer(res.body, MAX_MANIFEST_BYTES).catch((err: unknown) => {
       throw err instanceof RegfsError && err.code === 'TOO_LARGE' ? new RegfsError('TOO_LARGE', `${what} exceeds the ${MAX_MANIFEST_BYTES}-byte manifest limit`) : err;
     });
-    const actual = digestOf(bytes);
-    const expected: string | undefined = isDigest(ref) ? ref : header(res, 'docker-content-digest');
-    if (expected && expected.startsWith('sha256:') && expected !== actual) {
+    const given = header(res, 'docker-content-digest');
+    const expected: Digest | undefined = isDigest(ref) ? ref : isDigest(given) ? given : undefined;
+    // Verify with the algorithm of the digest we were given; the descriptor keeps that digest.
+    const actual = digestOf(bytes, expected ? digestAlgorithm(expected) : 'sha256');
+    if (expected && expected !== actual) {
       throw new RegfsError('DIGEST_MISMATCH', `${what}: digest mismatch: expected ${expected}, got ${actual}`);
     }
     if (typeof reference !== 'string' && reference.size !== bytes.length) {

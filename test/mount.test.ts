@@ -6,7 +6,7 @@ import { Readable } from 'node:stream';
 import { startRegistry } from './support/registry.js';
 import { startFaultProxy } from './support/fault-proxy.js';
 import { cliEnv, runCli, tempDir } from './support/cli.js';
-import { sh, startMount } from './support/mount.js';
+import { isMounted, sh, startMount } from './support/mount.js';
 import { RemoteRegistry } from '../registry/remote.js';
 import { digestOf } from '../registry/digest.js';
 import { EMPTY_CONFIG, MediaType } from '../registry/media-types.js';
@@ -104,6 +104,31 @@ test('a name that is both a tag and a nested repository: the repository wins, th
   t.deepEqual(await readdir(path.join(m.mnt, 'a/b')), ['c']);
   t.is(await readFile(path.join(m.mnt, 'a/b/c/repofile'), 'utf8'), 'from repo a/b');
   t.is(await readFile(path.join(m.mnt, 'a/:b/tagfile'), 'utf8'), 'from tag a:b');
+  // `regfs unmount` from outside detaches the tree and the mount process exits cleanly, releasing the cache.
+  const un = await runCli(['unmount', m.mnt], { env });
+  t.is(un.code, 0, un.stderr);
+  const exit = await new Promise<number | null>((resolve) => (m.child.exitCode !== null ? resolve(m.child.exitCode) : m.child.once('exit', (c) => resolve(c))));
+  t.is(exit, 0);
+  t.false(await isMounted(m.mnt));
+  const again = await runCli(['unmount', m.mnt], { env });
+  t.is(again.code, 4);
+});
+
+test('a stale mount left by a crash is cleared at the next start', async (t) => {
+  const { env } = await cliEnv(t);
+  const src = await tempDir(t);
+  await writeFile(path.join(src, 's.txt'), 'survives');
+  const store = await tempDir(t);
+  t.is((await runCli(['push', `oci:${store}/st:v1`, 's.txt'], { cwd: src, env })).code, 0);
+  const m = await startMount(t, `oci:${store}`);
+  t.is(await readFile(path.join(m.mnt, 'st/v1/s.txt'), 'utf8'), 'survives');
+  await m.crash();
+  t.true(await isMounted(m.mnt), 'kill -9 leaves the mount behind');
+  const stale = await sh(`ls ${m.mnt}`);
+  t.regex(stale.stderr, /Transport endpoint is not connected/);
+  const m2 = await startMount(t, `oci:${store}`, { mnt: m.mnt, cacheDir: m.cacheDir });
+  t.is(await readFile(path.join(m2.mnt, 'st/v1/s.txt'), 'utf8'), 'survives');
+  t.regex(m2.logs(), /clearing a stale mount/);
 });
 
 test('laziness: 4 KiB of a large file transfers a few MiB; 16 readers of one blob cause one fetch; a re-read and a restart fetch nothing', async (t) => {
@@ -154,7 +179,13 @@ test('corruption: wrong bytes from the registry give EIO and nothing cached; a c
   const hex = sha('correct content\n');
   await t.throwsAsync(stat(path.join(m.cacheDir, 'blobs/sha256', hex)));
   proxy.rules.length = 0;
-  t.is((await sh(`cat ${m.mnt}/corrupt/v1/c.txt`)).stdout, 'correct content\n');
+  // After a mismatch the digest is refused for a short back-off, then fetched afresh.
+  let again = '';
+  for (const until = Date.now() + 20_000; again !== 'correct content\n' && Date.now() < until; ) {
+    again = (await sh(`cat ${m.mnt}/corrupt/v1/c.txt`)).stdout;
+    if (again !== 'correct content\n') await new Promise((r) => setTimeout(r, 500));
+  }
+  t.is(again, 'correct content\n');
   t.true(m.logs().includes(`sha256:${hex}`), 'the log names the digest');
   await m.stop();
   // Alter the cached copy while the mount is down: the next mount detects it and refetches.
@@ -191,6 +222,7 @@ test('the same tree over an OCI layout made by skopeo copy', async (t) => {
   const store = await tempDir(t);
   const first = path.join(store, 'first');
   t.is((await runCli(['push', `oci:${first}:v1`, 'layout.txt'], { cwd: src, env })).code, 0);
+  await mkdir(path.join(store, 'team/copied'), { recursive: true });
   const copy = await sh(`skopeo --insecure-policy copy --preserve-digests oci:${first}:v1 oci:${store}/team/copied:v9`);
   t.is(copy.code, 0, copy.stderr);
   const m = await startMount(t, `oci:${store}`);

@@ -62,21 +62,25 @@ export function registerMount(program: Command): void {
         allowOther: o.allowOther,
       });
       await new Promise<void>((resolve) => {
-        const stop = (sig: string): void => {
+        let stopping = false;
+        // Handlers stay installed while unmounting: a second Ctrl-C (a terminal signals the whole
+        // process group, and npm forwards it too) must not kill the process halfway.
+        const onSignal = (sig: NodeJS.Signals): void => {
+          if (stopping) return log.info(`received ${sig} again; still unmounting`);
+          stopping = true;
           log.info(`received ${sig}, unmounting`);
-          process.off('SIGINT', onInt);
-          process.off('SIGTERM', onTerm);
-          running.stop().then(resolve, resolve);
+          void running.stop();
         };
-        const onInt = (): void => stop('SIGINT');
-        const onTerm = (): void => stop('SIGTERM');
-        process.on('SIGINT', onInt);
-        process.on('SIGTERM', onTerm);
+        process.on('SIGINT', onSignal);
+        process.on('SIGTERM', onSignal);
         process.on('SIGHUP', () => {
           running.metadata.dropListings();
           log.info('SIGHUP: dropped cached listings');
         });
+        void running.done.then(resolve);
       });
+      // fuse-native's thread can outlive the unmount; once everything is closed, do not linger.
+      setTimeout(() => process.exit(process.exitCode ?? 0), 500).unref();
     }),
   );
 

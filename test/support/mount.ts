@@ -35,7 +35,8 @@ export async function startMount(
   const base = await tempDir(t, 'regfs-mnt-');
   const mnt = opts.mnt ?? path.join(base, 'mnt');
   const cacheDir = opts.cacheDir ?? path.join(base, 'cache');
-  await mkdir(mnt, { recursive: true });
+  // A mountpoint given by the caller may be a stale mount (ENOTCONN): regfs must clear that itself.
+  if (!opts.mnt) await mkdir(mnt, { recursive: true });
   const child = spawn(process.execPath, [REGFS_BIN, 'mount', source, mnt, '--cache-dir', cacheDir, ...(opts.args ?? [])], {
     env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -73,7 +74,8 @@ export async function startMount(
     await fusermount(mnt);
   });
   const deadline = Date.now() + 20_000;
-  while (!(await isMounted(mnt))) {
+  // The log line, not /proc/mounts alone: a stale mount from a crash is listed there too.
+  while (!/ mounted \S+ at /.test(logs) || !(await isMounted(mnt))) {
     if (child.exitCode !== null) throw new Error(`regfs mount exited with ${child.exitCode}: ${logs}`);
     if (Date.now() > deadline) throw new Error(`mount did not come up: ${logs}`);
     await new Promise((r) => setTimeout(r, 50));
