@@ -131,12 +131,12 @@ test('a stale mount left by a crash is cleared at the next start', async (t) => 
   t.regex(m2.logs(), /clearing a stale mount/);
 });
 
-test('laziness: 4 KiB of a large file transfers a few MiB; 16 readers of one blob cause one fetch; a re-read and a restart fetch nothing', async (t) => {
+test('laziness: 4 KiB of a 1 GiB file transfers a few MiB; 16 readers of one blob cause one fetch; a re-read and a restart fetch nothing', async (t) => {
   const reg = await startRegistry(t, { flavour: 'plain' });
   const proxy = await startFaultProxy(t, reg.url);
   const { env } = await cliEnv(t);
   const src = await tempDir(t);
-  const size = 256 * 1024 * 1024;
+  const size = 1024 * 1024 * 1024;
   await sh(`head -c ${size} /dev/urandom > ${src}/large.bin && head -c 2000000 /dev/urandom > ${src}/medium.bin`);
   t.is((await runCli(['push', `${reg.host}/lazy:v1`, 'large.bin', 'medium.bin'], { cwd: src, env })).code, 0);
   const cacheDir = path.join(await tempDir(t), 'cache');
@@ -255,4 +255,27 @@ test('a tag moved to new content shows the new bytes after the metadata TTL, nev
     if (!seenNew) await new Promise((r) => setTimeout(r, 200));
   }
   t.true(seenNew, 'the new content shows after the TTL');
+});
+
+test('unsafe and colliding titles are hidden with a logged warning, never escaping the tree', async (t) => {
+  const reg = await startRegistry(t, { flavour: 'plain' });
+  const repo = new RemoteRegistry(reg.host).repository('hostile');
+  t.teardown(() => repo.registry.close());
+  await repo.pushBlob({ mediaType: EMPTY_CONFIG.mediaType, digest: EMPTY_CONFIG.digest, size: 2 }, () => Readable.from([Buffer.from('{}')]));
+  const layers = [];
+  for (const [title, body] of [['good.txt', 'good'], ['../escape.txt', 'evil1'], ['/abs.txt', 'evil2'], ['good.txt', 'dup'], ['x'.repeat(300), 'long'], ['dir/ok.txt', 'nested']]) {
+    const data = Buffer.from(body!);
+    const d = { mediaType: MediaType.ociLayerTar, digest: digestOf(data), size: data.length, annotations: { 'org.opencontainers.image.title': title! } };
+    await repo.pushBlob(d, () => Readable.from([data]));
+    layers.push(d);
+  }
+  const m = { schemaVersion: 2, mediaType: MediaType.ociManifest, artifactType: 'application/x.evil', config: { mediaType: EMPTY_CONFIG.mediaType, digest: EMPTY_CONFIG.digest, size: 2 }, layers };
+  await repo.pushManifest(Buffer.from(JSON.stringify(m)), MediaType.ociManifest, ['v1']);
+  const mnt = await startMount(t, reg.host);
+  t.deepEqual((await readdir(path.join(mnt.mnt, 'hostile/v1'))).sort(), ['dir', 'good.txt']);
+  t.is(await readFile(path.join(mnt.mnt, 'hostile/v1/good.txt'), 'utf8'), 'good', 'the first layer with a title wins');
+  t.is(await readFile(path.join(mnt.mnt, 'hostile/v1/dir/ok.txt'), 'utf8'), 'nested');
+  await t.throwsAsync(stat(path.join(mnt.mnt, 'hostile/escape.txt')));
+  const logs = mnt.logs();
+  for (const re of [/hiding layer .*"\.\.\/escape\.txt"/, /hiding layer .*"\/abs\.txt"/, /hiding layer .*collides/, /hiding layer .*255/]) t.regex(logs, re);
 });
