@@ -112,10 +112,18 @@ export class MetadataCache {
     return this.lookup(this.resolves, this.resolveFlights, `${repo.display}:${reference}`, scopeOf(repo), () => repo.resolve(reference), this.ttlMs);
   }
 
-  /** manifestByTag resolves a tag (fresh for ttlMs) and returns its manifest (cached by digest). */
+  /**
+   * manifestByTag returns a tag's manifest with one GET by tag when the tag is not freshly resolved
+   * (no HEAD first): the answer fills both the tag entry (fresh for ttlMs) and the manifest entry.
+   */
   async manifestByTag(repo: ReadableRepository, tag: string): Promise<FetchedManifest> {
-    const desc = await this.resolve(repo, tag);
-    return this.manifest(repo, desc.digest);
+    let fetched: FetchedManifest | undefined;
+    const desc = await this.lookup(this.resolves, this.resolveFlights, `${repo.display}:${tag}`, scopeOf(repo), async () => {
+      fetched = await repo.fetchManifest(tag);
+      this.manifests.set(`${repo.display}@${fetched.descriptor.digest}`, { ...scopeOf(repo), ok: true, value: fetched });
+      return fetched.descriptor;
+    }, this.ttlMs);
+    return fetched ?? this.manifest(repo, desc.digest);
   }
 
   /** tags returns a repository's tags, fresh for ttlMs. */

@@ -1,10 +1,10 @@
 import { Command, Option } from 'commander';
 import { CredentialStore, type Credential, type CredentialProvider } from '../registry/credentials.js';
 import { RegfsError } from '../registry/errors.js';
-import { OciLayoutRepository, OciLayoutStore } from '../registry/oci-layout.js';
+import { OciLayoutRepository } from '../registry/oci-layout.js';
+import { openSource } from '../registry/open.js';
 import { parseReference, parseRegistryHost, type Reference } from '../registry/reference.js';
 import { RemoteRegistry } from '../registry/remote.js';
-import type { TransportOptions } from '../registry/http-client.js';
 import type { Registry, Repository } from '../registry/storage.js';
 import { createLogger, nullLogger, type Logger } from '../util/log.js';
 import { Output, type OutputFormat } from './output.js';
@@ -65,15 +65,14 @@ export class Context {
     return store.provider();
   }
 
-  /** remote opens a registry by host; `tune` overrides transport settings (the mount uses short deadlines). */
-  remote(host: string, tune: Partial<TransportOptions> = {}): RemoteRegistry {
+  /** remote opens a registry by host. */
+  remote(host: string): RemoteRegistry {
     const r = new RemoteRegistry(parseRegistryHost(host), {
       plainHttp: this.opts.plainHttp,
       insecure: this.opts.insecure,
       caFile: this.opts.caFile,
       credentials: this.credentials(),
       log: this.log,
-      ...tune,
     });
     this.opened.push(r);
     return r;
@@ -91,17 +90,14 @@ export class Context {
   }
 
   /**
-   * registry opens a registry host, or a folder of OCI layouts given as oci:DIR. With `mount`, every
-   * registry call gets a deadline well below the FUSE operation timeout, and few, quick retries.
+   * registry opens a registry host, or a folder of OCI layouts given as oci:DIR (or with --oci-layout).
+   * With `mount`, registry calls get the mount's short deadlines.
    */
   registry(input: string, opts: { mount?: boolean; log?: Logger } = {}): Registry {
-    if (input.startsWith('oci:') || this.opts.ociLayout) {
-      const dir = input.startsWith('oci:') ? input.slice(4) : input;
-      const store = new OciLayoutStore(dir);
-      this.opened.push(store);
-      return store;
-    }
-    return this.remote(input, opts.mount ? { timeoutMs: 8000, retries: 2, retryBudgetMs: 10_000, log: opts.log ?? this.log } : {});
+    const source = this.opts.ociLayout && !input.startsWith('oci:') ? `oci:${input}` : input;
+    const r = openSource(source, { ...this.opts, credentials: this.credentials(), log: opts.log ?? this.log, forMount: opts.mount });
+    this.opened.push(r);
+    return r;
   }
 
   /** close releases every connection pool the command opened. */

@@ -19,6 +19,9 @@ export interface ServeOptions {
   cache: Omit<BlobCacheOptions, 'log'>;
   log: Logger;
   allowOther?: boolean;
+  /** blobs and metadata, when given, are shared caches (the daemon's); the mount then does not close them. */
+  blobs?: BlobCache;
+  metadata?: MetadataCache;
 }
 
 /** RunningMount is a mounted tree with its caches; stop() unmounts and closes them. */
@@ -56,15 +59,16 @@ export async function serveMount(opts: ServeOptions): Promise<RunningMount> {
   }
   await prepareMountpoint(mountpoint, opts.log);
   await fsp.mkdir(cacheDir, { recursive: true, mode: 0o700 });
-  const blobs = await BlobCache.open(cacheDir, { ...opts.cache, log: opts.log });
-  const metadata = new MetadataCache({ ttlMs: opts.metadataTtlMs, log: opts.log });
+  const ownsCache = !opts.blobs;
+  const blobs = opts.blobs ?? (await BlobCache.open(cacheDir, { ...opts.cache, log: opts.log }));
+  const metadata = opts.metadata ?? new MetadataCache({ ttlMs: opts.metadataTtlMs, log: opts.log });
   const vfs = new Vfs({ registry: opts.registry, metadata, blobs, extractDir: path.join(cacheDir, 'extracted'), log: opts.log });
   const handlers = createHandlers({ vfs, blobs, statfsPath: cacheDir, log: opts.log });
   let fuse: FuseMount;
   try {
     fuse = await FuseMount.mount(mountpoint, handlers, { allowOther: opts.allowOther });
   } catch (err) {
-    await blobs.close();
+    if (ownsCache) await blobs.close();
     throw err;
   }
   opts.log.info(`mounted ${opts.registry.display} at ${mountpoint}`, { cache: cacheDir });
@@ -75,7 +79,7 @@ export async function serveMount(opts: ServeOptions): Promise<RunningMount> {
     stopped ??= (async () => {
       clearInterval(watch);
       await fuse.unmount().catch((e: unknown) => opts.log.debug(`unmount ${mountpoint}: ${(e as Error).message}`));
-      await blobs.close();
+      if (ownsCache) await blobs.close();
       opts.log.info(`unmounted ${mountpoint}`);
     })().finally(settle);
     return stopped;

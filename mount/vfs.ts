@@ -123,8 +123,9 @@ export class Vfs {
       base = this.firstSeen.get(fm.descriptor.digest) ?? Date.now();
       this.firstSeen.set(fm.descriptor.digest, base);
     }
+    // The previous whole second plus digest-derived milliseconds: never in the future.
     const ms = parseInt(digestHex(fm.descriptor.digest).slice(0, 4), 16) % 1000;
-    return new Date(Math.floor(base / 1000) * 1000 + ms);
+    return new Date((Math.floor(base / 1000) - 1) * 1000 + ms);
   }
 
   private tree(fm: FetchedManifest): ManifestTree {
