@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { registerLogin } from './commands/login.js';
 import { registerMount } from './commands/mount.js';
+import { registerControl, registerDaemon } from './commands/daemon.js';
 import { registerPull, registerPush } from './commands/push.js';
 import { registerInspect, registerRepo } from './commands/repo.js';
 import { ExitCode } from './exit-codes.js';
@@ -22,6 +23,8 @@ export function buildProgram(): Command {
   registerRepo(program);
   registerInspect(program);
   registerMount(program);
+  registerDaemon(program);
+  registerControl(program);
   const exit = (cmd: Command): void => {
     cmd.exitOverride();
     cmd.commands.forEach(exit);

@@ -1,6 +1,7 @@
 // `npm start`: the main job on the embedded default store. It creates an OCI layout store holding the
-// sample artifact of the Azure walk-through (samples/artifact:1.0), mounts it at ./mnt in the
-// foreground, and prints what to try. Ctrl-C unmounts. `npm start -- --source HOST` mounts a registry.
+// sample artifact of the Azure walk-through (samples/artifact:1.0) and runs the daemon in the
+// foreground with that store mounted at ./mnt and staging at ./staging, then prints what to try.
+// Ctrl-C unmounts. `npm start -- --source HOST` uses a real registry instead.
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -28,7 +29,13 @@ if (at < 0 && !existsSync(path.join(store, 'samples/artifact/index.json'))) {
 }
 mkdirSync(mnt, { recursive: true });
 
-const child = spawn(process.execPath, [bin, 'mount', source, mnt, '--cache-dir', path.join(demo, 'cache')], { stdio: ['ignore', 'inherit', 'inherit'] });
+const staging = path.join(root, 'staging');
+mkdirSync(staging, { recursive: true });
+const child = spawn(
+  process.execPath,
+  [bin, 'daemon', '--source', source, '--mountpoint', mnt, '--staging', staging, '--cache-dir', path.join(demo, 'cache'), '--state-dir', path.join(demo, 'state'), '--socket', path.join(demo, 'run', 'control.sock')],
+  { stdio: ['ignore', 'inherit', 'inherit'] },
+);
 const mounted = () => readFileSync('/proc/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === mnt);
 const started = Date.now();
 const poll = setInterval(() => {
@@ -39,7 +46,9 @@ const poll = setInterval(() => {
     console.log(`\nregfs: ${source} is mounted at ${rel}. Try, in another terminal:`);
     console.log(`  ls -lR ${sample}`);
     console.log(at < 0 ? `  cat ${sample}/artifact.txt` : `  find ${rel} -maxdepth 3`);
-    console.log(at < 0 ? `  getfattr -d ${sample}/artifact.txt      # digests and annotations as xattrs` : `  getfattr -d -m - ${rel}/<repo>/<tag>/<file>`);
+    const srel = path.relative(process.cwd(), staging) || '.';
+    console.log(`  mkdir -p ${srel}/samples/artifact/2.0 && cp README.md ${srel}/samples/artifact/2.0/   # published as samples/artifact:2.0, then visible under ${rel}`);
+    console.log(`  (status: ${path.relative(process.cwd(), bin)} status --socket ${path.relative(process.cwd(), path.join(demo, 'run', 'control.sock'))})`);
     console.log('Press Ctrl-C to unmount.\n');
   } else if (child.exitCode !== null || Date.now() - started > 30_000) {
     clearInterval(poll);

@@ -1,0 +1,200 @@
+import type { Command } from 'commander';
+import { RegfsError } from '../../registry/errors.js';
+import { createLogger } from '../../util/log.js';
+import { humanBytes } from '../output.js';
+import { addFormatOption } from '../context.js';
+import { action } from '../run.js';
+import { parseSeconds, parseSize } from './mount.js';
+
+/** registerDaemon adds `regfs daemon` (foreground service) and the commands that control it over its socket. */
+export function registerDaemon(program: Command): void {
+  const d = program
+    .command('daemon')
+    .description('run mounts, staging watchers and the push queue in the foreground (what the systemd unit starts)')
+    .option('--config <file>', 'JSON config with any number of mounts (see systemd/config.example.json)')
+    .option('--source <source>', 'registry host[:port] or oci:DIR for a single mount')
+    .option('--mountpoint <dir>', 'where to mount --source')
+    .option('--staging <dir>', 'staging folder: STAGING/<repository>/<tag>/<files> is pushed as <repository>:<tag>')
+    .option('--cache-dir <dir>', 'shared blob cache (default $XDG_CACHE_HOME/regfs, /var/cache/regfs for root)')
+    .option('--state-dir <dir>', 'push journal and state (default $XDG_STATE_HOME/regfs, /var/lib/regfs for root)')
+    .option('--socket <path>', 'control socket (default $XDG_RUNTIME_DIR/regfs/control.sock, /run/regfs/control.sock for root)')
+    .option('--plain-http', 'use plain HTTP for a non-loopback --source')
+    .option('--registry-config <file>', 'docker-compatible credentials file for --source')
+    .option('--metadata-ttl <seconds>', 'how long tag and repository listings are trusted (default 30)')
+    .option('--cache-max-size <size>', 'evict least recently used blobs above this size, e.g. 10G')
+    .option('--quiet-period <seconds>', 'how long staged files must be unchanged before they are pushed (default 2)')
+    .option('--log-format <format>', 'text or json (for journald pipelines)', 'text')
+    .option('--log-level <level>', 'debug, info, warn or error', 'info');
+  d.addHelpText('after', '\nExamples:\n  regfs daemon --source localhost:5000 --mountpoint /srv/registry --staging /srv/staging\n  regfs daemon --config /etc/regfs/config.json --log-format json\n');
+  d.action(
+    action(async (ctx) => {
+      const opts = ctx.opts as unknown as {
+        config?: string; source?: string; mountpoint?: string; staging?: string; cacheDir?: string; stateDir?: string; socket?: string;
+        plainHttp?: boolean; registryConfig?: string; metadataTtl?: string; cacheMaxSize?: string; quietPeriod?: string; logFormat: string; logLevel: string;
+      };
+      if (opts.logFormat !== 'text' && opts.logFormat !== 'json') throw new RegfsError('INVALID_ARGUMENT', `invalid --log-format ${opts.logFormat}: expected text or json`);
+      if (!['debug', 'info', 'warn', 'error'].includes(opts.logLevel)) throw new RegfsError('INVALID_ARGUMENT', `invalid --log-level ${opts.logLevel}: expected debug, info, warn or error`);
+      const { loadConfigFile, resolveConfig } = await import('../../daemon/settings.js');
+      const { Daemon } = await import('../../daemon/daemon.js');
+      const file = opts.config ? await loadConfigFile(opts.config) : undefined;
+      if (!opts.config && !opts.source) throw new RegfsError('INVALID_ARGUMENT', 'give --config FILE, or --source with --mountpoint');
+      const config = resolveConfig(file, {
+        ...(opts.source ? { source: opts.source } : {}),
+        ...(opts.mountpoint ? { mountpoint: opts.mountpoint } : {}),
+        ...(opts.staging ? { staging: opts.staging } : {}),
+        ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}),
+        ...(opts.stateDir ? { stateDir: opts.stateDir } : {}),
+        ...(opts.socket ? { socket: opts.socket } : {}),
+        ...(opts.plainHttp ? { plainHttp: true } : {}),
+        ...(opts.registryConfig ? { registryConfig: opts.registryConfig } : {}),
+        ...(opts.metadataTtl ? { metadataTtlSeconds: parseSeconds(opts.metadataTtl, '--metadata-ttl') } : {}),
+        ...(opts.cacheMaxSize ? { cacheMaxSize: parseSize(opts.cacheMaxSize, '--cache-max-size') } : {}),
+        ...(opts.quietPeriod ? { quietSeconds: parseSeconds(opts.quietPeriod, '--quiet-period') } : {}),
+        logFormat: opts.logFormat,
+        logLevel: opts.logLevel as 'info',
+      } as never);
+      const log = createLogger({ level: config.logLevel, format: config.logFormat });
+      const daemon = await Daemon.start(config, { configFile: opts.config, log });
+      await new Promise<void>((resolve) => {
+        let stopping = false;
+        const onStop = (sig: NodeJS.Signals): void => {
+          if (stopping) return log.info(`received ${sig} again; still stopping`);
+          stopping = true;
+          log.info(`received ${sig}: finishing, unmounting`);
+          daemon.stop().then(resolve, (e: unknown) => {
+            log.error(`stop: ${(e as Error).message}`);
+            resolve();
+          });
+        };
+        process.on('SIGINT', onStop);
+        process.on('SIGTERM', onStop);
+        process.on('SIGHUP', () => void daemon.reload().catch((e: unknown) => log.error(`reload failed: ${(e as Error).message}`)));
+      });
+      setTimeout(() => process.exit(process.exitCode ?? 0), 500).unref();
+    }),
+  );
+}
+
+type Client = { request<T>(method: string, path: string, body?: unknown): Promise<T> };
+
+async function client(socket: string | undefined): Promise<Client> {
+  const { ControlClient, socketPathFrom } = await import('../daemon-client.js');
+  return new ControlClient(socketPathFrom({ socket }));
+}
+
+function socketOption(cmd: Command): Command {
+  return addFormatOption(cmd.option('--socket <path>', 'control socket of the daemon (default: $REGFS_SOCKET, then the per-user default)'));
+}
+
+interface QueueItem { repository: string; tag: string; target: string; state: string; attempts: number; lastError?: string; pushedDigest?: string; expectedDigest?: string }
+interface Status { pid: number; mounts: Array<{ source: string; mountpoint: string; staging: string | null }>; cache: Record<string, number>; queue: QueueItem[]; recentErrors: Array<{ time: string; level: string; msg: string }> }
+
+function renderStatus(s: Status): string[] {
+  const lines = [`regfs daemon pid ${s.pid}`, 'Mounts:'];
+  for (const m of s.mounts) lines.push(`  ${m.source} -> ${m.mountpoint}${m.staging ? `  (staging ${m.staging})` : ''}`);
+  if (!s.mounts.length) lines.push('  (none)');
+  const c = s.cache;
+  lines.push(`Cache: ${c.blobs ?? 0} blobs, ${humanBytes(c.bytesOnDisk ?? 0)} on disk; hits ${c.hits ?? 0}, misses ${c.misses ?? 0}, fetched ${humanBytes(c.bytesFetched ?? 0)}, served ${humanBytes(c.bytesServed ?? 0)}, evictions ${c.evictions ?? 0}`);
+  lines.push('Queue:');
+  for (const q of s.queue) lines.push(`  ${q.state.padEnd(9)} ${q.repository}:${q.tag}  (${q.target}, attempts ${q.attempts})${q.lastError ? `  ${q.lastError}` : ''}`);
+  if (!s.queue.length) lines.push('  (empty)');
+  if (s.recentErrors.length) {
+    lines.push('Recent errors:');
+    for (const e of s.recentErrors.slice(-5)) lines.push(`  ${e.time} ${e.level} ${e.msg}`);
+  }
+  return lines;
+}
+
+/** registerControl adds status, mounts, refresh, rescan, retry and cache commands (they ask the running daemon). */
+export function registerControl(program: Command): void {
+  const status = socketOption(program.command('status').description('show mounts, cache statistics, the push queue and recent errors of the running daemon').option('-w, --watch', 'redraw every second until Ctrl-C (on a TTY)'));
+  status.addHelpText('after', '\nExamples:\n  regfs status\n  regfs status --format json\n  regfs status --watch\n');
+  status.action(
+    action(async (ctx) => {
+      const o = ctx.opts as typeof ctx.opts & { socket?: string; watch?: boolean };
+      const c = await client(o.socket);
+      const once = async (): Promise<Status> => c.request<Status>('GET', '/status');
+      if (!o.watch) {
+        const s = await once();
+        ctx.out.result(s, renderStatus(s));
+        return;
+      }
+      for (;;) {
+        const s = await once();
+        if (process.stdout.isTTY && ctx.out.format === 'text') process.stdout.write('\x1b[H\x1b[2J');
+        ctx.out.result(s, renderStatus(s));
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    }),
+  );
+
+  const mounts = program.command('mounts').description('add, list and remove mounts of the running daemon');
+  const add = socketOption(mounts.command('add').description('mount SOURCE at MOUNTPOINT in the running daemon').argument('<source>', 'registry host[:port] or oci:DIR').argument('<mountpoint>', 'an existing directory').option('--staging <dir>', 'staging folder to watch'));
+  add.addHelpText('after', '\nExample:\n  regfs mounts add localhost:5000 /srv/registry --staging /srv/staging\n');
+  add.action(
+    action(async (ctx, source: string, mountpoint: string) => {
+      const o = ctx.opts as typeof ctx.opts & { socket?: string; staging?: string };
+      const path = await import('node:path');
+      const r = await (await client(o.socket)).request<{ mounted: string }>('POST', '/mounts', { source, mountpoint: path.resolve(mountpoint), ...(o.staging ? { staging: path.resolve(o.staging) } : {}) });
+      ctx.out.result(r, `Mounted ${source} at ${r.mounted}`);
+    }),
+  );
+  const ls = socketOption(mounts.command('ls').description('list the mounts of the running daemon'));
+  ls.addHelpText('after', '\nExample:\n  regfs mounts ls\n');
+  ls.action(
+    action(async (ctx) => {
+      const o = ctx.opts as typeof ctx.opts & { socket?: string };
+      const r = await (await client(o.socket)).request<{ mounts: Status['mounts'] }>('GET', '/mounts');
+      ctx.out.result(r, r.mounts.map((m) => `${m.source}\t${m.mountpoint}${m.staging ? `\t${m.staging}` : ''}`));
+    }),
+  );
+  const rm = socketOption(mounts.command('rm').description('unmount MOUNTPOINT in the running daemon').argument('<mountpoint>', 'a mountpoint of the daemon'));
+  rm.addHelpText('after', '\nExample:\n  regfs mounts rm /srv/registry\n');
+  rm.action(
+    action(async (ctx, mountpoint: string) => {
+      const o = ctx.opts as typeof ctx.opts & { socket?: string };
+      const path = await import('node:path');
+      const r = await (await client(o.socket)).request<{ unmounted: string }>('POST', '/mounts/remove', { mountpoint: path.resolve(mountpoint) });
+      ctx.out.result(r, `Unmounted ${r.unmounted}`);
+    }),
+  );
+
+  const simple: Array<[string, string, string, string, (o: Record<string, unknown>, args: string[]) => Promise<[string, string, unknown?]>, string?]> = [
+    ['refresh', 'drop cached tag and repository listings now (of PATH inside a mount, or all)', 'regfs refresh /srv/registry/samples/artifact', 'Refreshed', async (_o, a) => ['POST', '/refresh', a[0] ? { path: (await import('node:path')).resolve(a[0]) } : {}], '[path]'],
+    ['rescan', 'scan every staging folder now', 'regfs rescan', 'Queued', async () => ['POST', '/rescan']],
+    ['retry', 'requeue failed pushes', 'regfs retry', 'Requeued', async () => ['POST', '/retry']],
+  ];
+  for (const [name, desc, example, verb, req, arg] of simple) {
+    const cmd = socketOption(program.command(name).description(desc));
+    if (arg) cmd.argument(arg, 'a path inside a mount');
+    cmd.addHelpText('after', `\nExample:\n  ${example}\n`);
+    cmd.action(
+      action(async (ctx, ...args: unknown[]) => {
+        const o = ctx.opts as typeof ctx.opts & { socket?: string };
+        const [method, p, body] = await req(o as Record<string, unknown>, args.filter((x): x is string => typeof x === 'string'));
+        const r = await (await client(o.socket)).request<Record<string, unknown>>(method, p, body);
+        ctx.out.result(r, `${verb}: ${Object.values(r).map(String).join(', ')}`);
+      }),
+    );
+  }
+
+  const cache = program.command('cache').description('inspect and prune the daemon\'s blob cache');
+  const stats = socketOption(cache.command('stats').description('hits, misses, bytes fetched and served, evictions, blobs and bytes on disk'));
+  stats.addHelpText('after', '\nExample:\n  regfs cache stats --format json\n');
+  stats.action(
+    action(async (ctx) => {
+      const o = ctx.opts as typeof ctx.opts & { socket?: string };
+      const s = await (await client(o.socket)).request<Record<string, number>>('GET', '/cache/stats');
+      ctx.out.result(s, Object.entries(s).map(([k, v]) => `${k.padEnd(14)} ${/bytes/i.test(k) ? humanBytes(v) : v}`));
+    }),
+  );
+  const prune = socketOption(cache.command('prune').description('evict least recently used blobs (never open ones) down to a size').option('--max-size <size>', 'target size, e.g. 5G (default: the configured maximum)'));
+  prune.addHelpText('after', '\nExample:\n  regfs cache prune --max-size 5G\n');
+  prune.action(
+    action(async (ctx) => {
+      const o = ctx.opts as typeof ctx.opts & { socket?: string; maxSize?: string };
+      const r = await (await client(o.socket)).request<{ evicted: number; bytes: number }>('POST', '/cache/prune', o.maxSize ? { maxSize: parseSize(o.maxSize, '--max-size') } : {});
+      ctx.out.result(r, `Evicted ${r.evicted} blobs (${humanBytes(r.bytes)})`);
+    }),
+  );
+}

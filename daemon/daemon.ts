@@ -1,0 +1,312 @@
+import type { FSWatcher } from 'chokidar';
+import chokidar from 'chokidar';
+import path from 'node:path';
+import { BlobCache } from '../cache/blob-cache.js';
+import { MetadataCache } from '../cache/metadata-cache.js';
+import { RegfsError } from '../registry/errors.js';
+import { openSource } from '../registry/open.js';
+import type { Registry } from '../registry/storage.js';
+import { isInside, serveMount, type RunningMount } from '../mount/serve.js';
+import type { Logger } from '../util/log.js';
+import { loadConfigFile, resolveConfig, type DaemonConfig, type MountConfig } from './settings.js';
+import { startControlServer } from './control.js';
+import { PushQueue } from './journal.js';
+import { scanStaging } from './staging.js';
+
+interface ActiveMount {
+  config: MountConfig;
+  registry: Registry;
+  running: RunningMount;
+  watcher?: FSWatcher;
+  rescanTimer?: NodeJS.Timeout;
+}
+
+/** LoggedEvent is a warning or error the daemon keeps for `regfs status`. */
+export interface LoggedEvent {
+  time: string;
+  level: 'warn' | 'error';
+  msg: string;
+}
+
+/** recordingLogger wraps a logger and keeps the last warnings and errors for status. */
+export function recordingLogger(inner: Logger, keep = 20): { log: Logger; recent: LoggedEvent[] } {
+  const recent: LoggedEvent[] = [];
+  const push = (level: 'warn' | 'error', msg: string): void => {
+    recent.push({ time: new Date().toISOString(), level, msg });
+    if (recent.length > keep) recent.shift();
+  };
+  return {
+    recent,
+    log: {
+      debug: (m, f) => inner.debug(m, f),
+      info: (m, f) => inner.info(m, f),
+      warn: (m, f) => {
+        push('warn', m);
+        inner.warn(m, f);
+      },
+      error: (m, f) => {
+        push('error', m);
+        inner.error(m, f);
+      },
+    },
+  };
+}
+
+/**
+ * Daemon runs any number of mounts sharing one blob cache, watches their staging folders, pushes
+ * staged tags through the durable queue and answers the control socket. It never touches its own
+ * mountpoints: staging and cache folders inside a mountpoint are refused at start.
+ */
+export class Daemon {
+  private readonly mounts = new Map<string, ActiveMount>();
+  private server: { close(): Promise<void> } | undefined;
+  private stopping: Promise<void> | undefined;
+  readonly startedAt = new Date();
+
+  private constructor(
+    private config: DaemonConfig,
+    private readonly configFile: string | undefined,
+    private readonly log: Logger,
+    private readonly recent: LoggedEvent[],
+    readonly blobs: BlobCache,
+    readonly metadata: MetadataCache,
+    readonly queue: PushQueue,
+  ) {}
+
+  /** start opens the cache (one daemon per cache), the queue and the socket, then mounts everything. */
+  static async start(config: DaemonConfig, opts: { configFile?: string; log: Logger }): Promise<Daemon> {
+    const { log, recent } = recordingLogger(opts.log);
+    const blobs = await BlobCache.open(config.cacheDir, { maxSize: config.cacheMaxSize, minFreeBytes: config.minFreeBytes, log });
+    const metadata = new MetadataCache({ ttlMs: config.metadataTtlSeconds * 1000, log });
+    let d: Daemon | undefined;
+    try {
+      const queue = await PushQueue.open(config.stateDir, {
+        log,
+        quietMs: config.quietSeconds * 1000,
+        repositoryFor: (item) => d!.registryFor(item.target).repository(item.repository),
+      });
+      d = new Daemon(config, opts.configFile, log, recent, blobs, metadata, queue);
+      queue.onChange((item) => {
+        if (item.state === 'done') {
+          // The mount shows a new push at once, not after the metadata TTL.
+          metadata.dropListings(item.repository);
+          log.info(`pushed ${item.repository}:${item.tag}`, { target: item.target, digest: item.pushedDigest });
+        } else if (item.state === 'failed') {
+          log.error(`push of ${item.repository}:${item.tag} failed: ${item.lastError ?? 'unknown error'}`, { target: item.target });
+        }
+      });
+      d.server = await startControlServer(config.socket, d.routes(), log);
+      for (const m of config.mounts) await d.addMount(m);
+      queue.start();
+      log.info(`regfs daemon running`, { pid: process.pid, socket: config.socket, mounts: config.mounts.length });
+      return d;
+    } catch (err) {
+      if (d) await d.stop();
+      else await blobs.close();
+      throw err;
+    }
+  }
+
+  private registryFor(target: string): Registry {
+    for (const m of this.mounts.values()) if (m.config.source === target) return m.registry;
+    throw new RegfsError('NOT_FOUND', `no mount with source ${target} is configured`);
+  }
+
+  /** addMount mounts one source (and watches its staging folder) while the daemon runs. */
+  async addMount(mc: MountConfig): Promise<void> {
+    const mountpoint = path.resolve(mc.mountpoint);
+    if (this.mounts.has(mountpoint)) throw new RegfsError('CONFLICT', `${mountpoint} is already mounted by this daemon`);
+    for (const other of this.mounts.values()) {
+      if (isInside(other.running.mountpoint, mountpoint) || isInside(mountpoint, other.running.mountpoint)) {
+        throw new RegfsError('INVALID_ARGUMENT', `mountpoint ${mountpoint} overlaps ${other.running.mountpoint}`);
+      }
+      if (mc.staging && isInside(other.running.mountpoint, path.resolve(mc.staging))) {
+        throw new RegfsError('INVALID_ARGUMENT', `staging folder ${mc.staging} is inside the mountpoint ${other.running.mountpoint}: that would deadlock`);
+      }
+    }
+    if (mc.staging && isInside(mountpoint, path.resolve(mc.staging))) {
+      throw new RegfsError('INVALID_ARGUMENT', `staging folder ${mc.staging} is inside its mountpoint ${mountpoint}: that would deadlock`);
+    }
+    const registry = openSource(mc.source, { plainHttp: mc.plainHttp, insecure: mc.insecure, caFile: mc.caFile, registryConfig: mc.registryConfig, log: this.log, forMount: true, create: true });
+    let running: RunningMount;
+    try {
+      running = await serveMount({
+        registry,
+        mountpoint,
+        cacheDir: this.config.cacheDir,
+        metadataTtlMs: this.config.metadataTtlSeconds * 1000,
+        cache: {},
+        log: this.log,
+        blobs: this.blobs,
+        metadata: this.metadata,
+      });
+    } catch (err) {
+      await registry.close();
+      throw err;
+    }
+    const active: ActiveMount = { config: { ...mc, mountpoint }, registry, running };
+    this.mounts.set(mountpoint, active);
+    void running.done.then(() => {
+      if (this.mounts.get(mountpoint) === active && !this.stopping) {
+        this.log.warn(`${mountpoint} was unmounted from outside; its staging folder is no longer watched`);
+        void this.detach(active);
+      }
+    });
+    if (mc.staging) {
+      const staging = path.resolve(mc.staging);
+      await import('node:fs/promises').then((f) => f.mkdir(staging, { recursive: true }));
+      active.watcher = chokidar.watch(staging, {
+        ignoreInitial: true,
+        followSymlinks: false,
+        awaitWriteFinish: { stabilityThreshold: Math.max(200, this.config.quietSeconds * 1000), pollInterval: 100 },
+      });
+      active.watcher.on('all', () => this.scheduleRescan(active));
+      active.watcher.on('error', (e: unknown) => this.log.warn(`watching ${staging}: ${(e as Error).message}`));
+      // Files written while the daemon was down are found by this first scan.
+      await this.rescanMount(active);
+    }
+  }
+
+  private scheduleRescan(m: ActiveMount): void {
+    clearTimeout(m.rescanTimer);
+    m.rescanTimer = setTimeout(() => void this.rescanMount(m), 300);
+  }
+
+  private async rescanMount(m: ActiveMount): Promise<number> {
+    if (!m.config.staging) return 0;
+    let queued = 0;
+    try {
+      for (const staged of await scanStaging(path.resolve(m.config.staging), this.log)) {
+        const r = await this.queue.enqueue(m.config.source, staged);
+        if (r !== 'unchanged') queued++;
+      }
+    } catch (err) {
+      this.log.warn(`scanning ${m.config.staging}: ${(err as Error).message}`);
+    }
+    return queued;
+  }
+
+  private async detach(m: ActiveMount): Promise<void> {
+    this.mounts.delete(m.running.mountpoint);
+    clearTimeout(m.rescanTimer);
+    await m.watcher?.close();
+    await m.running.stop();
+    await m.registry.close();
+  }
+
+  /** removeMount unmounts one mountpoint. */
+  async removeMount(mountpoint: string): Promise<void> {
+    const m = this.mounts.get(path.resolve(mountpoint));
+    if (!m) throw new RegfsError('NOT_FOUND', `${path.resolve(mountpoint)} is not mounted by this daemon`);
+    await this.detach(m);
+  }
+
+  /** refresh drops cached listings: of the repository a mount path names, or all of them. */
+  refresh(p?: string): string {
+    if (!p) {
+      this.metadata.dropListings();
+      return 'all listings';
+    }
+    const abs = path.resolve(p);
+    for (const m of this.mounts.values()) {
+      if (isInside(m.running.mountpoint, abs)) {
+        const rel = path.relative(m.running.mountpoint, abs).split(path.sep).filter(Boolean);
+        // Drop every repository prefix of the path: the daemon cannot stat its own mount to know which is one.
+        for (let i = 1; i <= rel.length; i++) this.metadata.dropListings(rel.slice(0, i).join('/'));
+        this.metadata.dropListings(undefined);
+        return abs;
+      }
+    }
+    throw new RegfsError('NOT_FOUND', `${abs} is not inside a mount of this daemon`);
+  }
+
+  /** rescan scans every staging folder now and returns how many tags were queued. */
+  async rescan(): Promise<number> {
+    let n = 0;
+    for (const m of this.mounts.values()) n += await this.rescanMount(m);
+    return n;
+  }
+
+  /** status is what `regfs status` shows. */
+  status(): Record<string, unknown> {
+    return {
+      pid: process.pid,
+      startedAt: this.startedAt.toISOString(),
+      socket: this.config.socket,
+      cacheDir: this.config.cacheDir,
+      stateDir: this.config.stateDir,
+      mounts: [...this.mounts.values()].map((m) => ({ source: m.config.source, mountpoint: m.running.mountpoint, staging: m.config.staging ?? null })),
+      cache: this.blobs.stats(),
+      metadata: this.metadata.stats(),
+      queue: this.queue.status(),
+      recentErrors: [...this.recent],
+    };
+  }
+
+  /** reload re-reads the config file (adding and removing mounts) and drops listings (SIGHUP). */
+  async reload(): Promise<void> {
+    this.metadata.dropListings();
+    if (!this.configFile) {
+      this.log.info('SIGHUP: dropped cached listings');
+      return;
+    }
+    const next = resolveConfig(await loadConfigFile(this.configFile), {});
+    const wanted = new Map(next.mounts.map((m) => [path.resolve(m.mountpoint), m]));
+    for (const [mp, m] of this.mounts) if (!wanted.has(mp)) await this.detach(m);
+    for (const [mp, mc] of wanted) if (!this.mounts.has(mp)) await this.addMount(mc).catch((e: unknown) => this.log.error(`reload: cannot mount ${mp}: ${(e as Error).message}`));
+    this.config = { ...this.config, mounts: next.mounts };
+    this.log.info('SIGHUP: configuration reloaded, listings dropped', { mounts: this.mounts.size });
+  }
+
+  private routes(): Parameters<typeof startControlServer>[1] {
+    const body = (b: unknown): Record<string, unknown> => (typeof b === 'object' && b !== null ? (b as Record<string, unknown>) : {});
+    const str = (v: unknown, name: string): string => {
+      if (typeof v !== 'string' || !v) throw new RegfsError('INVALID_ARGUMENT', `missing ${name}`);
+      return v;
+    };
+    return {
+      'GET /ping': async () => ({ pid: process.pid }),
+      'GET /status': async () => this.status(),
+      'GET /mounts': async () => ({ mounts: this.status().mounts }),
+      'POST /mounts': async (b) => {
+        const o = body(b);
+        const mc: MountConfig = { source: str(o.source, 'source'), mountpoint: path.resolve(str(o.mountpoint, 'mountpoint')), ...(typeof o.staging === 'string' ? { staging: path.resolve(o.staging) } : {}) };
+        await this.addMount(mc);
+        return { mounted: mc.mountpoint };
+      },
+      'POST /mounts/remove': async (b) => {
+        const mp = str(body(b).mountpoint, 'mountpoint');
+        await this.removeMount(mp);
+        return { unmounted: path.resolve(mp) };
+      },
+      'POST /refresh': async (b) => ({ refreshed: this.refresh(typeof body(b).path === 'string' ? (body(b).path as string) : undefined) }),
+      'POST /rescan': async () => ({ queued: await this.rescan() }),
+      'POST /retry': async () => ({ requeued: await this.queue.retry() }),
+      'GET /cache/stats': async () => this.blobs.stats(),
+      'POST /cache/prune': async (b) => {
+        const max = body(b).maxSize;
+        return this.blobs.evict(typeof max === 'number' ? { maxSize: max } : {});
+      },
+    };
+  }
+
+  /** stop stops accepting work, persists in-flight pushes, unmounts everything and closes the cache. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      await this.server?.close().catch(() => undefined);
+      for (const m of this.mounts.values()) {
+        clearTimeout(m.rescanTimer);
+        await m.watcher?.close();
+      }
+      await this.queue.stop();
+      for (const m of [...this.mounts.values()]) {
+        this.mounts.delete(m.running.mountpoint);
+        await m.running.stop();
+        await m.registry.close();
+      }
+      await this.blobs.close();
+      this.log.info('regfs daemon stopped');
+    })();
+    return this.stopping;
+  }
+}
