@@ -1,5 +1,4 @@
 import { promises as fsp } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { BlobCache, type BlobCacheOptions } from '../cache/blob-cache.js';
 import { MetadataCache } from '../cache/metadata-cache.js';
@@ -32,13 +31,6 @@ export interface RunningMount {
   stop(): Promise<void>;
   /** done settles once the mount is stopped, by stop() or because it was unmounted from outside. */
   done: Promise<void>;
-}
-
-/** defaultCacheDir is `$XDG_CACHE_HOME/regfs`, `~/.cache/regfs`, or `/var/cache/regfs` for root without XDG. */
-export function defaultCacheDir(): string {
-  if (process.env.XDG_CACHE_HOME) return path.join(process.env.XDG_CACHE_HOME, 'regfs');
-  if (process.getuid?.() === 0) return '/var/cache/regfs';
-  return path.join(os.homedir(), '.cache', 'regfs');
 }
 
 /** isInside tells whether `child` is `parent` or below it. */

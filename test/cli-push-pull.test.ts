@@ -139,8 +139,8 @@ test('exit codes and one-line errors for bad input', async (t) => {
 test('--help describes every command and option', async (t) => {
   const top = await runCli(['--help']);
   t.is(top.code, 0);
-  for (const c of ['login', 'logout', 'push', 'pull', 'repo', 'manifest', 'resolve', 'blob']) t.regex(top.stdout, new RegExp(`^  ${c}\\b`, 'm'));
-  for (const args of [['push'], ['pull'], ['login'], ['logout'], ['repo', 'ls'], ['repo', 'tags'], ['repo', 'show'], ['repo', 'delete'], ['manifest', 'fetch'], ['resolve'], ['blob', 'fetch']]) {
+  for (const c of ['login', 'logout', 'push', 'pull', 'repo', 'manifest', 'resolve', 'blob', 'mount', 'unmount', 'daemon', 'status', 'mounts', 'refresh', 'rescan', 'retry', 'cache']) t.regex(top.stdout, new RegExp(`^  ${c}\\b`, 'm'));
+  for (const args of [['push'], ['pull'], ['login'], ['logout'], ['repo', 'ls'], ['repo', 'tags'], ['repo', 'show'], ['repo', 'delete'], ['manifest', 'fetch'], ['resolve'], ['blob', 'fetch'], ['mount'], ['unmount'], ['daemon'], ['status'], ['mounts', 'add'], ['mounts', 'ls'], ['mounts', 'rm'], ['refresh'], ['rescan'], ['retry'], ['cache', 'stats'], ['cache', 'prune']]) {
     const h = await runCli([...args, '--help']);
     t.is(h.code, 0, args.join(' '));
     t.regex(h.stdout, /Example/, args.join(' '));

@@ -2,16 +2,13 @@ import type { Command } from 'commander';
 import path from 'node:path';
 import { RegfsError } from '../../registry/errors.js';
 import { createLogger } from '../../util/log.js';
+import { defaultPaths, parseSizeValue } from '../../daemon/settings.js';
 import { addRemoteOptions } from '../context.js';
 import { action } from '../run.js';
 
-/** parseSize reads a byte size like 512M, 10G, 1024 (binary units). */
+/** parseSize reads a byte size like 512M, 10G or 1024 (binary units) given to a flag. */
 export function parseSize(v: string, flag: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?$/i.exec(v.trim());
-  if (!m) throw new RegfsError('INVALID_ARGUMENT', `invalid ${flag} ${JSON.stringify(v)}: expected a size like 512M or 10G`);
-  const unit = (m[2] ?? 'B').toUpperCase()[0]!;
-  const mult = { B: 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }[unit as 'B'] ?? 1;
-  return Math.floor(Number(m[1]) * mult);
+  return parseSizeValue(v, `invalid ${flag} ${JSON.stringify(v)}`);
 }
 
 /** parseSeconds reads a duration in seconds (integer or decimal). */
@@ -45,13 +42,13 @@ export function registerMount(program: Command): void {
       if (o.logFormat !== 'text' && o.logFormat !== 'json') throw new RegfsError('INVALID_ARGUMENT', `invalid --log-format ${o.logFormat}: expected text or json`);
       if (!['debug', 'info', 'warn', 'error'].includes(o.logLevel)) throw new RegfsError('INVALID_ARGUMENT', `invalid --log-level ${o.logLevel}`);
       // Loaded on demand: push/pull never pay for the FUSE binding.
-      const { defaultCacheDir, serveMount } = await import('../../mount/serve.js');
+      const { serveMount } = await import('../../mount/serve.js');
       const log = createLogger({ level: o.debug ? 'debug' : (o.logLevel as 'info'), format: o.logFormat });
       const registry = ctx.registry(source, { mount: true, log });
       const running = await serveMount({
         registry,
         mountpoint,
-        cacheDir: o.cacheDir ?? defaultCacheDir(),
+        cacheDir: o.cacheDir ?? defaultPaths().cacheDir,
         metadataTtlMs: parseSeconds(o.metadataTtl, '--metadata-ttl') * 1000,
         cache: {
           maxSize: o.cacheMaxSize ? parseSize(o.cacheMaxSize, '--cache-max-size') : undefined,
