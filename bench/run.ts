@@ -8,7 +8,8 @@
  * A full run writes bench/results/latest.json; --quick or --only write latest-partial.json (git-ignored)
  * unless --out says otherwise.
  *
- * Benchmarks: cold-read-1g, warm-read-1g, first-4k, ls-lR, rss-4g (see bench/README.md).
+ * Benchmarks: cold-read-1g, warm-read-1g, first-4k, ls-lR, rss-4g, staging-push-1g, staging-1000-files
+ * (see bench/README.md).
  */
 import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
@@ -39,9 +40,10 @@ import {
   tempDirIn,
   type Result,
 } from './lib.js';
+import { benchStagingMany, benchStagingPush } from './staging.js';
 
 /** BENCHMARKS are the names --only accepts, in run order. */
-export const BENCHMARKS = ['cold-read-1g', 'warm-read-1g', 'first-4k', 'ls-lR', 'rss-4g'] as const;
+export const BENCHMARKS = ['cold-read-1g', 'warm-read-1g', 'first-4k', 'ls-lR', 'rss-4g', 'staging-push-1g', 'staging-1000-files'] as const;
 
 /** BenchConfig is the parsed command line. */
 export interface BenchConfig {
@@ -629,6 +631,8 @@ export async function main(argv: string[]): Promise<number> {
   await group(['cold-read-1g', 'warm-read-1g', 'first-4k'], bigRows, () => benchBigFile(cfg, results));
   await group(['ls-lR'], ['ls-lR-cold', 'ls-lR-warm'], () => benchLsLR(cfg, results));
   await group(['rss-4g'], ['rss-4g'], () => benchRss(cfg, results));
+  await group(['staging-push-1g'], ['staging-push-1g'], () => benchStagingPush(cfg.bigSize, results));
+  await group(['staging-1000-files'], ['staging-1000-files', 'staging-1000-files-rss'], () => benchStagingMany(results));
   await Scope.closeAll();
 
   const seconds = (Date.now() - started) / 1000;
