@@ -1,5 +1,6 @@
 import type { FSWatcher } from 'chokidar';
 import chokidar from 'chokidar';
+import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { BlobCache } from '../cache/blob-cache.js';
 import { MetadataCache } from '../cache/metadata-cache.js';
@@ -154,7 +155,7 @@ export class Daemon {
     });
     if (mc.staging) {
       const staging = path.resolve(mc.staging);
-      await import('node:fs/promises').then((f) => f.mkdir(staging, { recursive: true }));
+      await fsp.mkdir(staging, { recursive: true });
       active.watcher = chokidar.watch(staging, {
         ignoreInitial: true,
         followSymlinks: false,
@@ -211,9 +212,10 @@ export class Daemon {
     for (const m of this.mounts.values()) {
       if (isInside(m.running.mountpoint, abs)) {
         const rel = path.relative(m.running.mountpoint, abs).split(path.sep).filter(Boolean);
-        // Drop every repository prefix of the path: the daemon cannot stat its own mount to know which is one.
+        // Drop every repository prefix of the path (and with them the repository lists): the daemon
+        // cannot stat its own mount to learn which prefix is the repository.
         for (let i = 1; i <= rel.length; i++) this.metadata.dropListings(rel.slice(0, i).join('/'));
-        this.metadata.dropListings(undefined);
+        if (rel.length === 0) this.metadata.dropListings();
         return abs;
       }
     }
