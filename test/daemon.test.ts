@@ -49,6 +49,8 @@ test('files copied into staging are pushed: skopeo sees the artifact and the mou
     return i && i.Digest !== before ? i : undefined;
   }, 30_000, 'the edited tag');
   t.true(after.LayersData.some((l) => l.Digest === `sha256:${sha(Buffer.alloc(100_000, 2))}`));
+  // The journal records "done" just after the manifest lands: wait for the log line, then count.
+  await d.waitLog(/pushed team\/app:v1[\s\S]*pushed team\/app:v1/);
   const pushes = (d.logs().match(/pushed team\/app:v1/g) ?? []).length;
   t.is(pushes, 2, d.logs());
   t.is(await d.stop(), 0);
@@ -118,7 +120,7 @@ test('kill -9 in the middle of a staged 200 MiB push: after a restart it complet
   await mkdir(tagDir, { recursive: true });
   await sh(`head -c ${200 * 1024 * 1024} /dev/urandom > ${base}/big.bin`);
   await cp(path.join(base, 'big.bin'), path.join(tagDir, 'big.bin'));
-  await waitFor(async () => proxy.requests.some((r) => /\/blobs\/uploads\//.test(r.path) && r.method !== 'POST'), 30_000, 'the upload to start');
+  await waitFor(async () => proxy.requests.some((r) => /\/blobs\/uploads\//.test(r.path) && r.method !== 'POST'), 120_000, 'the upload to start');
   await d.crash();
   t.true(await isMounted(dirs.mnt), 'kill -9 leaves a stale mount');
   t.is(proxy.count('PUT', /\/manifests\//), 0);
