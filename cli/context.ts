@@ -3,8 +3,7 @@ import { CredentialStore, type Credential, type CredentialProvider } from '../re
 import { RegfsError } from '../registry/errors.js';
 import { OciLayoutRepository } from '../registry/oci-layout.js';
 import { openSource } from '../registry/open.js';
-import { parseReference, parseRegistryHost, type Reference } from '../registry/reference.js';
-import { RemoteRegistry } from '../registry/remote.js';
+import { parseReference, type Reference } from '../registry/reference.js';
 import type { Registry, Repository } from '../registry/storage.js';
 import { createLogger, nullLogger, type Logger } from '../util/log.js';
 import { Output, type OutputFormat } from './output.js';
@@ -65,19 +64,6 @@ export class Context {
     return store.provider();
   }
 
-  /** remote opens a registry by host. */
-  remote(host: string): RemoteRegistry {
-    const r = new RemoteRegistry(parseRegistryHost(host), {
-      plainHttp: this.opts.plainHttp,
-      insecure: this.opts.insecure,
-      caFile: this.opts.caFile,
-      credentials: this.credentials(),
-      log: this.log,
-    });
-    this.opened.push(r);
-    return r;
-  }
-
   /** reference parses a reference, honouring --oci-layout. */
   reference(input: string): Reference {
     return parseReference(input, { layout: this.opts.ociLayout });
@@ -86,7 +72,7 @@ export class Context {
   /** repository opens the repository a reference names (remote or OCI layout). */
   repository(ref: Reference, opts: { create?: boolean } = {}): Repository {
     if (ref.kind === 'layout') return new OciLayoutRepository(ref.path, layoutName(ref.path), { create: opts.create });
-    return this.remote(ref.registry).repository(ref.repository);
+    return this.registry(ref.registry).repository(ref.repository);
   }
 
   /**
