@@ -11,7 +11,7 @@ import { startDaemon } from '../test/support/daemon.js';
 import { startRegistry } from '../test/support/registry.js';
 import { MiB, procStatusKiB, progress, randomFile, run, Scope, sleep, tempDirIn, type Result } from './lib.js';
 
-/** QUIET_PERIOD_S is the daemon's --quiet-period used by startDaemon; it is part of the staged time. */
+/** QUIET_PERIOD_S is the daemon's --quiet-period used by startDaemon; it counts from the newest file mtime, so a moved-in file does not wait for it. */
 export const QUIET_PERIOD_S = 0.5;
 const DAEMON_RSS_TARGET_MIB = 300;
 const LONG = 900_000;
@@ -104,7 +104,7 @@ export async function benchStagingPush(size: number, results: Result[]): Promise
     const layers = (await manifest(reg.url, 'bench/stage', 'v1')) ?? [];
     const sameBlob = layers.some((l) => skLayers.some((s) => s.digest === l.digest));
     const rssKiB = await d.rssPeakKiB();
-    progress(`staging-push: tag resolved ${seconds.toFixed(3)} s after mv (includes ${QUIET_PERIOD_S} s quiet period), daemon VmHWM ${(rssKiB / 1024).toFixed(1)} MiB`);
+    progress(`staging-push: tag resolved ${seconds.toFixed(3)} s after mv (quiet period ${QUIET_PERIOD_S} s from file mtimes), daemon VmHWM ${(rssKiB / 1024).toFixed(1)} MiB`);
     const ratio = seconds / sk.seconds;
     results.push({
       name: 'staging-push-1g',
@@ -113,13 +113,11 @@ export async function benchStagingPush(size: number, results: Result[]): Promise
       unit: 's',
       peerName: 'skopeo copy',
       ratio: round(ratio),
-      target: `daemon/skopeo <= 1.0 (incl. ${QUIET_PERIOD_S} s quiet)`,
+      target: `daemon/skopeo <= 1.0 (${QUIET_PERIOD_S} s quiet from mtimes)`,
       met: ratio <= 1.0,
       details: {
         readBytes: size,
         quietPeriodSeconds: QUIET_PERIOD_S,
-        secondsMinusQuietPeriod: round(seconds - QUIET_PERIOD_S),
-        ratioMinusQuietPeriod: round((seconds - QUIET_PERIOD_S) / sk.seconds),
         sameBlobDigestAsSkopeo: sameBlob,
         daemonVmHwmMiB: round(rssKiB / 1024, 1),
         pollIntervalMs: 100,

@@ -20,7 +20,12 @@ interface ActiveMount {
   running: RunningMount;
   watcher?: FSWatcher;
   rescanTimer?: NodeJS.Timeout;
+  periodic?: NodeJS.Timeout;
+  scanning?: Promise<number>;
 }
+
+/** PERIODIC_RESCAN_MS is how often every staging folder is scanned even without a watcher event. */
+const PERIODIC_RESCAN_MS = 30_000;
 
 /** LoggedEvent is a warning or error the daemon keeps for `regfs status`. */
 export interface LoggedEvent {
@@ -156,24 +161,32 @@ export class Daemon {
     if (mc.staging) {
       const staging = path.resolve(mc.staging);
       await fsp.mkdir(staging, { recursive: true });
-      active.watcher = chokidar.watch(staging, {
-        ignoreInitial: true,
-        followSymlinks: false,
-        awaitWriteFinish: { stabilityThreshold: Math.max(200, this.config.quietSeconds * 1000), pollInterval: 100 },
-      });
+      // No awaitWriteFinish: the queue decides when a tag folder is quiet (from file mtimes), so a file
+      // moved in whole starts uploading at once.
+      active.watcher = chokidar.watch(staging, { ignoreInitial: true, followSymlinks: false });
       active.watcher.on('all', () => this.scheduleRescan(active));
       active.watcher.on('error', (e: unknown) => this.log.warn(`watching ${staging}: ${(e as Error).message}`));
-      // Files written while the daemon was down are found by this first scan.
+      // Files written while the daemon was down are found by this first scan; the periodic one catches
+      // anything the watcher missed (inotify limits, network filesystems).
       await this.rescanMount(active);
+      active.periodic = setInterval(() => void this.rescanMount(active), PERIODIC_RESCAN_MS);
+      active.periodic.unref();
     }
   }
 
   private scheduleRescan(m: ActiveMount): void {
     clearTimeout(m.rescanTimer);
-    m.rescanTimer = setTimeout(() => void this.rescanMount(m), 300);
+    m.rescanTimer = setTimeout(() => void this.rescanMount(m), 100);
   }
 
-  private async rescanMount(m: ActiveMount): Promise<number> {
+  /** rescanMount scans one staging folder; scans of a folder run one after another, never overlapping. */
+  private rescanMount(m: ActiveMount): Promise<number> {
+    const next = (m.scanning ?? Promise.resolve(0)).then(() => this.scanOnce(m));
+    m.scanning = next;
+    return next;
+  }
+
+  private async scanOnce(m: ActiveMount): Promise<number> {
     if (!m.config.staging) return 0;
     let queued = 0;
     try {
@@ -190,6 +203,7 @@ export class Daemon {
   private async detach(m: ActiveMount): Promise<void> {
     this.mounts.delete(m.running.mountpoint);
     clearTimeout(m.rescanTimer);
+    clearInterval(m.periodic);
     await m.watcher?.close();
     await m.running.stop();
     await m.registry.close();
@@ -298,6 +312,7 @@ export class Daemon {
       await this.server?.close().catch(() => undefined);
       for (const m of this.mounts.values()) {
         clearTimeout(m.rescanTimer);
+        clearInterval(m.periodic);
         await m.watcher?.close();
       }
       await this.queue.stop();

@@ -1,13 +1,20 @@
 import { createHash } from 'node:crypto';
-import { promises as fsp } from 'node:fs';
+import { createReadStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
+import { Readable } from 'node:stream';
+import type { Descriptor } from '../registry/descriptor.js';
+import { digestOf, type Digest } from '../registry/digest.js';
 import { errorMessage } from '../registry/errors.js';
-import { packArtifact } from '../registry/pack.js';
+import { Annotation, MediaType } from '../registry/media-types.js';
+import { buildManifest, EMPTY_CONFIG_DESCRIPTOR, prepareFile } from '../registry/pack.js';
 import type { Repository } from '../registry/storage.js';
 import { runLimited } from '../registry/transfer.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
 import { nullLogger, redactText, type Logger } from '../util/log.js';
-import { fingerprint, scanTagDir, type StagedTag } from './staging.js';
+import { fingerprint, scanTagDir, type StagedEntry, type StagedTag } from './staging.js';
+
+/** HASH_FIRST_BYTES: files up to this size are hashed before upload (so a blob already there is skipped); bigger ones stream. */
+const HASH_FIRST_BYTES = 8 * 1024 * 1024;
 
 /** QueueState is where a staged push stands. */
 export type QueueState = 'pending' | 'uploading' | 'done' | 'failed';
@@ -26,6 +33,8 @@ export interface QueueItem {
   lastError?: string;
   expectedDigest?: string;
   pushedDigest?: string;
+  /** blobs remembers each file's digest by inode, size and mtime, so an unchanged file is not read again. */
+  blobs?: Record<string, { key: string; digest: Digest }>;
   updatedAt: string;
 }
 
@@ -136,12 +145,25 @@ export class PushQueue {
       fingerprint: fp,
       state: 'pending',
       attempts: 0,
-      notBefore: Date.now() + this.quietMs,
+      notBefore: this.quietFrom(staged.entries),
+      ...(existing?.blobs ? { blobs: existing.blobs } : {}),
       updatedAt: '',
     };
     this.items.set(id, item);
     await this.save(item);
+    if (!this.stopped && this.timer) setImmediate(() => this.pump());
     return existing && existing.state !== 'done' ? 'updated' : 'queued';
+  }
+
+  /**
+   * quietFrom is when a tag folder counts as quiet: its newest file mtime plus the quiet period, never
+   * later than one quiet period from now (a future mtime must not hold a push back). A file moved in
+   * whole keeps its old mtime and starts uploading at once; a file still being written waits.
+   */
+  private quietFrom(entries: StagedEntry[]): number {
+    const now = Date.now();
+    const newest = Math.max(0, ...entries.map((e) => e.mtimeMs));
+    return Math.min(now + this.quietMs, Math.max(now, newest + this.quietMs));
   }
 
   /** start runs the processing loop. */
@@ -160,7 +182,9 @@ export class PushQueue {
     for (const item of this.items.values()) {
       if (this.inflight.size >= this.concurrency) return;
       if (item.state !== 'pending' || item.notBefore > now || this.inflight.has(item.id)) continue;
-      const p = this.process(item).finally(() => this.inflight.delete(item.id));
+      const p = this.process(item)
+        .catch((err: unknown) => this.log.error(`push journal: ${item.repository}:${item.tag}: ${redactText(errorMessage(err))}`))
+        .finally(() => this.inflight.delete(item.id));
       this.inflight.set(item.id, p);
     }
   }
@@ -182,19 +206,27 @@ export class PushQueue {
     }
     const key = this.keyOf(item.target, item.repository, item.tag);
     try {
-      const packed = await packArtifact({ files: entries.map((e) => ({ path: e.name })), cwd: item.dir });
-      const expected = `sha256:${createHash('sha256').update(packed.manifest).digest('hex')}`;
       item.state = 'uploading';
-      item.expectedDigest = expected;
+      item.expectedDigest = undefined;
       await this.save(item);
       const repo = this.opts.repositoryFor(item);
-      await runLimited([packed.config, ...packed.layers], 3, async (b) => {
-        await repo.pushBlob(b.desc, b.open);
-      });
+      const layers: Descriptor[] = new Array<Descriptor>(entries.length);
+      await runLimited(
+        entries.map((e, i) => ({ e, i })),
+        3,
+        async ({ e, i }) => {
+          layers[i] = await this.uploadEntry(repo, item, e);
+        },
+      );
+      await repo.pushBlob(EMPTY_CONFIG_DESCRIPTOR, () => Readable.from([Buffer.from('{}')]));
+      const manifest = buildManifest({ config: EMPTY_CONFIG_DESCRIPTOR, layers, artifactType: MediaType.unknownArtifact });
+      const expected = digestOf(manifest);
+      item.expectedDigest = expected;
+      await this.save(item);
       // A file changed during the upload: never publish half; push again once it is quiet.
       if (fingerprint(await scanTagDir(item.dir, this.log)) !== item.fingerprint) throw new ChangedDuringUpload();
       const current = await repo.resolve(item.tag).catch(() => undefined);
-      if (current?.digest !== expected) await repo.pushManifest(packed.manifest, packed.mediaType, [item.tag]);
+      if (current?.digest !== expected) await repo.pushManifest(manifest, MediaType.ociManifest, [item.tag]);
       else this.log.info(`${item.repository}:${item.tag} already on ${expected}; not putting the manifest again`);
       item.state = 'done';
       item.pushedDigest = expected;
@@ -223,6 +255,38 @@ export class PushQueue {
       }
       await this.save(item);
     }
+  }
+
+  /**
+   * uploadEntry uploads one entry of a tag folder and returns its layer descriptor. A file whose digest
+   * the journal remembers (same inode, size and mtime as at its last upload) goes through pushBlob, which
+   * skips a blob the registry has; a small file is hashed first for the same reason; a big new file is
+   * streamed while it is hashed, so its bytes are read once. A folder becomes one tar+gzip layer.
+   */
+  private async uploadEntry(repo: Repository, item: QueueItem, e: StagedEntry): Promise<Descriptor> {
+    const abs = path.join(item.dir, e.name);
+    if (e.kind === 'dir') {
+      const b = await prepareFile({ path: e.name }, item.dir);
+      await repo.pushBlob(b.desc, b.open);
+      return b.desc;
+    }
+    const st = await fsp.stat(abs);
+    const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}`;
+    const known = item.blobs?.[e.name];
+    const layer = (digest: Digest): Descriptor => ({ mediaType: MediaType.ociLayerTar, digest, size: st.size, annotations: { [Annotation.title]: e.name } });
+    let digest: Digest;
+    if (known && known.key === key) {
+      digest = known.digest;
+      await repo.pushBlob(layer(digest), () => createReadStream(abs));
+    } else if (st.size <= HASH_FIRST_BYTES) {
+      const b = await prepareFile({ path: e.name }, item.dir);
+      digest = b.desc.digest;
+      await repo.pushBlob(layer(digest), b.open);
+    } else {
+      digest = (await repo.pushStream(createReadStream(abs, { highWaterMark: 1024 * 1024 }), st.size)).digest;
+    }
+    item.blobs = { ...item.blobs, [e.name]: { key, digest } };
+    return layer(digest);
   }
 
   /** stop ends the loop and waits (up to 20 s) for pushes in flight; unfinished ones stay in the journal. */

@@ -1,8 +1,9 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { promises as fsp, constants as C } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { Verifier } from './digest.js';
+import { Verifier, type Digest } from './digest.js';
+import { RegfsError } from './errors.js';
 import type { Descriptor } from './descriptor.js';
 import { fsyncDir } from '../util/fs-atomic.js';
 
@@ -36,6 +37,48 @@ export function passThrough<S>(src: Readable, init: (s: S | undefined) => S, onC
     })(),
     { objectMode: false },
   );
+}
+
+/** Hashed is a stream being hashed as it is read; `result` is valid once the stream has ended. */
+export interface Hashed {
+  stream: Readable;
+  result(): { digest: Digest; size: number };
+  /** failure is the size error the stream raised, if any (a transport may wrap it in its own error). */
+  failure(): RegfsError | undefined;
+}
+
+/**
+ * hashing wraps a stream so its sha256 and length are computed as it is consumed; with `size` it
+ * errors as soon as the bytes run long, and at the end when they run short.
+ */
+export function hashing(src: Readable, size?: number): Hashed {
+  let done: { digest: Digest; size: number } | undefined;
+  let failed: RegfsError | undefined;
+  const fail = (msg: string): never => {
+    failed = new RegfsError('SIZE_MISMATCH', msg);
+    throw failed;
+  };
+  const stream = passThrough(
+    src,
+    (s: { h: Hash; n: number } | undefined) => s ?? { h: createHash('sha256'), n: 0 },
+    (s, chunk) => {
+      s.n += chunk.length;
+      if (size !== undefined && s.n > size) fail(`upload source is longer than the ${size} bytes announced (did the file change?)`);
+      s.h.update(chunk);
+    },
+    (s) => {
+      if (size !== undefined && s.n !== size) fail(`upload source has ${s.n} bytes, ${size} were announced (did the file change?)`);
+      done = { digest: `sha256:${s.h.digest('hex')}`, size: s.n };
+    },
+  );
+  return {
+    stream,
+    result: () => {
+      if (!done) throw new RegfsError('IO', 'upload stream ended before it was read to the end');
+      return done;
+    },
+    failure: () => failed,
+  };
 }
 
 /** tempPathFor returns a hidden, unique temp file name beside `file`. */

@@ -1,7 +1,7 @@
 import { existsSync, promises as fsp, constants as C, type Stats } from 'node:fs';
 import path from 'node:path';
 import { Readable, addAbortSignal } from 'node:stream';
-import { verifying, writeStreamAtomic } from './blob-io.js';
+import { hashing, tempPathFor, verifying, writeStreamAtomic } from './blob-io.js';
 import { parseDescriptor, type Descriptor } from './descriptor.js';
 import { Verifier, digestAlgorithm, digestHex, digestOf, isDigest, parseDigest, type Digest } from './digest.js';
 import { RegfsError } from './errors.js';
@@ -9,7 +9,7 @@ import { artifactTypeOf, parseManifest } from './manifest.js';
 import { MAX_MANIFEST_BYTES, MediaType } from './media-types.js';
 import { isRepositoryName, isTag } from './reference.js';
 import type { BlobSource, ByteRange, FetchedManifest, ListOptions, PushResult, Registry, Repository } from './storage.js';
-import { writeFileAtomic } from '../util/fs-atomic.js';
+import { fsyncDir, writeFileAtomic } from '../util/fs-atomic.js';
 
 /** REF_NAME_ANNOTATION is the index.json annotation that carries a tag in an OCI image layout. */
 export const REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name';
@@ -503,6 +503,25 @@ export class OciLayoutRepository implements Repository {
       throw ioError(err, `cannot write blob ${digest} to ${this.display}`);
     }
     return 'pushed';
+  }
+
+  /** pushStream writes a stream to a temp file in `blobs/sha256/` while hashing it, then renames it to its digest. */
+  async pushStream(source: Readable, size?: number): Promise<{ digest: Digest; size: number }> {
+    await this.ensureWritable();
+    const dir = path.join(this.dir, 'blobs', 'sha256');
+    const h = hashing(source, size);
+    const tmp = tempPathFor(path.join(dir, 'upload'));
+    try {
+      await fsp.mkdir(dir, { recursive: true, mode: 0o755 });
+      await writeStreamAtomic(h.stream, tmp);
+      const r = h.result();
+      await fsp.rename(tmp, this.blobPath(r.digest));
+      await fsyncDir(dir);
+      return r;
+    } catch (err) {
+      await fsp.rm(tmp, { force: true });
+      throw ioError(err, `cannot write a blob to ${this.display}`);
+    }
   }
 
   /** mountBlob is not possible between layouts: always false. */

@@ -168,7 +168,7 @@ export async function packArtifact(opts: PackOptions): Promise<PackedArtifact> {
     const bytes = Buffer.from('{}');
     config = {
       name: 'config',
-      desc: { mediaType: EMPTY_CONFIG.mediaType, digest: EMPTY_CONFIG.digest, size: EMPTY_CONFIG.size, data: EMPTY_CONFIG.data, ...(af.$config ? { annotations: af.$config } : {}) },
+      desc: { ...EMPTY_CONFIG_DESCRIPTOR, ...(af.$config ? { annotations: af.$config } : {}) },
       open: () => Readable.from([bytes]),
     };
     artifactType ??= MediaType.unknownArtifact;
@@ -176,19 +176,25 @@ export async function packArtifact(opts: PackOptions): Promise<PackedArtifact> {
   if (artifactType !== undefined && !isMediaType(artifactType)) {
     throw new RegfsError('INVALID_ARGUMENT', `invalid --artifact-type ${JSON.stringify(artifactType)}: expected type/subtype`);
   }
-  const annotations = { ...af.$manifest, ...opts.annotations };
-  const layerDescs = layers.length
-    ? layers.map((l) => l.desc)
-    : [{ mediaType: EMPTY_CONFIG.mediaType, digest: EMPTY_CONFIG.digest, size: EMPTY_CONFIG.size, data: EMPTY_CONFIG.data } as Descriptor];
+  const manifest = buildManifest({ config: config.desc, layers: layers.map((l) => l.desc), artifactType, annotations: { ...af.$manifest, ...opts.annotations } });
+  return { config, layers, manifest, mediaType: MediaType.ociManifest, artifactType };
+}
+
+/** EMPTY_CONFIG_DESCRIPTOR is the ORAS empty config, with its bytes inline. */
+export const EMPTY_CONFIG_DESCRIPTOR: Descriptor = { mediaType: EMPTY_CONFIG.mediaType, digest: EMPTY_CONFIG.digest, size: EMPTY_CONFIG.size, data: EMPTY_CONFIG.data };
+
+/** buildManifest serialises an OCI image manifest the way ORAS does; no layers gives the one empty layer ORAS uses. */
+export function buildManifest(m: { config: Descriptor; layers: Descriptor[]; artifactType?: string; annotations?: Record<string, string> }): Buffer {
+  const annotations = m.annotations ?? {};
   const manifest: Record<string, unknown> = {
     schemaVersion: 2,
     mediaType: MediaType.ociManifest,
-    ...(artifactType ? { artifactType } : {}),
-    config: config.desc,
-    layers: layerDescs,
+    ...(m.artifactType ? { artifactType: m.artifactType } : {}),
+    config: m.config,
+    layers: m.layers.length ? m.layers : [EMPTY_CONFIG_DESCRIPTOR],
     ...(Object.keys(annotations).length ? { annotations } : {}),
   };
-  return { config, layers, manifest: Buffer.from(JSON.stringify(manifest)), mediaType: MediaType.ociManifest, artifactType };
+  return Buffer.from(JSON.stringify(manifest));
 }
 
 /** parseAnnotationArgs turns `KEY=VALUE` strings into a map, refusing a missing `=`. */

@@ -1,6 +1,6 @@
 import { PassThrough, Readable } from 'node:stream';
 import { CATALOG_SCOPE, readCappedBuffer, repositoryScope } from './auth.js';
-import { verifying } from './blob-io.js';
+import { hashing, verifying } from './blob-io.js';
 import { digestAlgorithm, digestOf, isDigest, parseDigest, type Digest } from './digest.js';
 import type { Descriptor } from './descriptor.js';
 import { RegfsError } from './errors.js';
@@ -278,6 +278,35 @@ export class RemoteRepository implements Repository {
     }
     await this.chunkedUpload(location, desc, source, what);
     return 'pushed';
+  }
+
+  async pushStream(source: Readable, size?: number): Promise<{ digest: Digest; size: number }> {
+    const what = `upload to ${this.display}`;
+    const location = await this.startUpload(what);
+    // One PATCH streams the whole body (the registry hashes as it writes), then the PUT names the digest.
+    const h = hashing(source, size);
+    const res = await this.t
+      .send({
+        method: 'PATCH',
+        path: location,
+        headers: { 'content-type': 'application/octet-stream', ...(size !== undefined ? { 'content-length': String(size) } : {}) },
+        body: () => h.stream,
+        scopes: this.push(),
+        what,
+        retry: false,
+      })
+      .catch((err: unknown) => {
+        throw h.failure() ?? err;
+      });
+    if (res.status !== 202) await this.t.fail(res, what);
+    await res.body.dump();
+    const { digest, size: n } = h.result();
+    const next = header(res, 'location');
+    const put = withDigest(next ? resolveLocation(next, res.url) : location, digest);
+    const done = await this.t.send({ method: 'PUT', path: put, headers: { 'content-length': '0' }, scopes: this.push(), what: `${what} (${digest})` });
+    if (done.status !== 201) await this.t.fail(done, what);
+    await done.body.dump();
+    return { digest, size: n };
   }
 
   private async startUpload(what: string, query = ''): Promise<string> {

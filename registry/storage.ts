@@ -61,6 +61,12 @@ export interface ReadableRepository {
 export interface Repository extends ReadableRepository {
   /** pushBlob uploads a blob unless it is already present; the bytes are verified against `desc`. */
   pushBlob(desc: Descriptor, source: BlobSource): Promise<PushResult>;
+  /**
+   * pushStream uploads bytes whose digest is not known yet, hashing them as they are sent (one read of
+   * the source instead of hash-then-upload); it returns the sha256 digest and size the registry committed.
+   * `size`, when given, is announced up front and a source of another length fails the upload.
+   */
+  pushStream(source: Readable, size?: number): Promise<{ digest: Digest; size: number }>;
   /** mountBlob asks the registry to link a blob from another repository; false when it could not. */
   mountBlob(desc: Descriptor, fromRepository: string): Promise<boolean>;
   /** pushManifest stores manifest bytes under its digest and under each tag. */

@@ -1,7 +1,7 @@
 import test from 'ava';
 import { execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { mkdir, readFile, stat, writeFile, cp } from 'node:fs/promises';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, readFile, rename, stat, utimes, writeFile, cp } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { startRegistry } from './support/registry.js';
@@ -120,19 +120,57 @@ test('kill -9 in the middle of a staged 200 MiB push: after a restart it complet
   await mkdir(tagDir, { recursive: true });
   await sh(`head -c ${200 * 1024 * 1024} /dev/urandom > ${base}/big.bin`);
   await cp(path.join(base, 'big.bin'), path.join(tagDir, 'big.bin'));
-  await waitFor(async () => proxy.requests.some((r) => /\/blobs\/uploads\//.test(r.path) && r.method !== 'POST'), 120_000, 'the upload to start');
+  await waitFor(async () => proxy.requests.some((r) => /\/blobs\/uploads\//.test(r.path) && r.method !== 'POST'), 120_000, 'the upload to start', d.logs);
   await d.crash();
   t.true(await isMounted(dirs.mnt), 'kill -9 leaves a stale mount');
   t.is(proxy.count('PUT', /\/manifests\//), 0);
   proxy.rules.length = 0;
   const d2 = await startDaemon(t, { source: proxy.host, dirs });
-  const info = await waitFor(() => skopeoInspect(proxy.host, 'big/blob:v1'), 120_000, 'the push to complete after restart');
+  const info = await waitFor(() => skopeoInspect(proxy.host, 'big/blob:v1'), 120_000, 'the push to complete after restart', d2.logs);
   const bigDigest = `sha256:${sha(await readFile(path.join(base, 'big.bin')))}`;
   t.true(info.LayersData.some((l) => l.Digest === bigDigest));
   t.is(proxy.count('PUT', /\/manifests\//), 1, 'exactly one manifest PUT');
   t.is((await stat(path.join(tagDir, 'big.bin'))).size, 200 * 1024 * 1024, 'staged file untouched');
   t.regex(d2.logs(), /clearing a stale mount/);
   t.is(await d2.stop(), 0);
+});
+
+test('a file moved in whole uploads at once (the quiet period counts from mtimes); an unchanged big file is not uploaded again', async (t) => {
+  const reg = await startRegistry(t, { flavour: 'plain' });
+  const proxy = await startFaultProxy(t, reg.url);
+  // A 10-minute quiet period: anything that waits for it would not land within this test.
+  const d = await startDaemon(t, { source: proxy.host, args: ['--quiet-period', '600'] });
+  const hourAgo = new Date(Date.now() - 3600_000);
+  const big = randomBytes(20 * 1024 * 1024);
+  const src = path.join(d.dirs.base, 'src');
+  await mkdir(src);
+  await writeFile(path.join(src, 'big.bin'), big);
+  await writeFile(path.join(src, 'note.txt'), 'first');
+  for (const f of ['big.bin', 'note.txt']) await utimes(path.join(src, f), hourAgo, hourAgo);
+  // A folder still being written (fresh mtime) waits for the quiet period.
+  await mkdir(path.join(d.dirs.staging, 'q/fresh/v1'), { recursive: true });
+  await writeFile(path.join(d.dirs.staging, 'q/fresh/v1/new.txt'), 'just written');
+  const tagDir = path.join(d.dirs.staging, 'q/old/v1');
+  await mkdir(path.dirname(tagDir), { recursive: true });
+  await rename(src, tagDir);
+  const first = await waitFor(() => skopeoInspect(proxy.host, 'q/old:v1'), 120_000, 'the moved-in tag');
+  t.true(first.LayersData.some((l) => l.Digest === `sha256:${sha(big)}`));
+  t.is(proxy.count('PATCH', /\/q\/old\/blobs\/uploads\//), 1, 'the big file went up as one streamed PATCH');
+  t.is(proxy.count('PUT', /\/q\/fresh\/manifests\//), 0, 'the fresh folder is still inside its quiet period');
+  // Edit the small file (old mtime again, so no wait): the big one is neither read nor uploaded again.
+  proxy.reset();
+  await writeFile(path.join(tagDir, 'note.txt'), 'second');
+  await utimes(path.join(tagDir, 'note.txt'), hourAgo, hourAgo);
+  const second = await waitFor(async () => {
+    const i = await skopeoInspect(proxy.host, 'q/old:v1');
+    return i && i.Digest !== first.Digest ? i : undefined;
+  }, 120_000, 'the edited tag');
+  t.true(second.LayersData.some((l) => l.Digest === `sha256:${sha('second')}`));
+  t.true(second.LayersData.some((l) => l.Digest === `sha256:${sha(big)}`));
+  t.is(proxy.count('PATCH'), 0, 'no blob was streamed again');
+  t.is(proxy.count('PUT', /\/blobs\/uploads\//), 1, 'only the edited file was uploaded');
+  t.is(proxy.count('PUT', /\/q\/fresh\/manifests\//), 0);
+  t.is(await d.stop(), 0);
 });
 
 test('1,000 small files in 20 tag folders are all pushed with bounded memory; a registry outage is retried', async (t) => {

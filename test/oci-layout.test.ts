@@ -417,3 +417,18 @@ skopeoTest('interop: read a layout skopeo wrote from its dir: transport', async 
   const store = new OciLayoutStore(root);
   t.deepEqual(await store.listRepositories(), ['dst']);
 });
+
+test('pushStream hashes while it writes: the blob lands under its digest; a source of the wrong length leaves nothing', async (t) => {
+  const dir = await tempDir(t);
+  const repo = new OciLayoutRepository(dir, 'x', { create: true });
+  const data = Buffer.alloc(3 * 1024 * 1024 + 7, 9);
+  const e = await t.throwsAsync(repo.pushStream(Readable.from([data]), data.length - 1));
+  t.is((e as RegfsError).code, 'SIZE_MISMATCH');
+  const short = await t.throwsAsync(repo.pushStream(Readable.from([data]), data.length + 1));
+  t.is((short as RegfsError).code, 'SIZE_MISMATCH');
+  t.deepEqual(await listFilesRec(path.join(dir, 'blobs')), [], 'no temp file or blob left behind');
+  const r = await repo.pushStream(Readable.from([data.subarray(0, 1000), data.subarray(1000)]), data.length);
+  t.deepEqual(r, { digest: digestOf(data), size: data.length });
+  t.true((await readAll(await repo.fetchBlob(blobDesc(data)))).equals(data));
+  t.deepEqual(await listFilesRec(path.join(dir, 'blobs')), [path.join(dir, 'blobs', 'sha256', digestHex(r.digest))]);
+});

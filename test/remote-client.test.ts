@@ -42,6 +42,29 @@ test('chunked upload above the threshold: PATCHes in order, then PUT; the blob r
   t.is(proxy.count('PUT', /\/blobs\/uploads\//), 1);
 });
 
+test('pushStream uploads bytes of unknown digest in one PATCH and returns the digest the registry committed', async (t) => {
+  const reg = await startRegistry(t, { flavour: 'plain' });
+  const proxy = await startFaultProxy(t, reg.url);
+  const client = new RemoteRegistry(proxy.host);
+  t.teardown(() => client.close());
+  const repo = client.repository('streamed');
+  const data = randomBytes(5 * 1024 * 1024 + 3);
+  const r = await repo.pushStream(Readable.from([data.subarray(0, 100_000), data.subarray(100_000)]), data.length);
+  t.deepEqual(r, { digest: digestOf(data), size: data.length });
+  t.is(proxy.count('PATCH', /\/blobs\/uploads\//), 1);
+  t.is(proxy.count('PUT', /\/blobs\/uploads\/.*digest=sha256/), 1);
+  t.true((await readAll(await repo.fetchBlob(blob(data)))).equals(data));
+  // A source that runs long (a file that grew) fails and commits nothing under any digest.
+  const grown = randomBytes(4096);
+  const e = await t.throwsAsync(repo.pushStream(Readable.from([grown]), 4000));
+  t.is((e as RegfsError).code, 'SIZE_MISMATCH');
+  t.false(await repo.blobExists(blob(grown)));
+  t.false(await repo.blobExists(blob(grown.subarray(0, 4000))));
+  const shrunk = await t.throwsAsync(repo.pushStream(Readable.from([grown]), 5000));
+  t.is((shrunk as RegfsError).code, 'SIZE_MISMATCH');
+  t.false(await repo.blobExists(blob(grown)));
+});
+
 test('an upload whose bytes do not match the descriptor is refused and nothing is stored', async (t) => {
   const reg = await startRegistry(t, { flavour: 'plain' });
   const client = new RemoteRegistry(reg.host);

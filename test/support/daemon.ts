@@ -84,13 +84,13 @@ export async function startDaemon(t: { teardown(fn: () => unknown): void }, opts
   return d;
 }
 
-/** waitFor polls fn until it returns a truthy value or the deadline passes. */
-export async function waitFor<T>(fn: () => Promise<T | undefined | false>, ms: number, what: string): Promise<T> {
+/** waitFor polls fn until it returns a truthy value or the deadline passes; `context` (e.g. the daemon's logs) goes into the timeout error. */
+export async function waitFor<T>(fn: () => Promise<T | undefined | false>, ms: number, what: string, context?: () => string): Promise<T> {
   const until = Date.now() + ms;
   for (;;) {
     const v = await fn().catch(() => undefined);
     if (v) return v;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}${context ? `\n${context()}` : ''}`);
     await new Promise((r) => setTimeout(r, 200));
   }
 }
