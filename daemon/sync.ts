@@ -118,9 +118,9 @@ export function tagMatcher(pattern: string | undefined): (tag: string) => boolea
   return (tag) => alts.some((re) => re.test(tag));
 }
 
-/** conflictTag names the kept version: `<tag>-conflict-<12 hex>`, the tag shortened so the name stays a valid tag. */
+/** conflictTag names the kept version: `<tag>-conflict-<12 hex>`, the tag shortened so the name (and a `-N` suffix) stays a valid tag. */
 export function conflictTag(tag: string, hex: string): string {
-  return `${tag.slice(0, 128 - 22)}-conflict-${hex.slice(0, 12)}`;
+  return `${tag.slice(0, 100)}-conflict-${hex.slice(0, 12)}`;
 }
 
 /** OUR_TEMP matches the hidden `.<name>.<12 hex>.part|old|deleted` entries a pull or a delete works in (cleared by the next round). */
@@ -532,7 +532,7 @@ export class SyncManager {
       case 'pull':
         if (!(await this.queueSettled(pair, tag))) return;
         if (l && !(await this.stillQuiet(l))) return;
-        if (await this.pull(pair, tag, r!)) {
+        if (await this.pull(pair, tag, r!, l?.fp)) {
           report.pulled.push(tag);
           say(`pulled ${tag} into ${path.join(c.local, tag)}`, action.why);
         }
@@ -561,7 +561,7 @@ export class SyncManager {
         return;
       }
       case 'compare':
-        await this.compare(pair, tag, r!, l!, remote, report);
+        await this.compare(pair, tag, r!, l!, report);
         return;
     }
   }
@@ -612,7 +612,7 @@ export class SyncManager {
    * renames, its hidden copy, which the next round puts back) and never a mix. The base records the
    * fingerprint after the writes, so they are never mistaken for local edits.
    */
-  private async pull(pair: Pair, tag: string, desc: Descriptor): Promise<boolean> {
+  private async pull(pair: Pair, tag: string, desc: Descriptor, expect: string | undefined): Promise<boolean> {
     if (!(await this.layersOf(pair, tag, desc))) return false;
     const root = pair.config.local;
     const dir = path.join(root, tag);
@@ -623,6 +623,13 @@ export class SyncManager {
       await pullArtifact(cachedRepository(pair.repo, this.opts.blobs), desc.digest, tmp);
       // The fingerprint of what we wrote, taken before the swap: an edit right after it counts as local.
       fp = fingerprint(await scanTagDir(tmp, this.opts.log));
+      // An edit made while we downloaded would be lost by the swap: leave it for the next round (a conflict).
+      const now = await scanTagDir(dir, this.opts.log);
+      if ((now.length ? fingerprint(now) : undefined) !== expect) {
+        await fsp.rm(tmp, { recursive: true, force: true });
+        this.opts.log.info(`sync ${pair.display}: ${dir} changed while ${tag} was being pulled; looking again next round`);
+        return false;
+      }
       const old = await fsp.readdir(dir, { withFileTypes: true }).catch(() => undefined);
       if (old) {
         for (const e of old) {
@@ -647,13 +654,11 @@ export class SyncManager {
   }
 
   /** compare settles a tag both sides hold: equal contents record the base, different ones are a conflict. */
-  private async compare(pair: Pair, tag: string, r: Descriptor, l: LocalTag, remote: RemoteTags, report: RoundReport): Promise<void> {
+  private async compare(pair: Pair, tag: string, r: Descriptor, l: LocalTag, report: RoundReport): Promise<void> {
     const found = this.opts.queue.find(pair.source, pair.repoName, tag);
     if (found && found.item.state !== 'done' && !(await this.queueSettled(pair, tag))) {
       // A push of the local version is running and will move the tag: keep the registry's version aside first.
-      if (found.item.expectedDigest !== r.digest && !remote.known.has(conflictTag(tag, digestHex(r.digest as never)))) {
-        await this.keepRegistryVersion(pair, tag, r, found.item.expectedDigest ?? found.item.fingerprint, report);
-      }
+      if (found.item.expectedDigest !== r.digest) await this.keepRegistryVersion(pair, tag, r, found.item.expectedDigest ?? found.item.fingerprint, report);
       return;
     }
     const layers = await this.layersOf(pair, tag, r);
@@ -691,12 +696,14 @@ export class SyncManager {
       const entries = await scanTagDir(dest, this.opts.log);
       if (await this.push(pair, kept, { dir: dest, entries, fp: fingerprint(entries) })) report.queued.push(kept);
     }
-    if (await this.pull(pair, tag, r)) report.pulled.push(tag);
+    if (await this.pull(pair, tag, r, undefined)) report.pulled.push(tag);
   }
 
   /** keepRegistryVersion tags the registry's version of `tag` as `<tag>-conflict-<12 hex of its digest>` (no download). */
   private async keepRegistryVersion(pair: Pair, tag: string, r: Descriptor, localId: string, report: RoundReport): Promise<void> {
     const kept = conflictTag(tag, digestHex(r.digest));
+    // Idempotent: a round that already kept this version (before a crash, or while a push runs) does nothing.
+    if ((await pair.repo.resolve(kept).catch(() => undefined))?.digest === r.digest) return;
     await pair.repo.tag(r, kept);
     this.opts.changed?.(pair.repoName);
     await this.recordConflict(pair, { tag, kept, at: new Date().toISOString(), registryDigest: r.digest, localDigest: localId });

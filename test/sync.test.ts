@@ -351,3 +351,54 @@ test('an oci:DIR/NAME pair syncs with an OCI layout; a missing sync folder is an
   t.deepEqual((await readdir(local)).sort(), ['v1', 'v2']);
   t.is(await d.stop(), 0);
 });
+
+test('regfs sync and its subcommands have help with examples', async (t) => {
+  for (const args of [['sync', 'add'], ['sync', 'ls'], ['sync', 'rm'], ['sync', 'now']]) {
+    const h = await runCli([...args, '--help']);
+    t.is(h.code, 0, args.join(' '));
+    t.regex(h.stdout, /Example/, args.join(' '));
+    for (const line of h.stdout.split('\n').filter((l) => /^  -/.test(l))) t.regex(line, /\S\s{2,}\S/, `${args.join(' ')}: ${line}`);
+  }
+  t.regex((await runCli(['--help'])).stdout, /^ {2}sync\b/m);
+});
+
+test('one-way pairs: down never writes the registry, up never writes the folder; each keeps the other version on a conflict', async (t) => {
+  const reg = await startRegistry(t, { flavour: 'plain' });
+  const { env } = await cliEnv(t);
+  const { d, base, sock } = await syncDaemon(t, reg.host);
+  const down = path.join(base, 'down');
+  const up = path.join(base, 'up');
+  await pushFiles(t, `${reg.host}/team/down:v1`, { 'f.txt': 'registry 1\n' }, env);
+  await pushFiles(t, `${reg.host}/team/up:v9`, { 'f.txt': 'registry only\n' }, env);
+  t.is((await runCli(['sync', 'add', down, `${reg.host}/team/down`, '--direction', 'down', '--interval', '1', ...sock], { env })).code, 0);
+  t.is((await runCli(['sync', 'add', up, `${reg.host}/team/up`, '--direction', 'up', '--interval', '1', ...sock], { env })).code, 0);
+  await waitFor(async () => (await readText(path.join(down, 'v1/f.txt'))) === 'registry 1\n', 30_000, 'the down pair pulls');
+  await mkdir(path.join(up, 'v1'), { recursive: true });
+  await writeFile(path.join(up, 'v1/f.txt'), 'local 1\n');
+  const upV1 = await waitFor(() => skopeoInspect(reg.host, 'team/up:v1'), 60_000, 'the up pair pushes');
+  t.true(upV1.LayersData.some((l) => l.Digest === sha('local 1\n')));
+
+  // down: a local edit stays local; up: a registry change stays in the registry.
+  const downV1 = (await skopeoInspect(reg.host, 'team/down:v1'))!.Digest;
+  await writeFile(path.join(down, 'v1/f.txt'), 'local edit\n');
+  const remoteUp = await pushFiles(t, `${reg.host}/team/up:v1`, { 'f.txt': 'registry edit\n' }, env);
+  await runCli(['sync', 'now', ...sock], { env });
+  await runCli(['sync', 'now', ...sock], { env });
+  t.is((await skopeoInspect(reg.host, 'team/down:v1'))!.Digest, downV1);
+  t.is(await readText(path.join(up, 'v1/f.txt')), 'local 1\n');
+  t.deepEqual(await readdir(up), ['v1'], 'up never pulls');
+
+  // Now the other side changes too: both are conflicts, and both keep the other version.
+  await pushFiles(t, `${reg.host}/team/down:v1`, { 'f.txt': 'registry 2\n' }, env);
+  const keptDown = await waitFor(async () => (await readdir(down)).find((n) => n.startsWith('v1-conflict-')), 30_000, 'the kept local version of the down pair');
+  t.is(await readText(path.join(down, keptDown, 'f.txt')), 'local edit\n');
+  await waitFor(async () => (await readText(path.join(down, 'v1/f.txt'))) === 'registry 2\n', 30_000, 'the registry version in the down folder');
+  t.deepEqual(await skopeoTags(reg.host, 'team/down'), ['v1'], 'down never pushes');
+
+  await writeFile(path.join(up, 'v1/f.txt'), 'local 2\n');
+  await waitFor(async () => (await skopeoInspect(reg.host, 'team/up:v1'))?.LayersData.some((l) => l.Digest === sha('local 2\n')), 60_000, 'the local version takes the tag');
+  const keptUp = `v1-conflict-${remoteUp.slice(7, 19)}`;
+  t.is((await skopeoInspect(reg.host, `team/up:${keptUp}`))?.Digest, remoteUp, "the registry's version is kept as a conflict tag");
+  t.deepEqual(await readdir(up), ['v1']);
+  t.is(await d.stop(), 0);
+});
