@@ -3,7 +3,11 @@ import { createHash, randomBytes } from 'node:crypto';
 import { cp, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { conflictTag, decideSync, tagMatcher } from '../daemon/sync.js';
-import { isTag } from '../registry/reference.js';
+import { ControlClient } from '../cli/daemon-client.js';
+import { openSource } from '../registry/open.js';
+import { packArtifact } from '../registry/pack.js';
+import { isTag, parseReference } from '../registry/reference.js';
+import { pushArtifact } from '../registry/transfer.js';
 import { cliEnv, runCli, tempDir } from './support/cli.js';
 import { startDaemon, waitFor, type StartedDaemon } from './support/daemon.js';
 import { startFaultProxy } from './support/fault-proxy.js';
@@ -33,17 +37,37 @@ async function readText(p: string): Promise<string | undefined> {
   return readFile(p, 'utf8').catch(() => undefined);
 }
 
-/** pushFiles writes files into a fresh folder and pushes them with `regfs push`; returns the manifest digest. */
-async function pushFiles(t: T, ref: string, files: Record<string, string | Buffer>, env: Record<string, string>): Promise<string> {
+/**
+ * pushFiles writes files into a fresh folder and pushes them as one artifact, the way `regfs push` does:
+ * with the CLI itself when `env` is given, else in this process (same packing, no process start).
+ * It returns the manifest digest.
+ */
+async function pushFiles(t: T, ref: string, files: Record<string, string | Buffer>, env?: Record<string, string>): Promise<string> {
   const src = await tempDir(t);
   for (const [name, data] of Object.entries(files)) {
     await mkdir(path.dirname(path.join(src, name)), { recursive: true });
     await writeFile(path.join(src, name), data);
   }
   const top = [...new Set(Object.keys(files).map((f) => f.split('/')[0]!))];
-  const r = await runCli(['push', ref, ...top, '--format', 'json'], { cwd: src, env });
-  if (r.code !== 0) throw new Error(`push ${ref}: ${r.stderr}`);
-  return (JSON.parse(r.stdout) as { digest: string }).digest;
+  if (env) {
+    const r = await runCli(['push', ref, ...top, '--format', 'json'], { cwd: src, env });
+    if (r.code !== 0) throw new Error(`push ${ref}: ${r.stderr}`);
+    return (JSON.parse(r.stdout) as { digest: string }).digest;
+  }
+  const parsed = parseReference(ref);
+  if (parsed.kind !== 'remote') throw new Error(`pushFiles in process takes host/repo:tag, not ${ref}`);
+  const registry = openSource(parsed.registry);
+  try {
+    const packed = await packArtifact({ files: top.map((p) => ({ path: p })), cwd: src });
+    return (await pushArtifact(registry.repository(parsed.repository), packed, [parsed.tag ?? 'latest'])).digest;
+  } finally {
+    await registry.close();
+  }
+}
+
+/** syncNow runs a round of every pair of the daemon through its control socket and waits for it. */
+async function syncNow(d: StartedDaemon): Promise<void> {
+  await new ControlClient(d.dirs.socket).request('POST', '/syncs/now', {});
 }
 
 test('the sync rule: every combination of base, registry and local side', (t) => {
@@ -115,7 +139,7 @@ test('a push to the registry appears in the sync folder byte for byte, blobs fet
   const fetchedOnce = bigGets();
 
   // The tag moves: a.bin is the same blob (not fetched again), b.txt changes, conf goes away.
-  await pushFiles(t, `${reg.host}/team/models:v1`, { 'a.bin': big, 'b.txt': 'two\n' }, env);
+  await pushFiles(t, `${reg.host}/team/models:v1`, { 'a.bin': big, 'b.txt': 'two\n' });
   await waitFor(async () => (await readText(path.join(local, 'v1/b.txt'))) === 'two\n', 30_000, 'the moved tag in the sync folder');
   t.false(await exists(path.join(local, 'v1/conf')), 'a file the new manifest lacks is removed');
   t.true((await readFile(path.join(local, 'v1/a.bin'))).equals(big));
@@ -161,8 +185,8 @@ test('conflicts: equal contents on the first round are recorded; different ones 
   const base = await tempDir(t, 'regfs-sync-');
   const local = path.join(base, 'conf');
   // Both sides hold v5 (the same file) and v6 (different files) before the pair exists.
-  await pushFiles(t, `${reg.host}/team/conf:v5`, { 'same.txt': 'same\n' }, env);
-  const remote6 = await pushFiles(t, `${reg.host}/team/conf:v6`, { 'x.txt': 'remote\n' }, env);
+  await pushFiles(t, `${reg.host}/team/conf:v5`, { 'same.txt': 'same\n' });
+  const remote6 = await pushFiles(t, `${reg.host}/team/conf:v6`, { 'x.txt': 'remote\n' });
   await mkdir(path.join(local, 'v5'), { recursive: true });
   await mkdir(path.join(local, 'v6'), { recursive: true });
   await writeFile(path.join(local, 'v5/same.txt'), 'same\n');
@@ -184,10 +208,11 @@ test('conflicts: equal contents on the first round are recorded; different ones 
   t.regex(d.logs(), /conflict on v6: both sides changed/);
 
   // Later: both sides change v5 while the daemon is down; the base tells it is a conflict.
-  await waitFor(async () => (await skopeoTags(reg.host, 'team/conf')).includes(kept6) && !(await runCli(['status', ...sock, '--format', 'json'], { env })).stdout.includes('"pending"'), 30_000, 'the queue to settle');
+  const queueSettled = async (): Promise<boolean> => (await new ControlClient(d.dirs.socket).request<{ queue: Array<{ state: string }> }>('GET', '/status')).queue.every((q) => q.state === 'done');
+  await waitFor(async () => (await skopeoTags(reg.host, 'team/conf')).includes(kept6) && (await queueSettled()), 30_000, 'the queue to settle');
   t.is(await d.stop(), 0);
   await writeFile(path.join(local, 'v5/same.txt'), 'local edit\n');
-  const remote5 = await pushFiles(t, `${reg.host}/team/conf:v5`, { 'same.txt': 'remote edit\n' }, env);
+  const remote5 = await pushFiles(t, `${reg.host}/team/conf:v5`, { 'same.txt': 'remote edit\n' });
   ({ d, sock } = await syncDaemon(t, reg.host, base));
   const kept5 = await waitFor(async () => (await readdir(local)).find((n) => n.startsWith('v5-conflict-')), 30_000, 'the kept local v5');
   await waitFor(async () => (await readText(path.join(local, 'v5/same.txt'))) === 'remote edit\n', 30_000, 'the registry version in v5');
@@ -205,7 +230,7 @@ test('deletions: without propagateDeletes a deleted tag comes back from the othe
   const keep = path.join(base, 'keep');
   const prop = path.join(base, 'prop');
   for (const repo of ['keep', 'prop']) {
-    for (const tag of ['v1', 'v2']) await pushFiles(t, `${reg.host}/team/${repo}:${tag}`, { 'f.txt': `${repo} ${tag}\n` }, env);
+    for (const tag of ['v1', 'v2']) await pushFiles(t, `${reg.host}/team/${repo}:${tag}`, { 'f.txt': `${repo} ${tag}\n` });
   }
   t.is((await runCli(['sync', 'add', keep, `${reg.host}/team/keep`, '--interval', '1', ...sock], { env })).code, 0);
   t.is((await runCli(['sync', 'add', prop, `${reg.host}/team/prop`, '--interval', '1', '--propagate-deletes', ...sock], { env })).code, 0);
@@ -213,7 +238,7 @@ test('deletions: without propagateDeletes a deleted tag comes back from the othe
     for (const tag of ['v1', 'v2']) await waitFor(() => exists(path.join(dir, tag, 'f.txt')), 30_000, `${dir}/${tag}`);
   }
   // Let both pairs record their base (a pull records it after the files are in place).
-  await runCli(['sync', 'now', ...sock], { env });
+  await syncNow(d);
 
   await rm(path.join(keep, 'v1'), { recursive: true });
   await rm(path.join(prop, 'v1'), { recursive: true });
@@ -228,8 +253,8 @@ test('deletions: without propagateDeletes a deleted tag comes back from the othe
 
   await waitFor(async () => !(await skopeoTags(reg.host, 'team/prop')).includes('v1'), 30_000, 'v1 deleted in the registry');
   await waitFor(async () => !(await exists(path.join(prop, 'v2'))), 30_000, 'v2 deleted locally');
-  await runCli(['sync', 'now', ...sock], { env });
-  await runCli(['sync', 'now', ...sock], { env });
+  await syncNow(d);
+  await syncNow(d);
   t.deepEqual(await skopeoTags(reg.host, 'team/prop'), [], 'deletions stay deleted');
   t.deepEqual(await readdir(prop), []);
   t.deepEqual((await readdir(keep)).sort(), ['v1', 'v2']);
@@ -245,9 +270,9 @@ test('kill -9 in the middle of a round, then a restart: it converges with one ma
   const local = path.join(base, 'big');
   let { d, sock } = await syncDaemon(t, proxy.host, base);
   t.is((await runCli(['sync', 'add', local, `${proxy.host}/team/big`, '--interval', '1', ...sock], { env })).code, 0);
-  await pushFiles(t, `${reg.host}/team/big:v1`, { 'f.txt': 'start\n' }, env);
+  await pushFiles(t, `${reg.host}/team/big:v1`, { 'f.txt': 'start\n' });
   await waitFor(() => exists(path.join(local, 'v1/f.txt')), 30_000, 'the starting point');
-  await runCli(['sync', 'now', ...sock], { env });
+  await syncNow(d);
 
   // Slow uploads and downloads, so the kill lands in the middle of the round's work.
   proxy.rules.push({ method: 'PUT', path: /\/blobs\/uploads\//, latencyMs: 3000 });
@@ -255,7 +280,7 @@ test('kill -9 in the middle of a round, then a restart: it converges with one ma
   proxy.rules.push({ method: 'GET', path: /\/blobs\/sha256:/, latencyMs: 3000 });
   const big = randomBytes(20 * 1024 * 1024);
   const h = randomBytes(1024 * 1024);
-  await pushFiles(t, `${reg.host}/team/big:v3`, { 'h.bin': h }, env);
+  await pushFiles(t, `${reg.host}/team/big:v3`, { 'h.bin': h });
   await writeFile(path.join(base, 'big.bin'), big);
   await cp(path.join(base, 'big.bin'), path.join(local, 'v1/big.bin'));
   await mkdir(path.join(local, 'v2'));
@@ -269,8 +294,8 @@ test('kill -9 in the middle of a round, then a restart: it converges with one ma
   await waitFor(async () => (await skopeoInspect(reg.host, 'team/big:v1'))?.LayersData.some((l) => l.Digest === sha(big)), 90_000, 'the edit in the registry');
   await waitFor(() => skopeoInspect(reg.host, 'team/big:v2'), 60_000, 'the new tag in the registry');
   await waitFor(async () => (await readFile(path.join(local, 'v3/h.bin')).catch(() => Buffer.alloc(0))).equals(h), 60_000, 'the registry push in the folder');
-  await runCli(['sync', 'now', ...sock], { env });
-  await runCli(['sync', 'now', ...sock], { env });
+  await syncNow(d);
+  await syncNow(d);
   t.is(proxy.count('PUT', /\/manifests\//), 2, 'one manifest PUT for the edit, one for the new tag');
   t.deepEqual(await skopeoTags(reg.host, 'team/big'), ['v1', 'v2', 'v3']);
   t.deepEqual((await readdir(local)).sort(), ['v1', 'v2', 'v3'], 'no conflict copies, no temp folders left');
@@ -286,7 +311,7 @@ test('kill -9 in the middle of a round, then a restart: it converges with one ma
   await writeFile(path.join(stateDir, stateFile!), JSON.stringify(state));
   ({ d, sock } = await syncDaemon(t, proxy.host, base));
   await d.waitLog(/v1 holds the same files on both sides/);
-  await runCli(['sync', 'now', ...sock], { env });
+  await syncNow(d);
   t.is(proxy.count('PUT', /\/manifests\//), 2);
   t.deepEqual((await readdir(local)).sort(), ['v1', 'v2', 'v3']);
   t.is(await d.stop(), 0);
@@ -313,8 +338,8 @@ test('two daemons with their own caches and state, syncing one repository into t
   await waitFor(async () => (await readFile(path.join(la, 'v2/b.bin')).catch(() => Buffer.alloc(0))).equals(bin), 60_000, "B's new tag in A's folder");
   await waitFor(async () => (await readText(path.join(la, 'v1/a.txt'))) === 'edited by B\n', 60_000, "B's edit in A's folder");
 
-  await runCli(['sync', 'now', ...a.sock], { env });
-  await runCli(['sync', 'now', ...b.sock], { env });
+  await syncNow(a.d);
+  await syncNow(b.d);
   t.deepEqual((await readdir(la)).sort(), ['v1', 'v2']);
   t.deepEqual((await readdir(lb)).sort(), ['v1', 'v2']);
   t.deepEqual(await skopeoTags(reg.host, 'team/shared'), ['v1', 'v2']);
@@ -338,7 +363,7 @@ test('an oci:DIR/NAME pair syncs with an OCI layout; a missing sync folder is an
   t.is(await readText(path.join(out, 'a.txt')), 'from the folder\n');
   await pushFiles(t, `oci:${layout}:v2`, { 'b.txt': 'from the layout\n' }, env);
   await waitFor(async () => (await readText(path.join(local, 'v2/b.txt'))) === 'from the layout\n', 30_000, 'v2 in the folder');
-  await runCli(['sync', 'now', ...sock], { env });
+  await syncNow(d);
 
   // The folder disappears (a disk not mounted): the round fails and deletes nothing in the layout.
   await rename(local, `${local}.away`);
@@ -368,8 +393,8 @@ test('one-way pairs: down never writes the registry, up never writes the folder;
   const { d, base, sock } = await syncDaemon(t, reg.host);
   const down = path.join(base, 'down');
   const up = path.join(base, 'up');
-  await pushFiles(t, `${reg.host}/team/down:v1`, { 'f.txt': 'registry 1\n' }, env);
-  await pushFiles(t, `${reg.host}/team/up:v9`, { 'f.txt': 'registry only\n' }, env);
+  await pushFiles(t, `${reg.host}/team/down:v1`, { 'f.txt': 'registry 1\n' });
+  await pushFiles(t, `${reg.host}/team/up:v9`, { 'f.txt': 'registry only\n' });
   t.is((await runCli(['sync', 'add', down, `${reg.host}/team/down`, '--direction', 'down', '--interval', '1', ...sock], { env })).code, 0);
   t.is((await runCli(['sync', 'add', up, `${reg.host}/team/up`, '--direction', 'up', '--interval', '1', ...sock], { env })).code, 0);
   await waitFor(async () => (await readText(path.join(down, 'v1/f.txt'))) === 'registry 1\n', 30_000, 'the down pair pulls');
@@ -381,15 +406,15 @@ test('one-way pairs: down never writes the registry, up never writes the folder;
   // down: a local edit stays local; up: a registry change stays in the registry.
   const downV1 = (await skopeoInspect(reg.host, 'team/down:v1'))!.Digest;
   await writeFile(path.join(down, 'v1/f.txt'), 'local edit\n');
-  const remoteUp = await pushFiles(t, `${reg.host}/team/up:v1`, { 'f.txt': 'registry edit\n' }, env);
-  await runCli(['sync', 'now', ...sock], { env });
-  await runCli(['sync', 'now', ...sock], { env });
+  const remoteUp = await pushFiles(t, `${reg.host}/team/up:v1`, { 'f.txt': 'registry edit\n' });
+  await syncNow(d);
+  await syncNow(d);
   t.is((await skopeoInspect(reg.host, 'team/down:v1'))!.Digest, downV1);
   t.is(await readText(path.join(up, 'v1/f.txt')), 'local 1\n');
   t.deepEqual(await readdir(up), ['v1'], 'up never pulls');
 
   // Now the other side changes too: both are conflicts, and both keep the other version.
-  await pushFiles(t, `${reg.host}/team/down:v1`, { 'f.txt': 'registry 2\n' }, env);
+  await pushFiles(t, `${reg.host}/team/down:v1`, { 'f.txt': 'registry 2\n' });
   const keptDown = await waitFor(async () => (await readdir(down)).find((n) => n.startsWith('v1-conflict-')), 30_000, 'the kept local version of the down pair');
   t.is(await readText(path.join(down, keptDown, 'f.txt')), 'local edit\n');
   await waitFor(async () => (await readText(path.join(down, 'v1/f.txt'))) === 'registry 2\n', 30_000, 'the registry version in the down folder');
