@@ -4,6 +4,7 @@ import { registerMount } from './commands/mount.js';
 import { registerControl, registerDaemon } from './commands/daemon.js';
 import { registerPull, registerPush } from './commands/push.js';
 import { registerInspect, registerRepo } from './commands/repo.js';
+import { registerSync } from './commands/sync.js';
 import { ExitCode } from './exit-codes.js';
 import { exitState } from './run.js';
 
@@ -25,6 +26,7 @@ export function buildProgram(): Command {
   registerMount(program);
   registerDaemon(program);
   registerControl(program);
+  registerSync(program);
   const exit = (cmd: Command): void => {
     cmd.exitOverride();
     cmd.commands.forEach(exit);

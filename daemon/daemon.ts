@@ -9,10 +9,11 @@ import { openSource } from '../registry/open.js';
 import type { Registry } from '../registry/storage.js';
 import { isInside, serveMount, type RunningMount } from '../mount/serve.js';
 import type { Logger } from '../util/log.js';
-import { loadConfigFile, resolveConfig, type DaemonConfig, type MountConfig } from './settings.js';
+import { loadConfigFile, resolveConfig, updateConfigSyncs, validateSync, type DaemonConfig, type MountConfig } from './settings.js';
 import { startControlServer } from './control.js';
 import { PushQueue } from './journal.js';
 import { scanStaging } from './staging.js';
+import { SyncManager } from './sync.js';
 
 interface ActiveMount {
   config: MountConfig;
@@ -68,6 +69,9 @@ export class Daemon {
   private server: { close(): Promise<void> } | undefined;
   private stopping: Promise<void> | undefined;
   readonly startedAt = new Date();
+  /** fileMounts are the mountpoints the config file names (SIGHUP may remove only these). */
+  private fileMounts = new Set<string>();
+  readonly sync: SyncManager;
 
   private constructor(
     private config: DaemonConfig,
@@ -77,7 +81,22 @@ export class Daemon {
     readonly blobs: BlobCache,
     readonly metadata: MetadataCache,
     readonly queue: PushQueue,
-  ) {}
+  ) {
+    this.sync = new SyncManager({
+      stateDir: config.stateDir,
+      queue,
+      blobs,
+      log,
+      quietMs: config.quietSeconds * 1000,
+      placement: () => ({
+        mountpoints: [...this.mounts.keys()],
+        staging: [...this.mounts.values()].flatMap((m) => (m.config.staging ? [path.resolve(m.config.staging)] : [])),
+        cacheDir: this.config.cacheDir,
+        stateDir: this.config.stateDir,
+      }),
+      changed: (repository) => metadata.dropListings(repository),
+    });
+  }
 
   /** start opens the cache (one daemon per cache), the queue and the socket, then mounts everything. */
   static async start(config: DaemonConfig, opts: { configFile?: string; log: Logger }): Promise<Daemon> {
@@ -92,6 +111,7 @@ export class Daemon {
         repositoryFor: (item) => d!.registryFor(item.target).repository(item.repository),
       });
       d = new Daemon(config, opts.configFile, log, recent, blobs, metadata, queue);
+      if (opts.configFile) d.fileMounts = new Set((await loadConfigFile(opts.configFile)).mounts?.map((m) => path.resolve(m.mountpoint)) ?? []);
       queue.onChange((item) => {
         if (item.state === 'done') {
           // The mount shows a new push at once, not after the metadata TTL.
@@ -103,6 +123,8 @@ export class Daemon {
       });
       d.server = await startControlServer(config.socket, d.routes(), log);
       for (const m of config.mounts) await d.addMount(m);
+      // Pairs before the queue starts: journaled pushes of sync folders need their registries.
+      for (const s of config.syncs) await d.sync.add(s);
       queue.start();
       log.info(`regfs daemon running`, { pid: process.pid, socket: config.socket, mounts: config.mounts.length });
       return d;
@@ -115,7 +137,9 @@ export class Daemon {
 
   private registryFor(target: string): Registry {
     for (const m of this.mounts.values()) if (m.config.source === target) return m.registry;
-    throw new RegfsError('NOT_FOUND', `no mount with source ${target} is configured`);
+    const synced = this.sync.registryFor(target);
+    if (synced) return synced;
+    throw new RegfsError('NOT_FOUND', `no mount or sync pair with source ${target} is configured`);
   }
 
   /** addMount mounts one source (and watches its staging folder) while the daemon runs. */
@@ -132,6 +156,9 @@ export class Daemon {
     }
     if (mc.staging && isInside(mountpoint, path.resolve(mc.staging))) {
       throw new RegfsError('INVALID_ARGUMENT', `staging folder ${mc.staging} is inside its mountpoint ${mountpoint}: that would deadlock`);
+    }
+    for (const local of this.sync.locals()) {
+      if (isInside(mountpoint, local) || isInside(local, mountpoint)) throw new RegfsError('INVALID_ARGUMENT', `mountpoint ${mountpoint} overlaps the sync folder ${local}: that would deadlock`);
     }
     const registry = openSource(mc.source, { plainHttp: mc.plainHttp, insecure: mc.insecure, caFile: mc.caFile, registryConfig: mc.registryConfig, log: this.log, forMount: true, create: true });
     let running: RunningMount;
@@ -255,6 +282,7 @@ export class Daemon {
       cache: this.blobs.stats(),
       metadata: this.metadata.stats(),
       queue: this.queue.status(),
+      sync: this.sync.status(),
       recentErrors: [...this.recent],
     };
   }
@@ -268,9 +296,13 @@ export class Daemon {
     }
     const next = resolveConfig(await loadConfigFile(this.configFile), {});
     const wanted = new Map(next.mounts.map((m) => [path.resolve(m.mountpoint), m]));
-    for (const [mp, m] of this.mounts) if (!wanted.has(mp)) await this.detach(m);
+    // Only mounts that came from the file can be removed by editing it; those given by flags or added
+    // with `regfs mounts add` stay.
+    for (const [mp, m] of this.mounts) if (this.fileMounts.has(mp) && !wanted.has(mp)) await this.detach(m);
+    this.fileMounts = new Set(wanted.keys());
     for (const [mp, mc] of wanted) if (!this.mounts.has(mp)) await this.addMount(mc).catch((e: unknown) => this.log.error(`reload: cannot mount ${mp}: ${(e as Error).message}`));
-    this.config = { ...this.config, mounts: next.mounts };
+    await this.sync.reconcile(next.syncs);
+    this.config = { ...this.config, mounts: next.mounts, syncs: next.syncs };
     this.log.info('SIGHUP: configuration reloaded, listings dropped', { mounts: this.mounts.size });
   }
 
@@ -298,6 +330,26 @@ export class Daemon {
       'POST /refresh': async (b) => ({ refreshed: this.refresh(typeof body(b).path === 'string' ? (body(b).path as string) : undefined) }),
       'POST /rescan': async () => ({ queued: await this.rescan() }),
       'POST /retry': async () => ({ requeued: await this.queue.retry() }),
+      'GET /syncs': async () => ({ syncs: this.sync.status() }),
+      'POST /syncs': async (b) => {
+        const sc = validateSync(b, 'sync', process.cwd());
+        await this.sync.add(sc);
+        if (this.configFile) {
+          const file = this.configFile;
+          await updateConfigSyncs(file, (list, base) => [...list.filter((s) => path.resolve(base, String(s.local)) !== sc.local), { ...sc }]).catch(async (err: unknown) => {
+            await this.sync.remove(sc.local, { forget: true });
+            throw err;
+          });
+        }
+        return { added: sc.local, repository: sc.repository, savedTo: this.configFile ?? null };
+      },
+      'POST /syncs/remove': async (b) => {
+        const local = path.resolve(str(body(b).local, 'local'));
+        await this.sync.remove(local, { forget: true });
+        if (this.configFile) await updateConfigSyncs(this.configFile, (list, base) => list.filter((s) => path.resolve(base, String(s.local)) !== local));
+        return { removed: local, savedTo: this.configFile ?? null };
+      },
+      'POST /syncs/now': async (b) => ({ rounds: await this.sync.now(typeof body(b).local === 'string' ? (body(b).local as string) : undefined) }),
       'GET /cache/stats': async () => this.blobs.stats(),
       'POST /cache/prune': async (b) => {
         const max = body(b).maxSize;
@@ -315,7 +367,9 @@ export class Daemon {
         clearInterval(m.periodic);
         await m.watcher?.close();
       }
+      await this.sync.stop();
       await this.queue.stop();
+      await this.sync.close();
       for (const m of [...this.mounts.values()]) {
         this.mounts.delete(m.running.mountpoint);
         await m.running.stop();

@@ -316,6 +316,30 @@ export class PushQueue {
     return n;
   }
 
+  /** find returns the journal item of a tag, if any, and whether its push is running right now. */
+  find(target: string, repository: string, tag: string): { item: QueueItem; inflight: boolean } | undefined {
+    const id = createHash('sha256').update(this.keyOf(target, repository, tag)).digest('hex').slice(0, 24);
+    const item = this.items.get(id);
+    return item ? { item, inflight: this.inflight.has(id) } : undefined;
+  }
+
+  /** cancel drops a tag's push that is waiting (pending or failed); false when there is none or it is running. */
+  async cancel(target: string, repository: string, tag: string): Promise<boolean> {
+    const found = this.find(target, repository, tag);
+    if (!found || found.inflight || (found.item.state !== 'pending' && found.item.state !== 'failed')) return false;
+    this.items.delete(found.item.id);
+    await fsp.rm(path.join(this.dir, `${found.item.id}.json`), { force: true });
+    return true;
+  }
+
+  /** forget drops the record of a tag's last push, so the same files are pushed again (a tag deleted in the registry is restored). */
+  async forget(target: string, repository: string, tag: string): Promise<void> {
+    const key = this.keyOf(target, repository, tag);
+    if (!(key in this.pushed)) return;
+    delete this.pushed[key];
+    await writeFileAtomic(path.join(path.dirname(this.dir), 'pushed.json'), JSON.stringify(this.pushed), 0o600);
+  }
+
   /** onChange calls listener after every state change. */
   onChange(listener: (item: QueueItem) => void): void {
     this.listeners.push(listener);

@@ -2,12 +2,33 @@ import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { RegfsError } from '../registry/errors.js';
+import { isRepositoryName, parseReference } from '../registry/reference.js';
+import { writeFileAtomic } from '../util/fs-atomic.js';
 
 /** MountConfig is one mount of the daemon, with an optional staging folder. */
 export interface MountConfig {
   source: string;
   mountpoint: string;
   staging?: string;
+  plainHttp?: boolean;
+  insecure?: boolean;
+  caFile?: string;
+  registryConfig?: string;
+}
+
+/** SyncDirection says which way a sync pair copies: both ways, local to registry only, or registry to local only. */
+export type SyncDirection = 'both' | 'up' | 'down';
+
+/** SyncConfig pairs a local folder with a repository: `local/<tag>/<files>` <-> `repository:<tag>`. */
+export interface SyncConfig {
+  local: string;
+  /** repository is `host[:port]/repo/path` or `oci:DIR/NAME` (the layout DIR/NAME, in the folder of layouts DIR). */
+  repository: string;
+  /** tags is a glob (`*`, `?`; several separated by commas) choosing the tags synced; default every tag. */
+  tags?: string;
+  direction: SyncDirection;
+  intervalSeconds: number;
+  propagateDeletes: boolean;
   plainHttp?: boolean;
   insecure?: boolean;
   caFile?: string;
@@ -26,6 +47,7 @@ export interface DaemonConfig {
   logFormat: 'text' | 'json';
   logLevel: 'debug' | 'info' | 'warn' | 'error';
   mounts: MountConfig[];
+  syncs: SyncConfig[];
 }
 
 /** defaultPaths follows XDG; root without XDG variables uses /var/cache, /var/lib and /run. */
@@ -39,8 +61,9 @@ export function defaultPaths(env: NodeJS.ProcessEnv = process.env, uid: number =
   };
 }
 
-const TOP_KEYS = ['cacheDir', 'stateDir', 'socket', 'metadataTtlSeconds', 'cacheMaxSize', 'minFreeBytes', 'quietSeconds', 'logFormat', 'logLevel', 'mounts'] as const;
+const TOP_KEYS = ['cacheDir', 'stateDir', 'socket', 'metadataTtlSeconds', 'cacheMaxSize', 'minFreeBytes', 'quietSeconds', 'logFormat', 'logLevel', 'mounts', 'syncs'] as const;
 const MOUNT_KEYS = ['source', 'mountpoint', 'staging', 'plainHttp', 'insecure', 'caFile', 'registryConfig'] as const;
+const SYNC_KEYS = ['local', 'repository', 'tags', 'direction', 'intervalSeconds', 'propagateDeletes', 'plainHttp', 'insecure', 'caFile', 'registryConfig'] as const;
 
 function editDistance(a: string, b: string): number {
   const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array<number>(b.length).fill(0)]);
@@ -106,6 +129,10 @@ export function validateConfig(raw: unknown, where: string, baseDir: string): Pa
         if (!Array.isArray(v)) throw new RegfsError('INVALID_ARGUMENT', `${where}: mounts: must be a list`);
         out.mounts = v.map((m, i) => validateMount(m, `${where}: mounts[${i}]`, baseDir));
         break;
+      case 'syncs':
+        if (!Array.isArray(v)) throw new RegfsError('INVALID_ARGUMENT', `${where}: syncs: must be a list`);
+        out.syncs = v.map((m, i) => validateSync(m, `${where}: syncs[${i}]`, baseDir));
+        break;
       default:
         throw unknownKey(where, k, TOP_KEYS);
     }
@@ -133,6 +160,105 @@ function validateMount(raw: unknown, where: string, baseDir: string): MountConfi
   };
 }
 
+/** TAG_PATTERN_RE is what a sync pair's tag glob may hold: tag characters, `*`, `?` and commas between alternatives. */
+const TAG_PATTERN_RE = /^[A-Za-z0-9_.*?-]+(?:,[A-Za-z0-9_.*?-]+)*$/;
+
+/** syncEndpoint splits a sync pair's repository into the source the daemon opens and the repository inside it. */
+export function syncEndpoint(repository: string): { source: string; repository: string } {
+  if (repository.startsWith('oci:')) {
+    const dir = repository.slice(4).replace(/\/+$/, '');
+    const name = path.basename(dir);
+    if (!path.isAbsolute(dir) || !isRepositoryName(name)) {
+      throw new RegfsError('INVALID_ARGUMENT', `sync repository ${JSON.stringify(repository)}: expected oci:/ABSOLUTE/DIR/NAME with a lowercase NAME`);
+    }
+    return { source: `oci:${path.dirname(dir)}`, repository: name };
+  }
+  const ref = parseReference(repository);
+  if (ref.kind !== 'remote' || ref.tag || ref.digest) {
+    throw new RegfsError('INVALID_ARGUMENT', `sync repository ${JSON.stringify(repository)}: expected host[:port]/repository without a tag, e.g. localhost:5000/team/models`);
+  }
+  return { source: ref.registry, repository: ref.repository };
+}
+
+/** validateSync checks one sync pair (a config entry, or `regfs sync add`), filling in the defaults. */
+export function validateSync(raw: unknown, where: string, baseDir: string): SyncConfig {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new RegfsError('INVALID_ARGUMENT', `${where}: must be an object`);
+  const r = raw as Record<string, unknown>;
+  for (const k of Object.keys(r)) if (!(SYNC_KEYS as readonly string[]).includes(k)) throw unknownKey(where, k, SYNC_KEYS);
+  if (typeof r.local !== 'string' || !r.local) throw new RegfsError('INVALID_ARGUMENT', `${where}.local: must be a path (the local folder holding one folder per tag)`);
+  if (typeof r.repository !== 'string' || !r.repository) throw new RegfsError('INVALID_ARGUMENT', `${where}.repository: must be host[:port]/repository or oci:DIR/NAME`);
+  const repository = r.repository.startsWith('oci:') ? `oci:${path.resolve(baseDir, r.repository.slice(4))}` : r.repository;
+  try {
+    syncEndpoint(repository);
+  } catch (err) {
+    throw new RegfsError('INVALID_ARGUMENT', `${where}.repository: ${(err as Error).message}`);
+  }
+  if (r.tags !== undefined && (typeof r.tags !== 'string' || !TAG_PATTERN_RE.test(r.tags))) {
+    throw new RegfsError('INVALID_ARGUMENT', `${where}.tags: must be a glob of tag characters, * and ? (alternatives separated by commas), e.g. "v*,latest"`);
+  }
+  const direction = r.direction ?? 'both';
+  if (direction !== 'both' && direction !== 'up' && direction !== 'down') throw new RegfsError('INVALID_ARGUMENT', `${where}.direction: must be "both", "up" or "down"`);
+  const interval = r.intervalSeconds ?? 30;
+  if (typeof interval !== 'number' || !Number.isFinite(interval) || interval < 1) throw new RegfsError('INVALID_ARGUMENT', `${where}.intervalSeconds: must be a number of seconds, at least 1`);
+  for (const b of ['propagateDeletes', 'plainHttp', 'insecure'] as const) if (r[b] !== undefined && typeof r[b] !== 'boolean') throw new RegfsError('INVALID_ARGUMENT', `${where}.${b}: must be true or false`);
+  for (const p of ['caFile', 'registryConfig'] as const) if (r[p] !== undefined && (typeof r[p] !== 'string' || !r[p])) throw new RegfsError('INVALID_ARGUMENT', `${where}.${p}: must be a path`);
+  return {
+    local: path.resolve(baseDir, r.local),
+    repository,
+    ...(r.tags !== undefined && r.tags !== '*' ? { tags: r.tags as string } : {}),
+    direction,
+    intervalSeconds: interval,
+    propagateDeletes: r.propagateDeletes === true,
+    ...(r.plainHttp ? { plainHttp: true } : {}),
+    ...(r.insecure ? { insecure: true } : {}),
+    ...(r.caFile ? { caFile: path.resolve(baseDir, r.caFile as string) } : {}),
+    ...(r.registryConfig ? { registryConfig: path.resolve(baseDir, r.registryConfig as string) } : {}),
+  };
+}
+
+/**
+ * checkSyncPlacement refuses a sync folder that overlaps a mountpoint (the daemon must never touch its own
+ * mount), a staging folder (two writers of one tag), the cache, the state or another sync folder.
+ */
+export function checkSyncPlacement(local: string, others: { mountpoints: string[]; staging: string[]; syncs: string[]; cacheDir: string; stateDir: string }): void {
+  for (const mp of others.mountpoints) {
+    if (inside(mp, local) || inside(local, mp)) throw new RegfsError('INVALID_ARGUMENT', `sync folder ${local} overlaps the mountpoint ${mp}: the daemon must never touch its own mount (deadlock)`);
+  }
+  for (const st of others.staging) {
+    if (inside(st, local) || inside(local, st)) throw new RegfsError('INVALID_ARGUMENT', `sync folder ${local} overlaps the staging folder ${st}: give each its own folder`);
+  }
+  for (const other of others.syncs) {
+    if (inside(other, local) || inside(local, other)) throw new RegfsError('INVALID_ARGUMENT', `sync folder ${local} ${other === local ? 'is already synced' : `overlaps the sync folder ${other}`}`);
+  }
+  for (const [k, dir] of [['cacheDir', others.cacheDir], ['stateDir', others.stateDir]] as const) {
+    if (inside(dir, local) || inside(local, dir)) throw new RegfsError('INVALID_ARGUMENT', `sync folder ${local} overlaps ${k} ${dir}`);
+  }
+}
+
+/**
+ * updateConfigSyncs rewrites the `syncs` list of a JSON config file (read, changed by `change`, validated,
+ * written atomically with the file's mode), so `regfs sync add`/`rm` survive a restart.
+ */
+export async function updateConfigSyncs(file: string, change: (syncs: Array<Record<string, unknown>>, baseDir: string) => Array<Record<string, unknown>>): Promise<void> {
+  const baseDir = path.dirname(path.resolve(file));
+  let raw: Record<string, unknown>;
+  let mode = 0o600;
+  try {
+    raw = JSON.parse(await fsp.readFile(file, 'utf8')) as Record<string, unknown>;
+    mode = (await fsp.stat(file)).mode & 0o777;
+  } catch (err) {
+    throw new RegfsError('IO', `config ${file}: cannot read it to save the sync pairs (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
+  const before = Array.isArray(raw.syncs) ? (raw.syncs as Array<Record<string, unknown>>) : [];
+  const next = { ...raw, syncs: change(before, baseDir) };
+  validateConfig(next, `config ${file}`, baseDir);
+  try {
+    await writeFileAtomic(file, JSON.stringify(next, null, 2) + '\n', mode);
+  } catch (err) {
+    throw new RegfsError('IO', `config ${file}: cannot save the sync pairs (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
+}
+
 /** loadConfigFile reads and validates a JSON config file. */
 export async function loadConfigFile(file: string): Promise<Partial<DaemonConfig>> {
   let text: string;
@@ -156,7 +282,7 @@ function inside(parent: string, child: string): boolean {
 }
 
 /** FlagConfig is what command-line flags can set: the config keys plus one mount. */
-export type FlagConfig = Partial<Omit<DaemonConfig, 'mounts'>> & Partial<MountConfig>;
+export type FlagConfig = Partial<Omit<DaemonConfig, 'mounts' | 'syncs'>> & Partial<MountConfig>;
 
 /** resolveConfig merges file values, flags (which win) and defaults, and refuses overlapping paths. */
 export function resolveConfig(file: Partial<DaemonConfig> | undefined, flags: FlagConfig): DaemonConfig {
@@ -181,6 +307,7 @@ export function resolveConfig(file: Partial<DaemonConfig> | undefined, flags: Fl
     ...file,
     ...Object.fromEntries(Object.entries(rest).filter(([, v]) => v !== undefined)),
     mounts,
+    syncs: file?.syncs ?? [],
   } as DaemonConfig;
   for (const k of ['cacheDir', 'stateDir', 'socket'] as const) cfg[k] = path.resolve(cfg[k]);
   const mps = mounts.map((m) => m.mountpoint);
@@ -193,6 +320,15 @@ export function resolveConfig(file: Partial<DaemonConfig> | undefined, flags: Fl
     for (const k of ['cacheDir', 'stateDir', 'socket'] as const) {
       if (inside(m.mountpoint, cfg[k])) throw new RegfsError('INVALID_ARGUMENT', `${k} ${cfg[k]} is inside the mountpoint ${m.mountpoint}`);
     }
+  });
+  cfg.syncs.forEach((s, i) => {
+    checkSyncPlacement(s.local, {
+      mountpoints: mps,
+      staging: mounts.flatMap((m) => (m.staging ? [m.staging] : [])),
+      syncs: cfg.syncs.slice(0, i).map((o) => o.local),
+      cacheDir: cfg.cacheDir,
+      stateDir: cfg.stateDir,
+    });
   });
   return cfg;
 }

@@ -1,8 +1,8 @@
 import test from 'ava';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { defaultPaths, loadConfigFile, resolveConfig, validateConfig } from '../daemon/settings.js';
+import { defaultPaths, loadConfigFile, resolveConfig, syncEndpoint, updateConfigSyncs, validateConfig, type SyncConfig } from '../daemon/settings.js';
 import { RegfsError } from '../registry/errors.js';
 
 test('defaults follow XDG, with root and per-user fallbacks', (t) => {
@@ -58,4 +58,66 @@ test('loadConfigFile names the file on unreadable or invalid JSON', async (t) =>
   await t.throwsAsync(loadConfigFile(path.join(dir, 'missing.json')), { message: /cannot read it/ });
   await writeFile(f, JSON.stringify({ mounts: [{ source: 'oci:./s', mountpoint: './m' }] }));
   t.deepEqual((await loadConfigFile(f)).mounts, [{ source: `oci:${dir}/s`, mountpoint: `${dir}/m` }]);
+});
+
+test('sync pairs: defaults, one-line errors naming the key, and folders overlapping a mount, staging or another pair are refused', (t) => {
+  const ok = validateConfig(
+    {
+      syncs: [
+        { local: 'models', repository: 'localhost:5000/team/models' },
+        { local: '/abs/docs', repository: 'oci:store/team/docs', tags: 'v*,latest', direction: 'down', intervalSeconds: 5, propagateDeletes: true },
+      ],
+    },
+    'config F',
+    '/etc/regfs',
+  );
+  t.deepEqual(ok.syncs, [
+    { local: '/etc/regfs/models', repository: 'localhost:5000/team/models', direction: 'both', intervalSeconds: 30, propagateDeletes: false },
+    { local: '/abs/docs', repository: 'oci:/etc/regfs/store/team/docs', tags: 'v*,latest', direction: 'down', intervalSeconds: 5, propagateDeletes: true },
+  ]);
+  t.deepEqual(syncEndpoint('oci:/s/team/docs'), { source: 'oci:/s/team', repository: 'docs' });
+  t.deepEqual(syncEndpoint('localhost:5000/team/models'), { source: 'localhost:5000', repository: 'team/models' });
+  const repo = 'localhost:5000/x';
+  const bad: Array<[unknown, RegExp]> = [
+    [{ syncs: {} }, /syncs: must be a list/],
+    [{ syncs: [{ repository: repo }] }, /syncs\[0\]\.local: must be a path/],
+    [{ syncs: [{ local: 'l' }] }, /syncs\[0\]\.repository: must be host\[:port\]\/repository or oci:DIR\/NAME/],
+    [{ syncs: [{ local: 'l', repository: 'localhost:5000/x:v1' }] }, /syncs\[0\]\.repository: .*without a tag/],
+    [{ syncs: [{ local: 'l', repository: 'oci:/s/Bad' }] }, /syncs\[0\]\.repository: .*lowercase NAME/],
+    [{ syncs: [{ local: 'l', repository: repo, direction: 'sideways' }] }, /syncs\[0\]\.direction: must be "both", "up" or "down"/],
+    [{ syncs: [{ local: 'l', repository: repo, intervalSeconds: 0 }] }, /syncs\[0\]\.intervalSeconds: must be a number of seconds, at least 1/],
+    [{ syncs: [{ local: 'l', repository: repo, tags: 'a/b' }] }, /syncs\[0\]\.tags: must be a glob/],
+    [{ syncs: [{ local: 'l', repository: repo, propagateDeletes: 'yes' }] }, /syncs\[0\]\.propagateDeletes: must be true or false/],
+    [{ syncs: [{ local: 'l', repository: repo, propagateDelete: true }] }, /syncs\[0\]: unknown key "propagateDelete" \(did you mean "propagateDeletes"\?\)/],
+  ];
+  for (const [raw, re] of bad) {
+    const err = t.throws(() => validateConfig(raw, 'config F', '/etc/regfs'), { instanceOf: RegfsError });
+    t.regex(err!.message, re);
+    t.is(err!.message.split('\n').length, 1);
+  }
+  const base = { cacheDir: '/var/c', stateDir: '/var/s', socket: '/run/x.sock' };
+  const pair = (local: string): SyncConfig => ({ local, repository: repo, direction: 'both', intervalSeconds: 30, propagateDeletes: false });
+  t.regex(t.throws(() => resolveConfig({ ...base, syncs: [pair('/m/sub')] }, { source: 'a', mountpoint: '/m' }))!.message, /sync folder \/m\/sub overlaps the mountpoint \/m.*deadlock/);
+  t.regex(t.throws(() => resolveConfig({ ...base, syncs: [pair('/')] }, { source: 'a', mountpoint: '/m' }))!.message, /overlaps the mountpoint/);
+  t.regex(t.throws(() => resolveConfig({ ...base, syncs: [pair('/st/x')] }, { source: 'a', mountpoint: '/m', staging: '/st' }))!.message, /overlaps the staging folder \/st/);
+  t.regex(t.throws(() => resolveConfig({ ...base, syncs: [pair('/a'), pair('/a/b')] }, {}))!.message, /sync folder \/a\/b overlaps the sync folder \/a/);
+  t.regex(t.throws(() => resolveConfig({ ...base, syncs: [pair('/var/s/x')] }, {}))!.message, /overlaps stateDir/);
+  t.deepEqual(resolveConfig({ ...base, syncs: [pair('/a'), pair('/b')] }, {}).syncs.map((s) => s.local), ['/a', '/b']);
+});
+
+test('updateConfigSyncs rewrites only the syncs of a config file, atomically, keeping its mode; an invalid result leaves it untouched', async (t) => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'regfs-cfg-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const f = path.join(dir, 'c.json');
+  await writeFile(f, JSON.stringify({ mounts: [{ source: 'oci:./s', mountpoint: './m' }], metadataTtlSeconds: 7 }));
+  await chmod(f, 0o640);
+  await updateConfigSyncs(f, (list) => [...list, { local: '/data/models', repository: 'localhost:5000/team/models' }]);
+  const saved = JSON.parse(await readFile(f, 'utf8')) as Record<string, unknown>;
+  t.deepEqual(saved, { mounts: [{ source: 'oci:./s', mountpoint: './m' }], metadataTtlSeconds: 7, syncs: [{ local: '/data/models', repository: 'localhost:5000/team/models' }] });
+  t.is((await stat(f)).mode & 0o777, 0o640);
+  const before = await readFile(f, 'utf8');
+  await t.throwsAsync(updateConfigSyncs(f, (list) => [...list, { local: '/x', repository: 'not a repo' }]), { message: /syncs\[1\]\.repository/ });
+  t.is(await readFile(f, 'utf8'), before);
+  await updateConfigSyncs(f, (list, baseDir) => list.filter((s) => path.resolve(baseDir, String(s.local)) !== '/data/models'));
+  t.deepEqual((JSON.parse(await readFile(f, 'utf8')) as { syncs: unknown[] }).syncs, []);
 });

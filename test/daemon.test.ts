@@ -1,28 +1,15 @@
 import test from 'ava';
-import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readFile, rename, stat, utimes, writeFile, cp } from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { startRegistry } from './support/registry.js';
 import { startFaultProxy } from './support/fault-proxy.js';
 import { cliEnv, runCli, tempDir } from './support/cli.js';
 import { startDaemon, waitFor } from './support/daemon.js';
 import { isMounted, sh } from './support/mount.js';
+import { skopeoInspect } from './support/skopeo.js';
 
-const exec = promisify(execFile);
 const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
-
-/** skopeoInspect reads a manifest with skopeo (an independent client): its digest and layers. */
-async function skopeoInspect(host: string, ref: string): Promise<{ Digest: string; LayersData: Array<{ Digest: string; Annotations: Record<string, string> }> } | undefined> {
-  try {
-    const { stdout } = await exec('skopeo', ['--insecure-policy', 'inspect', '--raw', '--tls-verify=false', `docker://${host}/${ref}`]);
-    const m = JSON.parse(stdout) as { layers: Array<{ digest: string; annotations?: Record<string, string> }> };
-    return { Digest: `sha256:${sha(stdout)}`, LayersData: m.layers.map((l) => ({ Digest: l.digest, Annotations: l.annotations ?? {} })) };
-  } catch {
-    return undefined;
-  }
-}
 
 test('files copied into staging are pushed: skopeo sees the artifact and the mount shows it at once', async (t) => {
   const reg = await startRegistry(t, { flavour: 'plain' });
@@ -33,7 +20,7 @@ test('files copied into staging are pushed: skopeo sees the artifact and the mou
   await mkdir(path.join(tagDir, 'conf'), { recursive: true });
   await writeFile(path.join(tagDir, 'app.bin'), Buffer.alloc(100_000, 1));
   await writeFile(path.join(tagDir, 'conf/settings.ini'), 'a=1\n');
-  const info = await waitFor(() => skopeoInspect(reg.host, 'team/app:v1'), 30_000, 'the staged tag in the registry');
+  const info = await waitFor(() => skopeoInspect(reg.host, 'team/app:v1'), 90_000, 'the staged tag in the registry');
   const titles = info.LayersData.map((l) => l.Annotations['org.opencontainers.image.title']).sort();
   t.deepEqual(titles, ['app.bin', 'conf']);
   t.true(info.LayersData.some((l) => l.Digest === `sha256:${sha(Buffer.alloc(100_000, 1))}`));
@@ -47,7 +34,7 @@ test('files copied into staging are pushed: skopeo sees the artifact and the mou
   const after = await waitFor(async () => {
     const i = await skopeoInspect(reg.host, 'team/app:v1');
     return i && i.Digest !== before ? i : undefined;
-  }, 30_000, 'the edited tag');
+  }, 90_000, 'the edited tag');
   t.true(after.LayersData.some((l) => l.Digest === `sha256:${sha(Buffer.alloc(100_000, 2))}`));
   // The journal records "done" just after the manifest lands: wait for the log line, then count.
   await d.waitLog(/pushed team\/app:v1[\s\S]*pushed team\/app:v1/);
@@ -97,7 +84,7 @@ test('the control CLI: status, mounts, refresh, rescan, retry, cache stats and p
 
   // A second daemon on the same socket, cache or mountpoint fails with a clear message.
   const second = await startDaemon(t, { source: `oci:${store}`, dirs: { ...d.dirs, mnt: path.join(d.dirs.base, 'mnt3') }, waitReady: false });
-  await waitFor(async () => second.child.exitCode !== null, 20_000, 'the second daemon to give up');
+  await waitFor(async () => second.child.exitCode !== null, 60_000, 'the second daemon to give up');
   t.not(second.child.exitCode, 0);
   t.regex(second.logs(), /in use by pid|already running/);
   t.is(await d.stop(), 0);
@@ -209,32 +196,36 @@ test('SIGHUP reloads the config (adds a mount); SIGTERM with pushes pending exit
   const staging = path.join(base, 'staging');
   await mkdir(m1);
   await mkdir(m2);
+  const m3 = path.join(base, 'm3');
+  await mkdir(m3);
   const common = { cacheDir: path.join(base, 'cache'), stateDir: path.join(base, 'state'), socket: path.join(base, 'run/control.sock'), quietSeconds: 0.5 };
   await writeFile(cfg, JSON.stringify({ ...common, mounts: [{ source: proxy.host, mountpoint: m1, staging }] }));
   const { spawn } = await import('node:child_process');
   const { REGFS_BIN } = await import('./support/cli.js');
   const start = () => {
-    const child = spawn(process.execPath, [REGFS_BIN, 'daemon', '--config', cfg], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // m3 comes from flags, not the file: a SIGHUP must leave it mounted.
+    const child = spawn(process.execPath, [REGFS_BIN, 'daemon', '--config', cfg, '--source', proxy.host, '--mountpoint', m3], { stdio: ['ignore', 'pipe', 'pipe'] });
     let logs = '';
     child.stderr.on('data', (x: Buffer) => (logs += x.toString()));
     const exit = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
     t.teardown(async () => {
       child.kill('SIGKILL');
       await exit;
-      await sh(`fusermount -uz ${m1}; fusermount -uz ${m2}`);
+      await sh(`fusermount -uz ${m1}; fusermount -uz ${m2}; fusermount -uz ${m3}`);
     });
     return { child, exit, logs: () => logs };
   };
   let d = start();
-  await waitFor(async () => /regfs daemon running/.test(d.logs()), 20_000, 'daemon start');
+  await waitFor(async () => /regfs daemon running/.test(d.logs()), 60_000, 'daemon start');
   await writeFile(cfg, JSON.stringify({ ...common, mounts: [{ source: proxy.host, mountpoint: m1, staging }, { source: proxy.host, mountpoint: m2 }] }));
   d.child.kill('SIGHUP');
-  await waitFor(() => isMounted(m2), 10_000, 'the second mount after SIGHUP');
+  await waitFor(() => isMounted(m2), 60_000, 'the second mount after SIGHUP');
+  t.true(await isMounted(m3), 'the mount given by flags survives the reload');
   // Pushes pending at SIGTERM: the manifest PUT is refused for now.
   proxy.rules.push({ method: 'PUT', path: /\/manifests\//, status: 503 });
   await mkdir(path.join(staging, 'pending/art/v1'), { recursive: true });
   await writeFile(path.join(staging, 'pending/art/v1/p.txt'), 'pending');
-  await waitFor(async () => proxy.count('PUT', /\/manifests\//) > 0, 30_000, 'a push attempt');
+  await waitFor(async () => proxy.count('PUT', /\/manifests\//) > 0, 90_000, 'a push attempt');
   d.child.kill('SIGTERM');
   t.is(await d.exit, 0);
   t.false(await isMounted(m1));

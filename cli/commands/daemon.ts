@@ -77,17 +77,40 @@ export function registerDaemon(program: Command): void {
 
 type Client = { request<T>(method: string, path: string, body?: unknown): Promise<T> };
 
-async function client(socket: string | undefined): Promise<Client> {
+/** client opens the control client for --socket (or $REGFS_SOCKET, or the default). */
+export async function client(socket: string | undefined): Promise<Client> {
   const { ControlClient, socketPathFrom } = await import('../daemon-client.js');
   return new ControlClient(socketPathFrom({ socket }));
 }
 
-function socketOption(cmd: Command): Command {
+/** socketOption adds --socket and --format to a command that talks to the daemon. */
+export function socketOption(cmd: Command): Command {
   return addFormatOption(cmd.option('--socket <path>', 'control socket of the daemon (default: $REGFS_SOCKET, then the per-user default)'));
 }
 
 interface QueueItem { repository: string; tag: string; target: string; state: string; attempts: number; lastError?: string; pushedDigest?: string; expectedDigest?: string }
-interface Status { pid: number; mounts: Array<{ source: string; mountpoint: string; staging: string | null }>; cache: Record<string, number>; queue: QueueItem[]; recentErrors: Array<{ time: string; level: string; msg: string }> }
+/** SyncPairView is a sync pair as the daemon reports it (status, sync ls). */
+export interface SyncPairView {
+  local: string;
+  repository: string;
+  tags?: string;
+  direction: string;
+  intervalSeconds: number;
+  propagateDeletes: boolean;
+  lastRound: string | null;
+  lastError: string | null;
+  syncedTags: number;
+  conflicts: Array<{ tag: string; kept: string; at: string }>;
+}
+interface Status { pid: number; mounts: Array<{ source: string; mountpoint: string; staging: string | null }>; cache: Record<string, number>; queue: QueueItem[]; sync?: SyncPairView[]; recentErrors: Array<{ time: string; level: string; msg: string }> }
+
+/** renderSyncPair is one pair in text: its settings, then its last round and recent conflicts, indented. */
+export function renderSyncPair(p: SyncPairView, indent = '  '): string[] {
+  const lines = [`${indent}${p.local} <-> ${p.repository}  (${p.direction}, every ${p.intervalSeconds}s, tags ${p.tags ?? '*'}${p.propagateDeletes ? ', deletes propagate' : ''})`];
+  lines.push(`${indent}  ${p.syncedTags} tags in step; last round ${p.lastRound ?? 'not yet'}${p.lastError ? `; last error: ${p.lastError}` : ''}`);
+  for (const c of p.conflicts) lines.push(`${indent}  conflict ${c.at}: ${c.tag} -> other version kept as ${c.kept}`);
+  return lines;
+}
 
 function renderStatus(s: Status): string[] {
   const lines = [`regfs daemon pid ${s.pid}`, 'Mounts:'];
@@ -98,6 +121,10 @@ function renderStatus(s: Status): string[] {
   lines.push('Queue:');
   for (const q of s.queue) lines.push(`  ${q.state.padEnd(9)} ${q.repository}:${q.tag}  (${q.target}, attempts ${q.attempts})${q.lastError ? `  ${q.lastError}` : ''}`);
   if (!s.queue.length) lines.push('  (empty)');
+  if (s.sync?.length) {
+    lines.push('Sync:');
+    for (const p of s.sync) lines.push(...renderSyncPair(p));
+  }
   if (s.recentErrors.length) {
     lines.push('Recent errors:');
     for (const e of s.recentErrors.slice(-5)) lines.push(`  ${e.time} ${e.level} ${e.msg}`);

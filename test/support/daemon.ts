@@ -66,7 +66,7 @@ export async function startDaemon(t: { teardown(fn: () => unknown): void }, opts
       child.kill('SIGKILL');
       await exited;
     },
-    waitLog: async (re, ms = 30_000) => {
+    waitLog: async (re, ms = 90_000) => {
       const until = Date.now() + ms;
       while (!re.test(logs)) {
         if (child.exitCode !== null) throw new Error(`daemon exited (${child.exitCode}) before ${re}: ${logs}`);
