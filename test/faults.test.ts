@@ -3,7 +3,7 @@
  * real mount or daemon) into one failure and asserts the documented outcome. docs/guarantees.md maps
  * every promise to the test title here that proves it.
  */
-import test, { type ExecutionContext } from 'ava';
+import anyTest, { type ExecutionContext } from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import https from 'node:https';
@@ -26,6 +26,26 @@ import { sh, startMount } from './support/mount.js';
 import { startRegistry } from './support/registry.js';
 
 const MiB = 1024 * 1024;
+
+/**
+ * Every test here starts a registry and usually a mount or a daemon: at most 3 run at once (ava would
+ * start all of them together), so a loaded 2-core machine keeps up with the harness deadlines.
+ */
+const SLOTS = { free: 3, waiting: [] as Array<() => void> };
+function test(title: string, fn: (t: ExecutionContext) => Promise<void>): void {
+  anyTest(title, async (t) => {
+    if (SLOTS.free > 0) SLOTS.free--;
+    else await new Promise<void>((resolve) => SLOTS.waiting.push(resolve));
+    // Registered first, so it runs last: after the test's registries, mounts and daemons are stopped.
+    t.teardown(() => {
+      const next = SLOTS.waiting.shift();
+      if (next) next();
+      else SLOTS.free++;
+    });
+    await fn(t);
+  });
+}
+
 const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
 const config: Descriptor = { mediaType: EMPTY_CONFIG.mediaType, digest: EMPTY_CONFIG.digest, size: 2 };
 
