@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { promises as fsp } from 'node:fs';
+import { promises as fsp, type BigIntStats } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { RegfsError, isRegfsError } from '../registry/errors.js';
@@ -46,15 +46,20 @@ function probe(socketPath: string): Promise<{ live: boolean; pid?: number }> {
 
 /** clearPath makes way at the socket path: a symlink, a non-socket or a live daemon is refused; a stale socket is removed. */
 async function clearPath(socketPath: string): Promise<void> {
-  const st = await fsp.lstat(socketPath).catch(() => undefined);
+  const st = await fsp.lstat(socketPath, { bigint: true }).catch(() => undefined);
   if (!st) return;
   if (st.isSymbolicLink()) throw new RegfsError('UNSAFE_PATH', `${socketPath} is a symlink; refusing to use or replace it`);
   if (!st.isSocket()) throw new RegfsError('CONFLICT', `${socketPath} exists and is not a socket; remove it`);
   const p = await probe(socketPath);
   if (p.live) throw new RegfsError('CONFLICT', `a regfs daemon is already running on ${socketPath} (pid ${p.pid ?? 'unknown'})`);
   // Remove it only if it is still the stale socket probed, not one a daemon starting at the same time just put there.
-  const again = await fsp.lstat(socketPath).catch(() => undefined);
-  if (again && again.ino === st.ino && again.dev === st.dev) await fsp.rm(socketPath, { force: true });
+  const again = await fsp.lstat(socketPath, { bigint: true }).catch(() => undefined);
+  if (again && sameFile(again, st)) await fsp.rm(socketPath, { force: true });
+}
+
+/** sameFile tells whether two stats are of the same file (an inode number alone may be reused at once). */
+function sameFile(a: BigIntStats, b: BigIntStats): boolean {
+  return a.ino === b.ino && a.dev === b.dev && a.ctimeNs === b.ctimeNs;
 }
 
 /** prepareSocketDir makes (or checks) the socket's directory: ours, mode 0700, not a symlink. */
@@ -135,10 +140,10 @@ export async function startControlServer(socketPath: string, routes: Routes, log
     });
     await fsp.rm(tmp, { force: true });
   };
-  let ours: { ino: number; dev: number };
+  let ours: BigIntStats;
   try {
     await fsp.chmod(tmp, 0o600);
-    ours = await fsp.lstat(tmp);
+    ours = await fsp.lstat(tmp, { bigint: true });
     for (let attempt = 0; ; attempt++) {
       try {
         await fsp.link(tmp, sock);
@@ -157,9 +162,10 @@ export async function startControlServer(socketPath: string, routes: Routes, log
   return {
     close: () =>
       (closing ??= (async () => {
-        await stopServer();
-        const st = await fsp.lstat(sock).catch(() => undefined);
+        // Checked while still listening: our socket's inode cannot be reused by another one yet.
+        const st = await fsp.lstat(sock, { bigint: true }).catch(() => undefined);
         if (st && st.ino === ours.ino && st.dev === ours.dev) await fsp.rm(sock, { force: true });
+        await stopServer();
       })()),
   };
 }
