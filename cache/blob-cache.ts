@@ -41,6 +41,13 @@ export interface BlobCacheOptions {
   lock?: boolean;
   /** mismatchBackoffMs is how long reads of a digest fail after its content did not match (before it is fetched afresh); default 5 s. evict() ends it at once. */
   mismatchBackoffMs?: number;
+  /**
+   * retryBackoffMs is how long reads of a digest fail at once after a fetch of it failed in a way an
+   * immediate retry cannot fix: the registry never answered (timeout), kept refusing with 429/503 after
+   * the transport's retries, or the cache file system is full; default 2 s. It keeps the kernel's
+   * immediate retries of a failed read from waiting out the deadline again or refetching in a loop.
+   */
+  retryBackoffMs?: number;
   /** maxOpenFiles bounds the LRU of open blob files; default 64. */
   maxOpenFiles?: number;
 }
@@ -88,6 +95,7 @@ interface ResolvedOptions {
   verify: 'lazy' | 'strict';
   log: Logger;
   mismatchBackoffMs: number;
+  retryBackoffMs: number;
 }
 
 function nonNegative(v: number | undefined, def: number, name: string): number {
@@ -109,6 +117,19 @@ function ioError(what: string, err: unknown): RegfsError {
   return new RegfsError('IO', `${what}: ${errorMessage(err)}`, { cause: err });
 }
 
+/** unanswered tells whether a fetch failed because the registry did not answer in time or kept refusing (429/503). */
+function unanswered(err: unknown): err is RegfsError {
+  return err instanceof RegfsError && (err.code === 'TIMEOUT' || err.status === 429 || err.status === 503);
+}
+
+/** noSpace tells whether an error (or its cause) is ENOSPC or EDQUOT. */
+function noSpace(err: unknown): boolean {
+  for (let e = err as { code?: unknown; cause?: unknown } | undefined, i = 0; e && i < 4; e = e.cause as typeof e, i++) {
+    if (e.code === 'ENOSPC' || e.code === 'EDQUOT') return true;
+  }
+  return false;
+}
+
 function hexAlgorithm(hex: string): 'sha256' | 'sha512' | undefined {
   if (/^[a-f0-9]{64}$/.test(hex)) return 'sha256';
   if (/^[a-f0-9]{128}$/.test(hex)) return 'sha512';
@@ -126,7 +147,7 @@ export class BlobCache {
   private readonly partials = new Map<Digest, PartialBlob>();
   private readonly pins = new Map<Digest, number>();
   private readonly active = new Map<Digest, number>();
-  /** poisoned remembers digest mismatches: reads of that digest fail until `until` (or an evict()). */
+  /** poisoned remembers digest mismatches and unretryable failures: reads of that digest fail until `until` (or an evict()). */
   private readonly poisoned = new Map<Digest, { error: RegfsError; until: number }>();
   private readonly fills = new SingleFlight<Digest, void>();
   private readonly verifications = new SingleFlight<Digest, boolean>();
@@ -156,7 +177,7 @@ export class BlobCache {
     this.splitDistance = Math.max(2 * opts.readAheadStart, 4 * MiB);
   }
 
-  /** open prepares `dir` (0700, no symlinks, not group/world-writable), takes its lock, clears ingest/ and loads what is cached. */
+  /** open prepares `dir` (0700, no symlinks, not group/world-writable), takes its lock, clears ingest/ (and stray links in extracted/) and loads what is cached. */
   static async open(dir: string, opts: BlobCacheOptions = {}): Promise<BlobCache> {
     const readAheadStart = nonNegative(opts.readAheadStart, MiB, 'readAheadStart');
     const resolved: ResolvedOptions = {
@@ -168,6 +189,7 @@ export class BlobCache {
       verify: opts.verify ?? 'lazy',
       log: opts.log ?? nullLogger,
       mismatchBackoffMs: nonNegative(opts.mismatchBackoffMs, 5_000, 'mismatchBackoffMs'),
+      retryBackoffMs: nonNegative(opts.retryBackoffMs, 2_000, 'retryBackoffMs'),
     };
     if (resolved.verify !== 'lazy' && resolved.verify !== 'strict') throw new RegfsError('INVALID_ARGUMENT', `BlobCache option verify must be 'lazy' or 'strict'`);
     const maxOpenFiles = Math.max(2, Math.floor(nonNegative(opts.maxOpenFiles, 64, 'maxOpenFiles')));
@@ -448,8 +470,15 @@ export class BlobCache {
     const task = p.startFetch(span, (s, signal) => repo.fetchBlob(desc, { start: s.start, end: s.end }, signal));
     this.track(
       task.done
-        .catch((err: unknown) => {
-          if (!this.closed && !p.dead) this.log.debug('range fetch failed', { digest: p.digest, start: span.start, end: span.end, error: errorMessage(err) });
+        .catch(async (err: unknown) => {
+          if (this.closed || p.dead) return;
+          this.log.debug('range fetch failed', { digest: p.digest, start: span.start, end: span.end, error: errorMessage(err) });
+          if (unanswered(err) || noSpace(err)) this.poison(p.digest, err as RegfsError, this.opts.retryBackoffMs);
+          if (noSpace(err)) {
+            // A full file system: give the space back instead of keeping a sparse file nobody can complete.
+            this.log.warn('cache file system is full; discarding the partially fetched blob', { digest: p.digest, cache: this.layout.root });
+            await this.discardPartial(p, err as RegfsError);
+          }
         })
         .then(() => this.afterFetch(p)),
     );
@@ -575,7 +604,7 @@ export class BlobCache {
       if (e.code === 'DIGEST_MISMATCH' || e.code === 'SIZE_MISMATCH') {
         this.log.warn('digest mismatch: discarding fetched blob', { expected: digest, error: e.message });
         this.poison(digest, e);
-      }
+      } else if (unanswered(e) || noSpace(e)) this.poison(digest, e, this.opts.retryBackoffMs);
       throw e;
     } finally {
       this.wholeFetches.delete(controller);
@@ -717,6 +746,12 @@ export class BlobCache {
     for (const name of await fsp.readdir(this.layout.ingest)) {
       await fsp.rm(path.join(this.layout.ingest, name), { recursive: true, force: true });
     }
+    // extracted/ holds directories only: anything else (a planted symlink) is removed, never followed.
+    for (const name of await fsp.readdir(this.layout.extracted)) {
+      const file = path.join(this.layout.extracted, name);
+      const st = await fsp.lstat(file).catch(() => undefined);
+      if (st && !st.isDirectory()) await fsp.rm(file, { force: true });
+    }
     for (const algDir of this.layout.algorithmDirs()) {
       const alg = path.basename(algDir);
       for (const name of await fsp.readdir(algDir)) {
@@ -852,8 +887,8 @@ export class BlobCache {
     throw new RegfsError(p.error.code, p.error.message, { cause: p.error });
   }
 
-  private poison(d: Digest, error: RegfsError): void {
-    this.poisoned.set(d, { error, until: Date.now() + this.opts.mismatchBackoffMs });
+  private poison(d: Digest, error: RegfsError, ms = this.opts.mismatchBackoffMs): void {
+    this.poisoned.set(d, { error, until: Date.now() + ms });
   }
 
   private checkSize(cachedSize: number, desc: Descriptor): void {

@@ -1,7 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { digestAlgorithm, digestHex, type Digest } from '../registry/digest.js';
-import { RegfsError } from '../registry/errors.js';
+import { ensurePrivateDir } from '../util/private-dir.js';
 
 /** CacheLayout names the files of a cache directory: blobs/<alg>/<hex>, ingest/, partial/<hex>[.ranges.json], lock. */
 export class CacheLayout {
@@ -13,12 +13,15 @@ export class CacheLayout {
   readonly partial: string;
   /** lock is the one-process-per-directory lock file. */
   readonly lock: string;
+  /** extracted holds directory layers extracted by the mount (`extracted/<hex>`). */
+  readonly extracted: string;
 
   constructor(readonly root: string) {
     this.blobs = path.join(root, 'blobs');
     this.ingest = path.join(root, 'ingest');
     this.partial = path.join(root, 'partial');
     this.lock = path.join(root, 'lock');
+    this.extracted = path.join(root, 'extracted');
   }
 
   /** blobDir returns the directory of complete blobs of a digest's algorithm. */
@@ -53,33 +56,6 @@ export class CacheLayout {
    */
   async prepare(): Promise<void> {
     await fsp.mkdir(path.dirname(this.root), { recursive: true, mode: 0o700 });
-    await mkdirChecked(this.root);
-    for (const d of [this.blobs, ...this.algorithmDirs(), this.ingest, this.partial]) await mkdirChecked(d);
+    for (const d of [this.root, this.blobs, ...this.algorithmDirs(), this.ingest, this.partial, this.extracted]) await ensurePrivateDir(d, 'cache directory');
   }
-}
-
-/** mkdirChecked creates dir (0700) unless present, then checks it is a real, private directory owned by us. */
-async function mkdirChecked(dir: string): Promise<void> {
-  try {
-    await fsp.mkdir(dir, { mode: 0o700 });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
-      throw new RegfsError('IO', `cannot create cache directory ${dir}: ${(err as Error).message}`, { cause: err });
-    }
-  }
-  const st = await fsp.lstat(dir);
-  if (st.isSymbolicLink()) throw new RegfsError('UNSAFE_PATH', `cache directory ${dir} is a symlink; refusing to use it (point regfs at the real directory)`);
-  if (!st.isDirectory()) throw new RegfsError('UNSAFE_PATH', `cache path ${dir} exists and is not a directory`);
-  const uid = process.getuid?.();
-  if (uid !== undefined && st.uid !== uid) {
-    throw new RegfsError('UNSAFE_PATH', `cache directory ${dir} is owned by uid ${st.uid}, not by this user (uid ${uid}); refusing to use it`);
-  }
-  if ((st.mode & 0o022) !== 0) {
-    throw new RegfsError(
-      'UNSAFE_PATH',
-      `cache directory ${dir} is group- or world-writable (mode ${(st.mode & 0o777).toString(8).padStart(4, '0')}); run \`chmod 700 ${dir}\``,
-    );
-  }
-  // Readable by others is not unsafe for us, but cached content may be private: tighten it to 0700.
-  if ((st.mode & 0o077) !== 0) await fsp.chmod(dir, 0o700);
 }

@@ -1,4 +1,5 @@
-import { promises as fsp } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { promises as fsp, type BigIntStats } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { RegfsError, isRegfsError } from '../registry/errors.js';
@@ -17,27 +18,48 @@ function statusFor(err: unknown): number {
   return 500;
 }
 
-/** ping asks whatever listens on a socket for its pid; undefined when nothing answers. */
-function ping(socketPath: string): Promise<number | undefined> {
+/** MAX_SOCKET_PATH_BYTES is the longest Unix socket path Linux accepts (sun_path is 108 bytes with the NUL). */
+const MAX_SOCKET_PATH_BYTES = 107;
+
+/** probe asks whatever listens on a socket for its pid: `live` unless the connection is refused (or nothing is there). */
+function probe(socketPath: string): Promise<{ live: boolean; pid?: number }> {
   return new Promise((resolve) => {
-    const req = http.request({ socketPath, path: '/ping', method: 'GET', timeout: 2000 }, (res) => {
+    const req = http.request({ socketPath, path: '/ping', method: 'GET', timeout: 2000, agent: false }, (res) => {
       let text = '';
       res.on('data', (d: Buffer) => (text += d.toString()));
       res.on('end', () => {
         try {
-          resolve((JSON.parse(text) as { pid?: number }).pid ?? -1);
+          resolve({ live: true, pid: (JSON.parse(text) as { pid?: number }).pid });
         } catch {
-          resolve(-1);
+          resolve({ live: true });
         }
       });
     });
-    req.on('error', () => resolve(undefined));
+    req.on('error', (err: NodeJS.ErrnoException) => resolve({ live: err.code !== 'ECONNREFUSED' && err.code !== 'ENOENT' }));
     req.on('timeout', () => {
       req.destroy();
-      resolve(-1);
+      resolve({ live: true });
     });
     req.end();
   });
+}
+
+/** clearPath makes way at the socket path: a symlink, a non-socket or a live daemon is refused; a stale socket is removed. */
+async function clearPath(socketPath: string): Promise<void> {
+  const st = await fsp.lstat(socketPath, { bigint: true }).catch(() => undefined);
+  if (!st) return;
+  if (st.isSymbolicLink()) throw new RegfsError('UNSAFE_PATH', `${socketPath} is a symlink; refusing to use or replace it`);
+  if (!st.isSocket()) throw new RegfsError('CONFLICT', `${socketPath} exists and is not a socket; remove it`);
+  const p = await probe(socketPath);
+  if (p.live) throw new RegfsError('CONFLICT', `a regfs daemon is already running on ${socketPath} (pid ${p.pid ?? 'unknown'})`);
+  // Remove it only if it is still the stale socket probed, not one a daemon starting at the same time just put there.
+  const again = await fsp.lstat(socketPath, { bigint: true }).catch(() => undefined);
+  if (again && sameFile(again, st)) await fsp.rm(socketPath, { force: true });
+}
+
+/** sameFile tells whether two stats are of the same file (an inode number alone may be reused at once). */
+function sameFile(a: BigIntStats, b: BigIntStats): boolean {
+  return a.ino === b.ino && a.dev === b.dev && a.ctimeNs === b.ctimeNs;
 }
 
 /** prepareSocketDir makes (or checks) the socket's directory: ours, mode 0700, not a symlink. */
@@ -54,18 +76,20 @@ async function prepareSocketDir(dir: string): Promise<void> {
 
 /**
  * startControlServer serves HTTP+JSON on a Unix socket created 0600 inside a 0700 directory. A symlink at
- * the socket path is refused; a live daemon on it is a CONFLICT; a stale socket file is replaced.
+ * the socket path is refused (never followed); a live daemon on it is a CONFLICT; a stale socket file is
+ * replaced. The socket is bound under a temporary name (umask 0177, so it is never wider than 0600) and
+ * hard-linked into place, which fails if the name exists: of daemons starting at once, exactly one wins.
+ * close() removes the socket only while it is still this server's.
  */
 export async function startControlServer(socketPath: string, routes: Routes, log: Logger = nullLogger): Promise<{ close(): Promise<void> }> {
-  await prepareSocketDir(path.dirname(socketPath));
-  const existing = await fsp.lstat(socketPath).catch(() => undefined);
-  if (existing) {
-    if (existing.isSymbolicLink()) throw new RegfsError('UNSAFE_PATH', `${socketPath} is a symlink; refusing to use or replace it`);
-    if (!existing.isSocket()) throw new RegfsError('CONFLICT', `${socketPath} exists and is not a socket; remove it`);
-    const pid = await ping(socketPath);
-    if (pid !== undefined) throw new RegfsError('CONFLICT', `a regfs daemon is already running on ${socketPath} (pid ${pid})`);
-    await fsp.rm(socketPath);
+  const sock = path.resolve(socketPath);
+  const dir = path.dirname(sock);
+  const tmp = path.join(dir, `.${randomBytes(6).toString('hex')}.sock`);
+  if (Buffer.byteLength(tmp) > MAX_SOCKET_PATH_BYTES || Buffer.byteLength(sock) > MAX_SOCKET_PATH_BYTES) {
+    throw new RegfsError('INVALID_ARGUMENT', `control socket path ${sock} is too long for a Unix socket (at most ${MAX_SOCKET_PATH_BYTES} bytes, its directory at most ${MAX_SOCKET_PATH_BYTES - 19}); choose a shorter --socket`);
   }
+  await prepareSocketDir(dir);
+  await clearPath(sock);
   const server = http.createServer((req, res) => {
     const send = (status: number, obj: unknown): void => {
       const body = JSON.stringify(obj);
@@ -89,7 +113,7 @@ export async function startControlServer(socketPath: string, routes: Routes, log
       } catch {
         return send(400, { error: 'request body is not JSON', code: 'INVALID_ARGUMENT' });
       }
-      handler(body, url.searchParams).then(
+      Promise.resolve().then(() => handler(body, url.searchParams)).then(
         (out) => send(200, out ?? {}),
         (err: unknown) => {
           const message = redactText(err instanceof Error ? err.message : String(err));
@@ -99,21 +123,49 @@ export async function startControlServer(socketPath: string, routes: Routes, log
       );
     });
   });
-  const old = process.umask(0o177);
-  try {
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(socketPath, () => resolve());
-    });
-  } finally {
-    process.umask(old);
-  }
-  await fsp.chmod(socketPath, 0o600);
-  return {
-    close: async () => {
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    // listen() binds synchronously: the umask is back to normal before any other code runs.
+    const old = process.umask(0o177);
+    try {
+      server.listen(tmp, () => resolve());
+    } finally {
+      process.umask(old);
+    }
+  });
+  const stopServer = async (): Promise<void> => {
+    await new Promise<void>((resolve) => {
+      server.close(() => resolve());
       server.closeAllConnections();
-      await fsp.rm(socketPath, { force: true });
-    },
+    });
+    await fsp.rm(tmp, { force: true });
+  };
+  let ours: BigIntStats;
+  try {
+    await fsp.chmod(tmp, 0o600);
+    ours = await fsp.lstat(tmp, { bigint: true });
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await fsp.link(tmp, sock);
+        break;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt >= 3) throw err;
+        await clearPath(sock); // CONFLICT when another daemon won the race
+      }
+    }
+    await fsp.rm(tmp);
+  } catch (err) {
+    await stopServer();
+    throw err;
+  }
+  let closing: Promise<void> | undefined;
+  return {
+    close: () =>
+      (closing ??= (async () => {
+        // Checked while still listening: our socket's inode cannot be reused by another one yet.
+        const st = await fsp.lstat(sock, { bigint: true }).catch(() => undefined);
+        if (st && st.ino === ours.ino && st.dev === ours.dev) await fsp.rm(sock, { force: true });
+        await stopServer();
+      })()),
   };
 }

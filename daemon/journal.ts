@@ -10,6 +10,7 @@ import { buildManifest, EMPTY_CONFIG_DESCRIPTOR, prepareFile } from '../registry
 import type { Repository } from '../registry/storage.js';
 import { runLimited } from '../registry/transfer.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
+import { ensurePrivateDir } from '../util/private-dir.js';
 import { nullLogger, redactText, type Logger } from '../util/log.js';
 import { fingerprint, scanTagDir, type StagedEntry, type StagedTag } from './staging.js';
 
@@ -82,8 +83,8 @@ export class PushQueue {
   /** open loads the journal; items caught mid-upload by a crash go back to pending. */
   static async open(stateDir: string, opts: PushQueueOptions): Promise<PushQueue> {
     const dir = path.join(stateDir, 'queue');
-    await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
-    await fsp.chmod(stateDir, 0o700);
+    await fsp.mkdir(path.dirname(stateDir), { recursive: true, mode: 0o700 });
+    for (const d of [stateDir, dir]) await ensurePrivateDir(d, 'state directory');
     let pushed: Record<string, Pushed> = {};
     try {
       pushed = JSON.parse(await fsp.readFile(path.join(stateDir, 'pushed.json'), 'utf8')) as Record<string, Pushed>;

@@ -54,7 +54,7 @@ export async function serveMount(opts: ServeOptions): Promise<RunningMount> {
   const ownsCache = !opts.blobs;
   const blobs = opts.blobs ?? (await BlobCache.open(cacheDir, { ...opts.cache, log: opts.log }));
   const metadata = opts.metadata ?? new MetadataCache({ ttlMs: opts.metadataTtlMs, log: opts.log });
-  const vfs = new Vfs({ registry: opts.registry, metadata, blobs, extractDir: path.join(cacheDir, 'extracted'), log: opts.log });
+  const vfs = new Vfs({ registry: opts.registry, metadata, blobs, extractDir: blobs.layout.extracted, log: opts.log });
   const handlers = createHandlers({ vfs, blobs, statfsPath: cacheDir, log: opts.log });
   let fuse: FuseMount;
   try {

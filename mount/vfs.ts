@@ -236,7 +236,8 @@ export class Vfs {
     const root = await this.extracted(repo, layer, prefix);
     if (rest.length && rest[0] === '.regfs-complete') throw new MountError(Errno.ENOENT, 'hidden');
     const rel = rest.length ? checkTitle(rest.join('/')) : '.';
-    const real = rest.length ? await resolveInside(root, rel).catch(() => undefined) : root;
+    // Every component above the last must be a real directory; the last may be a symlink (shown as one).
+    const real = rest.length ? await resolveInside(root, path.posix.dirname(rel)).then((d) => path.join(d, path.posix.basename(rel)), () => undefined) : root;
     const st = real ? await fsp.lstat(real).catch(() => undefined) : undefined;
     if (!real || !st) throw new MountError(Errno.ENOENT, `no ${rel} in layer ${layer.digest}`);
     const xattrs = rest.length ? {} : layerXattrs(layer);

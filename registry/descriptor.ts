@@ -41,7 +41,13 @@ export function parseDescriptor(raw: unknown, where: string): Descriptor {
   if (!isMediaType(r.mediaType)) {
     throw new RegfsError('INVALID_MANIFEST', `${where} has an invalid mediaType ${JSON.stringify(r.mediaType)}`);
   }
-  const digest = parseDigest(r.digest, `${where} digest`);
+  // A bad digest inside a document is a bad document (EIO, exit 1), not a bad argument from the user.
+  let digest: Digest;
+  try {
+    digest = parseDigest(r.digest, `${where} digest`);
+  } catch (err) {
+    throw new RegfsError('INVALID_MANIFEST', (err as Error).message);
+  }
   const size = r.size;
   if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) {
     throw new RegfsError('INVALID_MANIFEST', `${where} has an invalid size ${JSON.stringify(size)}: expected a non-negative integer`);

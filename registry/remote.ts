@@ -146,7 +146,7 @@ export class RemoteRepository implements Repository {
     if (res.status !== 200) await this.t.fail(res, what);
     const declared = Number(header(res, 'content-length'));
     if (Number.isFinite(declared) && declared > MAX_MANIFEST_BYTES) {
-      res.body.destroy();
+      discard(res.body);
       throw new RegfsError('TOO_LARGE', `${what} is ${declared} bytes, over the ${MAX_MANIFEST_BYTES}-byte manifest limit`);
     }
     const bytes = await readCappedBuffer(res.body, MAX_MANIFEST_BYTES).catch((err: unknown) => {
@@ -189,19 +189,24 @@ export class RemoteRepository implements Repository {
       const cr = header(res, 'content-range');
       const m = cr ? /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(cr) : null;
       if (!m || Number(m[1]) !== start || Number(m[2]) > end - 1) {
-        res.body.destroy();
+        discard(res.body);
         throw new RegfsError('REGISTRY_ERROR', `${what}: registry answered range ${cr ?? '(none)'} for bytes=${start}-${end - 1}`);
       }
-      return limit(res.body, end - start, what);
+      const len = header(res, 'content-length');
+      if ((m[3] !== '*' && Number(m[3]) !== desc.size) || (len !== undefined && Number(len) !== Number(m[2]) - start + 1)) {
+        discard(res.body);
+        throw new RegfsError('SIZE_MISMATCH', `${what}: registry sent Content-Range ${cr} with Content-Length ${len ?? '(none)'}, descriptor says ${desc.size} bytes`);
+      }
+      return limit(res.body, end - start, what, true);
     }
     if (res.status === 200) {
       const len = header(res, 'content-length');
       if (len !== undefined && Number(len) !== desc.size) {
-        res.body.destroy();
+        discard(res.body);
         throw new RegfsError('SIZE_MISMATCH', `${what}: registry sent Content-Length ${len}, descriptor says ${desc.size}`);
       }
       // A server that ignores Range sends the whole blob: skip to `start` and stop at `end`.
-      return limit(skip(res.body, start), end - start, what);
+      return limit(skip(res.body, start), end - start, what, end === desc.size);
     }
     return this.t.fail(res, what);
   }
@@ -460,6 +465,12 @@ async function verifiedSourceAsync(source: BlobSource, desc: Descriptor): Promis
   return verifying(await source(), desc);
 }
 
+/** discard drops a response body unread; undici's destroy() emits an error that must not go unhandled. */
+function discard(body: Readable): void {
+  body.on('error', () => undefined);
+  body.destroy();
+}
+
 /** skip drops the first n bytes of a stream. */
 function skip(src: Readable, n: number): Readable {
   if (n === 0) return src;
@@ -480,24 +491,32 @@ function skip(src: Readable, n: number): Readable {
   );
 }
 
-/** limit passes exactly n bytes, failing when the source sends more or fewer. */
-function limit(src: Readable, n: number, what: string): Readable {
+/**
+ * limit passes exactly n bytes; fewer is a (resumable) NETWORK error. More is trimmed when the body
+ * goes on legitimately (a 200 answer to a Range request); with `exact` the body must end after n bytes,
+ * so the last chunk is held back until it does, and trailing bytes are a SIZE_MISMATCH.
+ */
+function limit(src: Readable, n: number, what: string, exact: boolean): Readable {
   let got = 0;
   return Readable.from(
     (async function* () {
       try {
+        let held: Buffer | undefined;
         for await (const c of src) {
           const b = c as Buffer;
+          if (b.length === 0) continue;
           if (got + b.length > n) {
-            // Extra bytes beyond the requested range: take what was asked and stop.
+            if (exact) throw new RegfsError('SIZE_MISMATCH', `${what}: registry sent more than the ${n} bytes expected (trailing bytes)`);
             const want = n - got;
             got = n;
             if (want > 0) yield b.subarray(0, want);
             break;
           }
           got += b.length;
-          yield b;
+          if (exact && got === n) held = b;
+          else yield b;
         }
+        if (held) yield held;
       } finally {
         if (!src.destroyed) src.destroy();
       }

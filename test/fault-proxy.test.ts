@@ -466,6 +466,44 @@ test('replaceBody keeps upstream status/headers with the given body', async (t) 
   t.true(r.body.equals(fake));
 });
 
+test('setHeaders sets and removes headers of a forwarded answer; chunked drops Content-Length', async (t) => {
+  const proxy = await proxyFor(t);
+  proxy.rules.push({ path: blobPath, setHeaders: { 'docker-content-digest': 'sha256:other', 'x-extra': 'yes', 'accept-ranges': null }, chunked: true, appendBytes: 3 });
+  const r = await raw(proxy.url + blobPath);
+  t.is(r.status, 200);
+  t.true(r.complete);
+  t.is(r.headers['docker-content-digest'], 'sha256:other');
+  t.is(r.headers['x-extra'], 'yes');
+  t.is(r.headers['accept-ranges'], undefined);
+  t.is(r.headers['content-length'], undefined);
+  t.is(r.headers['transfer-encoding'], 'chunked');
+  t.is(r.body.length, BLOB_SIZE + 3);
+  t.true(r.body.subarray(0, BLOB_SIZE).equals(blob));
+});
+
+test('delayResponseMs lets the request reach upstream at once but holds the answer; requests carry their arrival time', async (t) => {
+  const proxy = await proxyFor(t);
+  const body = Buffer.from('delayed upload');
+  proxy.rules.push({ method: 'PUT', delayResponseMs: 400 });
+  const before = Date.now();
+  const pending = pushBlob(proxy.url, REPO, body);
+  let answered = false;
+  void pending.then(() => (answered = true));
+  // The blob is in the registry before the client hears about it.
+  let landed = false;
+  for (let i = 0; i < 50 && !landed; i++) {
+    landed = (await raw(`${reg.url}/v2/${REPO}/blobs/${sha256(body)}`, { method: 'HEAD' })).status === 200;
+    if (!landed) await new Promise((r) => setTimeout(r, 20));
+  }
+  t.true(landed);
+  t.false(answered, 'the client was still waiting when the blob had landed');
+  t.is(await pending, sha256(body));
+  t.true(Date.now() - before >= 390);
+  const put = proxy.requests.find((r) => r.method === 'PUT')!;
+  t.true(put.time >= before && put.time <= Date.now());
+  t.is(put.status, 201);
+});
+
 // ---------------------------------------------------------------------------------------------
 // connection-level faults
 

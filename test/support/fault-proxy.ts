@@ -52,6 +52,12 @@ export interface FaultRule {
    * `Link: <...>; rel="next"` header points at the next page.
    */
   paginateTags?: number;
+  /** setHeaders sets (a string) or removes (null) headers of a forwarded answer, replaceBody included. */
+  setHeaders?: Record<string, string | null>;
+  /** chunked forwards the body without Content-Length (chunked framing), so only the body says where it ends. */
+  chunked?: boolean;
+  /** delayResponseMs forwards the request at once but holds upstream's answer this long (the request has landed). */
+  delayResponseMs?: number;
 }
 
 /** RequestRecord is one request seen by the proxy; status and bytesOut are updated as it progresses. */
@@ -66,6 +72,8 @@ export interface RequestRecord {
   status: number;
   /** bytesOut counts response body bytes written to the client for this request. */
   bytesOut: number;
+  /** time is when the request arrived (Date.now()). */
+  time: number;
   /** rule is the index (in `rules` at match time) of the rule that applied, if any. */
   rule?: number;
 }
@@ -211,6 +219,10 @@ export async function startFaultProxy(
       if (v === undefined || HOP_BY_HOP.has(k)) continue;
       headers[k] = k === 'location' && typeof v === 'string' ? rewriteLocation(v) : v;
     }
+    for (const [k, v] of Object.entries(rule?.setHeaders ?? {})) {
+      if (v === null) delete headers[k.toLowerCase()];
+      else headers[k.toLowerCase()] = v;
+    }
     const hasBody = req.method !== 'HEAD' && status !== 204 && status !== 304 && status >= 200;
     const declared = upRes.headers['content-length'] !== undefined ? Number(upRes.headers['content-length']) : undefined;
 
@@ -236,7 +248,8 @@ export async function startFaultProxy(
 
     if (rule?.replaceBody !== undefined) {
       upRes.resume();
-      headers['content-length'] = String(rule.replaceBody.length);
+      if (rule.chunked) delete headers['content-length'];
+      else headers['content-length'] = String(rule.replaceBody.length);
       rec.status = status;
       res.writeHead(status, headers);
       if (hasBody) countOut(rec, rule.replaceBody.length);
@@ -261,6 +274,7 @@ export async function startFaultProxy(
       }
     }
     if (rule?.cutAfterBytes !== undefined && hasBody) limit = Math.min(limit ?? Infinity, rule.cutAfterBytes);
+    if (rule?.chunked) delete headers['content-length'];
     const flipAt = hasBody ? rule?.flipByteAt : undefined;
 
     rec.status = status;
@@ -357,7 +371,16 @@ export async function startFaultProxy(
           upRes.destroy();
           return;
         }
-        handleResponse(req, res, rec, rule, upRes);
+        if (!rule?.delayResponseMs) {
+          handleResponse(req, res, rec, rule, upRes);
+          return;
+        }
+        const timer = setTimeout(() => {
+          timers.delete(timer);
+          if (res.destroyed || closing) upRes.destroy();
+          else handleResponse(req, res, rec, rule, upRes);
+        }, rule.delayResponseMs);
+        timers.add(timer);
       });
       upReq.once('error', (err: NodeJS.ErrnoException) => {
         if (responded || closing || res.destroyed) return;
@@ -415,7 +438,7 @@ export async function startFaultProxy(
   const server = http.createServer({ requestTimeout: 0 }, (req, res) => {
     const method = req.method ?? 'GET';
     const p = req.url ?? '/';
-    const rec: RequestRecord = { method, path: p, headers: { ...req.headers }, status: 0, bytesOut: 0 };
+    const rec: RequestRecord = { method, path: p, headers: { ...req.headers }, status: 0, bytesOut: 0, time: Date.now() };
     const picked = pickRule(method, p);
     if (picked) rec.rule = picked.index;
     requests.push(rec);
