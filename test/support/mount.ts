@@ -73,7 +73,7 @@ export async function startMount(
     await m.stop();
     await fusermount(mnt);
   });
-  const deadline = Date.now() + 20_000;
+  const deadline = Date.now() + 60_000;
   // The log line, not /proc/mounts alone: a stale mount from a crash is listed there too.
   while (!/ mounted \S+ at /.test(logs) || !(await isMounted(mnt))) {
     if (child.exitCode !== null) throw new Error(`regfs mount exited with ${child.exitCode}: ${logs}`);
