@@ -12,7 +12,7 @@ import type { Logger } from '../util/log.js';
 import { loadConfigFile, resolveConfig, type DaemonConfig, type MountConfig } from './settings.js';
 import { startControlServer } from './control.js';
 import { PushQueue } from './journal.js';
-import { scanStaging } from './staging.js';
+import { scanStaging, WRITES_DIR } from './staging.js';
 
 interface ActiveMount {
   config: MountConfig;
@@ -129,6 +129,8 @@ export class Daemon {
       throw new RegfsError('INVALID_ARGUMENT', `staging folder ${mc.staging} is inside its mountpoint ${mountpoint}: that would deadlock`);
     }
     const registry = openSource(mc.source, { plainHttp: mc.plainHttp, insecure: mc.insecure, caFile: mc.caFile, registryConfig: mc.registryConfig, log: this.log, forMount: true, create: true });
+    const staging = mc.staging ? path.resolve(mc.staging) : undefined;
+    let active: ActiveMount | undefined;
     let running: RunningMount;
     try {
       running = await serveMount({
@@ -140,46 +142,70 @@ export class Daemon {
         log: this.log,
         blobs: this.blobs,
         metadata: this.metadata,
+        // Writes through the mount land in its staging folder; this queue pushes them (docs/mount.md).
+        staging: staging ? {
+          dir: staging,
+          allowDelete: mc.allowDelete === true,
+          hooks: {
+            landed: (repository, tag, fp) => this.queue.pushedFingerprint(mc.source, repository, tag) === fp,
+            recordPublished: (repository, tag, fp, digest) => this.queue.recordPublished(mc.source, repository, tag, fp, digest),
+            touched: (p) => this.queue.postpone(path.join(staging, path.relative(staging, p).split(path.sep)[0] ?? '')),
+            changed: () => active && this.scheduleRescan(active, 100),
+          },
+        } : undefined,
       });
     } catch (err) {
       await registry.close();
       throw err;
     }
-    const active: ActiveMount = { config: { ...mc, mountpoint }, registry, running };
+    active = { config: { ...mc, mountpoint }, registry, running };
     this.mounts.set(mountpoint, active);
+    const self = active;
     void running.done.then(() => {
-      if (this.mounts.get(mountpoint) === active && !this.stopping) {
+      if (this.mounts.get(mountpoint) === self && !this.stopping) {
         this.log.warn(`${mountpoint} was unmounted from outside; its staging folder is no longer watched`);
-        void this.detach(active);
+        void this.detach(self);
       }
     });
-    if (mc.staging) {
-      const staging = path.resolve(mc.staging);
+    if (staging) {
       await fsp.mkdir(staging, { recursive: true });
+      const writes = path.join(staging, WRITES_DIR);
       active.watcher = chokidar.watch(staging, {
         ignoreInitial: true,
         followSymlinks: false,
+        // Files being written through the mount: they appear in their tag folder by rename when complete.
+        ignored: (p: string) => isInside(writes, p),
         awaitWriteFinish: { stabilityThreshold: Math.max(200, this.config.quietSeconds * 1000), pollInterval: 100 },
       });
-      active.watcher.on('all', () => this.scheduleRescan(active));
+      active.watcher.on('all', () => this.scheduleRescan(self));
       active.watcher.on('error', (e: unknown) => this.log.warn(`watching ${staging}: ${(e as Error).message}`));
       // Files written while the daemon was down are found by this first scan.
       await this.rescanMount(active);
     }
   }
 
-  private scheduleRescan(m: ActiveMount): void {
+  private scheduleRescan(m: ActiveMount, delayMs = 300): void {
     clearTimeout(m.rescanTimer);
-    m.rescanTimer = setTimeout(() => void this.rescanMount(m), 300);
+    m.rescanTimer = setTimeout(() => void this.rescanMount(m), delayMs);
   }
 
   private async rescanMount(m: ActiveMount): Promise<number> {
     if (!m.config.staging) return 0;
+    const root = path.resolve(m.config.staging);
     let queued = 0;
     try {
-      for (const staged of await scanStaging(path.resolve(m.config.staging), this.log)) {
+      const found = await scanStaging(root, this.log);
+      for (const staged of found) {
         const r = await this.queue.enqueue(m.config.source, staged);
         if (r !== 'unchanged') queued++;
+      }
+      // A folder queued while it looked like a tag folder (cp -r copies a subfolder's files before the
+      // tag folder's own) is no longer one: drop it before it is pushed under the wrong name.
+      const dirs = new Set(found.map((f) => f.dir));
+      for (const item of this.queue.status()) {
+        if (item.target === m.config.source && item.state === 'pending' && isInside(root, item.dir) && !dirs.has(item.dir)) {
+          if (await this.queue.cancel(item.id)) this.log.info(`${item.repository}:${item.tag} is no longer a tag folder (${item.dir}); not pushing it`);
+        }
       }
     } catch (err) {
       this.log.warn(`scanning ${m.config.staging}: ${(err as Error).message}`);
@@ -237,7 +263,7 @@ export class Daemon {
       socket: this.config.socket,
       cacheDir: this.config.cacheDir,
       stateDir: this.config.stateDir,
-      mounts: [...this.mounts.values()].map((m) => ({ source: m.config.source, mountpoint: m.running.mountpoint, staging: m.config.staging ?? null })),
+      mounts: [...this.mounts.values()].map((m) => ({ source: m.config.source, mountpoint: m.running.mountpoint, staging: m.config.staging ?? null, allowDelete: m.config.allowDelete === true })),
       cache: this.blobs.stats(),
       metadata: this.metadata.stats(),
       queue: this.queue.status(),
@@ -273,6 +299,10 @@ export class Daemon {
       'POST /mounts': async (b) => {
         const o = body(b);
         const mc: MountConfig = { source: str(o.source, 'source'), mountpoint: path.resolve(str(o.mountpoint, 'mountpoint')), ...(typeof o.staging === 'string' ? { staging: path.resolve(o.staging) } : {}) };
+        if (o.allowDelete === true) {
+          if (!mc.staging) throw new RegfsError('INVALID_ARGUMENT', '--allow-delete needs --staging (writes through the mount go there)');
+          mc.allowDelete = true;
+        }
         await this.addMount(mc);
         return { mounted: mc.mountpoint };
       },
