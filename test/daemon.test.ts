@@ -1,28 +1,15 @@
 import test from 'ava';
-import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdir, readFile, stat, writeFile, cp } from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { startRegistry } from './support/registry.js';
 import { startFaultProxy } from './support/fault-proxy.js';
 import { cliEnv, runCli, tempDir } from './support/cli.js';
 import { startDaemon, waitFor } from './support/daemon.js';
 import { isMounted, sh } from './support/mount.js';
+import { skopeoInspect } from './support/skopeo.js';
 
-const exec = promisify(execFile);
 const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
-
-/** skopeoInspect reads a manifest with skopeo (an independent client): its digest and layers. */
-async function skopeoInspect(host: string, ref: string): Promise<{ Digest: string; LayersData: Array<{ Digest: string; Annotations: Record<string, string> }> } | undefined> {
-  try {
-    const { stdout } = await exec('skopeo', ['--insecure-policy', 'inspect', '--raw', '--tls-verify=false', `docker://${host}/${ref}`]);
-    const m = JSON.parse(stdout) as { layers: Array<{ digest: string; annotations?: Record<string, string> }> };
-    return { Digest: `sha256:${sha(stdout)}`, LayersData: m.layers.map((l) => ({ Digest: l.digest, Annotations: l.annotations ?? {} })) };
-  } catch {
-    return undefined;
-  }
-}
 
 test('files copied into staging are pushed: skopeo sees the artifact and the mount shows it at once', async (t) => {
   const reg = await startRegistry(t, { flavour: 'plain' });
