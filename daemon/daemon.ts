@@ -150,7 +150,10 @@ export class Daemon {
             landed: (repository, tag, fp) => this.queue.pushedFingerprint(mc.source, repository, tag) === fp,
             recordPublished: (repository, tag, fp, digest) => this.queue.recordPublished(mc.source, repository, tag, fp, digest),
             touched: (p) => this.queue.postpone(path.join(staging, path.relative(staging, p).split(path.sep)[0] ?? '')),
-            changed: () => active && this.scheduleRescan(active, 100),
+            changed: (tagDir) => {
+              if (tagDir) void this.dropStale(mc.source, (dir) => dir !== tagDir && isInside(tagDir, dir));
+              if (active) this.scheduleRescan(active);
+            },
           },
         } : undefined,
       });
@@ -199,18 +202,27 @@ export class Daemon {
         const r = await this.queue.enqueue(m.config.source, staged);
         if (r !== 'unchanged') queued++;
       }
-      // A folder queued while it looked like a tag folder (cp -r copies a subfolder's files before the
-      // tag folder's own) is no longer one: drop it before it is pushed under the wrong name.
       const dirs = new Set(found.map((f) => f.dir));
-      for (const item of this.queue.status()) {
-        if (item.target === m.config.source && item.state === 'pending' && isInside(root, item.dir) && !dirs.has(item.dir)) {
-          if (await this.queue.cancel(item.id)) this.log.info(`${item.repository}:${item.tag} is no longer a tag folder (${item.dir}); not pushing it`);
-        }
-      }
+      // One being pushed right now cannot be cancelled: look again once that attempt is over.
+      if (await this.dropStale(m.config.source, (dir) => isInside(root, dir) && !dirs.has(dir))) this.scheduleRescan(m, 1000);
     } catch (err) {
       this.log.warn(`scanning ${m.config.staging}: ${(err as Error).message}`);
     }
     return queued;
+  }
+
+  /**
+   * dropStale cancels pending pushes of folders that are no longer tag folders: while `cp -r` copies a
+   * subfolder's files before the tag folder's own, the subfolder looks like a tag folder for a moment.
+   */
+  private async dropStale(target: string, stale: (dir: string) => boolean): Promise<number> {
+    let busy = 0;
+    for (const item of this.queue.status()) {
+      if (item.target !== target || item.state === 'done' || !stale(item.dir)) continue;
+      if (await this.queue.cancel(item.id)) this.log.info(`${item.repository}:${item.tag} is no longer a tag folder (${item.dir}); not pushing it`);
+      else busy++;
+    }
+    return busy;
   }
 
   private async detach(m: ActiveMount): Promise<void> {

@@ -278,10 +278,10 @@ export class PushQueue {
     }
   }
 
-  /** cancel drops a pending item that is not being pushed (its folder is no longer a tag folder); false if it could not. */
+  /** cancel drops a pending or failed item that is not being pushed (its folder is no longer a tag folder); false if it could not. */
   async cancel(id: string): Promise<boolean> {
     const item = this.items.get(id);
-    if (!item || item.state !== 'pending' || this.inflight.has(id)) return false;
+    if (!item || (item.state !== 'pending' && item.state !== 'failed') || this.inflight.has(id)) return false;
     this.items.delete(id);
     await fsp.rm(path.join(this.dir, `${id}.json`), { force: true });
     return true;

@@ -25,8 +25,11 @@ export interface StagingHooks {
   recordPublished(repository: string, tag: string, fingerprint: string, digest: string): Promise<void>;
   /** touched is called with the staging folder of every change through the mount: pushes near it wait another quiet period. */
   touched(stagingPath: string): void;
-  /** changed asks for a rescan of the staging folder soon (a file landed, a folder came or went). */
-  changed(): void;
+  /**
+   * changed asks for a rescan of the staging folder soon (a file landed, a folder came or went); with
+   * tagDir, the change was in that tag folder, so queued pushes of folders below it are stale.
+   */
+  changed(tagDir?: string): void;
 }
 
 /** StagingOptions make a mount writable: writes land in the staging folder `dir`, which the daemon pushes. */
@@ -107,12 +110,14 @@ export class StagingTree implements Tree {
   private readonly root: string;
   private readonly tmpRoot: string;
   private readonly log: Logger;
-  /** writers are the handles that changed something (one per path), opened every handle open for writing. */
+  /** writers: per path, the handle whose bytes are not in place yet (changed, not flushed); opened: every handle open for writing. */
   private readonly writers = new Map<string, WriteHandle>();
   private readonly opened = new Map<string, Set<WriteHandle>>();
   private readonly holds = new Map<string, number>();
   private readonly locks = new Map<string, Promise<unknown>>();
-  private readonly memo = new Map<string, { at: number; value: Promise<boolean> }>();
+  /** fsMemo caches staging folder facts (is a folder, is a tag folder); landedMemo whether a tag folder landed. */
+  private readonly fsMemo = new Map<string, { at: number; value: Promise<boolean> }>();
+  private readonly landedMemo = new Map<string, { at: number; value: Promise<boolean> }>();
   private readonly warned = new Set<string>();
 
   constructor(private readonly o: StagingTreeOptions) {
@@ -179,26 +184,35 @@ export class StagingTree implements Tree {
     return comps[0] === WRITES_DIR || comps.includes(TAG_MARKER);
   }
 
-  private cached(key: string, fn: () => Promise<boolean>): Promise<boolean> {
-    const hit = this.memo.get(key);
+  private cached(memo: Map<string, { at: number; value: Promise<boolean> }>, key: string, fn: () => Promise<boolean>): Promise<boolean> {
+    const hit = memo.get(key);
     if (hit && Date.now() - hit.at < MEMO_MS) return hit.value;
-    if (this.memo.size > 10_000) this.memo.clear();
+    if (memo.size > 10_000) memo.clear();
     const value = fn();
-    this.memo.set(key, { at: Date.now(), value });
+    memo.set(key, { at: Date.now(), value });
     return value;
   }
 
-  /** invalidate forgets the cached staging state (after every change through the mount). */
+  /** invalidate forgets the cached folder facts (after every change through the mount; cheap to learn again). */
   private invalidate(): void {
-    this.memo.clear();
+    this.fsMemo.clear();
+  }
+
+  /**
+   * changedTag notes a change through the mount in a tag folder: it is not what was pushed (no need to
+   * fingerprint it again for a while), and queued pushes of folders below it are stale.
+   */
+  private changedTag(T: TagFolder): void {
+    this.landedMemo.set(T.dir, { at: Date.now(), value: Promise.resolve(false) });
+    this.o.staging.hooks.changed(T.dir);
   }
 
   private isDir(p: string): Promise<boolean> {
-    return this.cached(`d${p}`, async () => (await fsp.lstat(p).catch(() => undefined))?.isDirectory() ?? false);
+    return this.cached(this.fsMemo, `d${p}`, async () => (await fsp.lstat(p).catch(() => undefined))?.isDirectory() ?? false);
   }
 
   private isTagFolderDir(dir: string): Promise<boolean> {
-    return this.cached(`t${dir}`, async () => isTagFolderListing(await fsp.readdir(dir, { withFileTypes: true }).catch(() => [] as Dirent[])));
+    return this.cached(this.fsMemo, `t${dir}`, async () => isTagFolderListing(await fsp.readdir(dir, { withFileTypes: true }).catch(() => [] as Dirent[])));
   }
 
   /** stagedTag finds the tag folder along a path in staging, by the staging rule (first folder at depth >= 2 holding a file or the marker). */
@@ -227,7 +241,7 @@ export class StagingTree implements Tree {
 
   /** landed: the tag folder's content is what was last pushed (an empty folder never is). */
   private landed(T: TagFolder): Promise<boolean> {
-    return this.cached(`l${T.dir}`, async () => {
+    return this.cached(this.landedMemo, T.dir, async () => {
       const entries = await scanTagDir(T.dir);
       return entries.length > 0 && this.o.staging.hooks.landed(T.repository, T.tag, fingerprint(entries));
     });
@@ -408,6 +422,7 @@ export class StagingTree implements Tree {
     }
     if (movedAside) await fsp.rm(aside, { recursive: true, force: true });
     this.invalidate();
+    this.landedMemo.delete(T.dir);
     await this.o.staging.hooks.recordPublished(T.repository, T.tag, fingerprint(await scanTagDir(T.dir)), fm.descriptor.digest);
     this.log.info(`copied ${T.repository}:${T.tag} (${fm.descriptor.digest}) into ${T.dir} for a change through the mount`);
   }
@@ -452,7 +467,7 @@ export class StagingTree implements Tree {
     if ((await this.o.vfs.locate(keyOf(comps))).isRepository) return true;
     if (comps.length < 1) return false;
     const list = await fsp.readdir(this.staged(comps), { withFileTypes: true }).catch(() => [] as Dirent[]);
-    for (const e of list) if (e.isDirectory() && comps.length + 1 >= 2 && (await this.isTagFolderDir(this.staged([...comps, e.name])))) return true;
+    for (const e of list) if (e.isDirectory() && (await this.isTagFolderDir(this.staged([...comps, e.name])))) return true;
     return false;
   }
 
@@ -462,7 +477,9 @@ export class StagingTree implements Tree {
     const repository = parent.slice(0, -1).join('/');
     const tag = parent[parent.length - 1]!;
     if (!isRepositoryName(repository) || !isTag(tag)) throw fail(Errno.EINVAL, `${p}: "${repository}:${tag}" is not a valid repository:tag for a tag folder`);
-    if (await this.isRepositoryFolder(parent)) throw fail(Errno.EPERM, `${p}: ${keyOf(parent)} is a repository; files go into a tag folder below it`);
+    if ((await this.o.vfs.locate(keyOf(parent))).depth === parent.length || (await this.isRepositoryFolder(parent))) {
+      throw fail(Errno.EPERM, `${p}: ${keyOf(parent)} is a repository or namespace; files go into a tag folder below it`);
+    }
     return { repository, tag, dir: this.staged(parent), depth: parent.length, remote: false };
   }
 
@@ -471,10 +488,13 @@ export class StagingTree implements Tree {
     this.o.staging.hooks.touched(path.dirname(stagedPath));
   }
 
-  private changedNow(stagedPath: string): void {
+  /** changedNow follows a change of a mount path: forget cached facts, hold nearby pushes, rescan soon. */
+  private async changedNow(comps: string[]): Promise<void> {
     this.invalidate();
-    this.touch(stagedPath);
-    this.o.staging.hooks.changed();
+    this.touch(this.staged(comps));
+    const T = await this.stagedTag(comps).catch(() => undefined);
+    if (T) this.changedTag(T);
+    else this.o.staging.hooks.changed();
   }
 
   private async withHold<T>(T: TagFolder, fn: () => Promise<T>): Promise<T> {
@@ -506,7 +526,7 @@ export class StagingTree implements Tree {
     } else {
       throw fail(Errno.EEXIST, `${p} exists`);
     }
-    this.changedNow(this.staged(comps));
+    await this.changedNow(comps);
   }
 
   /** create starts a new file: its bytes go to a temp file, renamed into the tag folder when closed. */
@@ -659,9 +679,13 @@ export class StagingTree implements Tree {
     if (!a.renamed) {
       await fsp.rename(a.tmp, a.final);
       a.renamed = true;
+      // The file is complete at its name: the next open of it (`close` returns before FUSE's release)
+      // starts from it. Writes through a dup of this descriptor still reach the same file.
+      if (this.writers.get(w.path) === w) this.writers.delete(w.path);
+      a.unhold();
     }
     w.modified = false;
-    this.changedNow(a.final);
+    await this.changedNow(w.comps);
   }
 
   /** flush (close) moves the written file into its tag folder: the staging scanner never sees half a file. */
@@ -700,7 +724,8 @@ export class StagingTree implements Tree {
   /** truncate by path: on the file's open write handle if there is one (open with O_TRUNC), else through a temp file renamed over it. */
   async truncate(p: string, size: number): Promise<void> {
     const comps = splitPath(p);
-    const w = this.writers.get(keyOf(comps)) ?? this.opened.get(keyOf(comps))?.values().next().value;
+    // The newest handle: `open(O_TRUNC)` arrives as open, then truncate (an older handle may await its release).
+    const w = [...(this.opened.get(keyOf(comps)) ?? [])].pop();
     if (w) return this.ftruncate(w, size);
     this.checkMutable(comps, p);
     const r = await this.lookup(p);
@@ -724,7 +749,7 @@ export class StagingTree implements Tree {
         throw err;
       }
     });
-    this.changedNow(this.staged(comps));
+    await this.changedNow(comps);
   }
 
   /** unlink removes a staged file; one the registry has needs allowDelete (EROFS otherwise). */
@@ -740,7 +765,7 @@ export class StagingTree implements Tree {
     if (published && !this.o.staging.allowDelete) throw fail(Errno.EROFS, `${p} is published; removing it needs --allow-delete`);
     await this.withHold(T, () => fsp.unlink(this.staged(comps)));
     if (published) this.log.info(`removed ${p} through the mount: the next push of ${T.repository}:${T.tag} leaves it out`);
-    this.changedNow(this.staged(comps));
+    await this.changedNow(comps);
   }
 
   /**
@@ -767,7 +792,7 @@ export class StagingTree implements Tree {
       if (published) throw fail(Errno.EPERM, `${p} is a repository or namespace in the registry, which cannot be deleted through the mount`);
       await fsp.rmdir(this.staged(comps));
     }
-    this.changedNow(this.staged(comps));
+    await this.changedNow(comps);
   }
 
   /** deleteTag deletes a tag's manifest, unless other tags point at the same manifest (the API deletes manifests, not tags). */
@@ -804,7 +829,7 @@ export class StagingTree implements Tree {
     await this.lookup(src);
     if ((await this.published(src)) && !this.o.staging.allowDelete) throw fail(Errno.EROFS, `${src} is published; renaming it away needs --allow-delete`);
     await this.withHold(Ta, () => fsp.rename(this.staged(a), this.staged(b)));
-    this.changedNow(this.staged(b));
+    await this.changedNow(b);
   }
 
   /** access answers W_OK: digest and ':tag' paths are read-only. */

@@ -81,14 +81,35 @@ test('mkdir + cp -r into the mount: read-your-writes before the push, then byte 
   t.not(items.find((i) => i.repository === 'web/site')!.state, 'done');
   t.is(await skopeoInspect(reg.host, 'web/site:v1'), undefined, 'nothing has landed yet');
 
+  // In a new repository, a subfolder copied before any file of the tag level looks like a tag folder for
+  // a while (here on purpose): once a file lands at the tag level, its queued push is dropped. (Below a
+  // known repository, mkdir marks the tag folder, so this cannot happen there.)
+  const blog = path.join(d.dirs.mnt, 'web/blog/v1');
+  t.is((await sh(`mkdir -p ${blog} && cp -r ${src}/assets ${blog}/`)).code, 0);
+  await waitFor(async () => (await queue(d.dirs.socket, env)).some((i) => i.repository === 'web/blog/v1/assets'), 30_000, 'the subfolder queued as a tag');
+  t.is((await sh(`cp ${src}/readme.txt ${blog}/`)).code, 0);
+  await waitFor(async () => !(await queue(d.dirs.socket, env)).some((i) => i.repository.startsWith('web/blog/v1')), 30_000, 'the subfolder dropped from the queue');
+  t.regex(d.logs(), /web\/blog\/v1\/assets:(css|img) is no longer a tag folder/);
+  t.deepEqual(await readdir(path.join(d.dirs.mnt, 'web')), ['blog', 'site']);
+
   proxy.rules.length = 0;
   t.is((await runCli(['retry', '--socket', d.dirs.socket], { env })).code, 0);
   const info = await waitFor(() => skopeoInspect(reg.host, 'web/site:v1'), 90_000, 'the pushed tag');
   t.deepEqual(Object.keys(layersByTitle(info)).sort(), ['assets', 'big.bin', 'readme.txt']);
   t.is(layersByTitle(info)['big.bin'], `sha256:${sha(big)}`);
-  // One manifest: one tag of one repository, nothing pushed under a folder that only looked like a tag mid-copy.
+  const blogInfo = await waitFor(() => skopeoInspect(reg.host, 'web/blog:v1'), 90_000, 'the pushed web/blog:v1');
+  t.deepEqual(Object.keys(layersByTitle(blogInfo)).sort(), ['assets', 'readme.txt']);
+  // One manifest per tag: nothing pushed under a folder that only looked like a tag mid-copy.
   t.deepEqual(await skopeoTags(reg.host, 'web/site'), ['v1']);
-  t.deepEqual(((await (await fetch(`${reg.url}/v2/_catalog`)).json()) as { repositories: string[] }).repositories, ['web/site']);
+  t.deepEqual(await skopeoTags(reg.host, 'web/blog'), ['v1']);
+  // (The dropped subfolder's push may have uploaded blobs, which lists a repository, but no tag landed there.)
+  for (const repo of ((await (await fetch(`${reg.url}/v2/_catalog`)).json()) as { repositories: string[] }).repositories) {
+    if (repo === 'web/site' || repo === 'web/blog') continue;
+    const res = await fetch(`${reg.url}/v2/${repo}/tags/list`);
+    const tags = res.ok ? (((await res.json()) as { tags: string[] | null }).tags ?? []) : [];
+    t.true(res.ok || res.status === 404, `${repo}: ${res.status}`);
+    t.deepEqual(tags, [], repo);
+  }
 
   // Another machine's view: a second mount with its own cache reads it byte for byte.
   const m2 = await startMount(t, reg.host);
@@ -106,7 +127,7 @@ test('overwriting a file of a tag pushes the other files unchanged plus the new 
   await writeFile(path.join(src, 'a.txt'), 'alpha\n');
   await writeFile(path.join(src, 'b.txt'), 'bravo\n');
   await writeFile(path.join(src, 'big.bin'), randomBytes(5 * 1024 * 1024));
-  await push(t, `${reg.host}/app/cfg:v1`, src, ['a.txt', 'b.txt', 'big.bin']);
+  await Promise.all([push(t, `${reg.host}/app/cfg:v1`, src, ['a.txt', 'b.txt', 'big.bin']), push(t, `${reg.host}/org/team/svc:v1`, src, ['a.txt'])]);
   // A longer quiet period: the steps on v2 below are pushed together.
   const d = await startDaemon(t, { source: reg.host, args: ['--quiet-period', '3'] });
   const cfg = path.join(d.dirs.mnt, 'app/cfg');
@@ -143,6 +164,7 @@ test('overwriting a file of a tag pushes the other files unchanged plus the new 
   t.is(await errCode(rmdir(v1)), 'EROFS');
   t.is(await errCode(rename(path.join(v1, 'a.txt'), path.join(v1, 'a-moved.txt'))), 'EROFS');
   t.is(await errCode(writeFile(path.join(cfg, 'stray.txt'), 'x')), 'EPERM', 'a file directly in a repository folder');
+  t.is(await errCode(writeFile(path.join(d.dirs.mnt, 'org/team/stray.txt'), 'x')), 'EPERM', 'a file directly in a namespace folder');
   t.is(await errCode(writeFile(path.join(cfg, after.Digest, 'x.txt'), 'x')), 'EROFS', 'a manifest by digest');
   t.is(await readFile(path.join(v1, 'a.txt'), 'utf8'), 'alpha\n');
 
