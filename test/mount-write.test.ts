@@ -239,9 +239,9 @@ test('kill -9 of the daemon while a file copied into the mount is pushed: after 
   const { env } = await cliEnv(t);
   const base = await tempDir(t, 'regfs-daemon-');
   const dirs = { base, mnt: path.join(base, 'mnt'), staging: path.join(base, 'staging'), cache: path.join(base, 'cache'), state: path.join(base, 'state'), socket: path.join(base, 'run/control.sock') };
-  // Slow blob uploads so the kill lands in the middle of the push.
-  proxy.rules.push({ method: 'PATCH', path: /\/blobs\/uploads\//, latencyMs: 3000 });
-  proxy.rules.push({ method: 'PUT', path: /\/blobs\/uploads\//, latencyMs: 3000 });
+  // Hold blob uploads so the kill lands in the middle of the push (the rules are gone before the restart).
+  proxy.rules.push({ method: 'PATCH', path: /\/blobs\/uploads\//, latencyMs: 20_000 });
+  proxy.rules.push({ method: 'PUT', path: /\/blobs\/uploads\//, latencyMs: 20_000 });
   const d = await startDaemon(t, { source: proxy.host, dirs });
   const data = randomBytes(24 * 1024 * 1024);
   await writeFile(path.join(base, 'big.bin'), data);
@@ -253,7 +253,7 @@ test('kill -9 of the daemon while a file copied into the mount is pushed: after 
   const q = await queue(dirs.socket, env);
   t.true(q.some((i) => i.repository === 'big/blob' && i.tag === 'v1' && (i.state === 'pending' || i.state === 'uploading')), JSON.stringify(q));
   await d.crash();
-  t.is(proxy.count('PUT', /\/manifests\//), 0);
+  t.is(proxy.count('PUT', /\/manifests\//), 0, 'killed before the manifest');
   proxy.rules.length = 0;
   const d2 = await startDaemon(t, { source: proxy.host, dirs });
   const info = await waitFor(() => skopeoInspect(proxy.host, 'big/blob:v1'), 120_000, 'the push after the restart');
