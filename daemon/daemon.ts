@@ -12,7 +12,7 @@ import type { Logger } from '../util/log.js';
 import { loadConfigFile, resolveConfig, updateConfigSyncs, validateSync, type DaemonConfig, type MountConfig } from './settings.js';
 import { startControlServer } from './control.js';
 import { PushQueue } from './journal.js';
-import { scanStaging } from './staging.js';
+import { scanStaging, WRITES_DIR } from './staging.js';
 import { SyncManager } from './sync.js';
 
 interface ActiveMount {
@@ -161,6 +161,8 @@ export class Daemon {
       if (isInside(mountpoint, local) || isInside(local, mountpoint)) throw new RegfsError('INVALID_ARGUMENT', `mountpoint ${mountpoint} overlaps the sync folder ${local}: that would deadlock`);
     }
     const registry = openSource(mc.source, { plainHttp: mc.plainHttp, insecure: mc.insecure, caFile: mc.caFile, registryConfig: mc.registryConfig, log: this.log, forMount: true, create: true });
+    const staging = mc.staging ? path.resolve(mc.staging) : undefined;
+    let active: ActiveMount | undefined;
     let running: RunningMount;
     try {
       running = await serveMount({
@@ -172,38 +174,54 @@ export class Daemon {
         log: this.log,
         blobs: this.blobs,
         metadata: this.metadata,
+        // Writes through the mount land in its staging folder; this queue pushes them (docs/mount.md).
+        staging: staging ? {
+          dir: staging,
+          allowDelete: mc.allowDelete === true,
+          hooks: {
+            landed: (repository, tag, fp) => this.queue.pushedFingerprint(mc.source, repository, tag) === fp,
+            recordPublished: (repository, tag, fp, digest) => this.queue.recordPublished(mc.source, repository, tag, fp, digest),
+            touched: (p) => this.queue.postpone(path.join(staging, path.relative(staging, p).split(path.sep)[0] ?? '')),
+            changed: (tagDir) => {
+              if (tagDir) void this.dropStale(mc.source, (dir) => dir !== tagDir && isInside(tagDir, dir));
+              if (active) this.scheduleRescan(active);
+            },
+          },
+        } : undefined,
       });
     } catch (err) {
       await registry.close();
       throw err;
     }
-    const active: ActiveMount = { config: { ...mc, mountpoint }, registry, running };
+    active = { config: { ...mc, mountpoint }, registry, running };
     this.mounts.set(mountpoint, active);
+    const self = active;
     void running.done.then(() => {
-      if (this.mounts.get(mountpoint) === active && !this.stopping) {
+      if (this.mounts.get(mountpoint) === self && !this.stopping) {
         this.log.warn(`${mountpoint} was unmounted from outside; its staging folder is no longer watched`);
-        void this.detach(active);
+        void this.detach(self);
       }
     });
-    if (mc.staging) {
-      const staging = path.resolve(mc.staging);
+    if (staging) {
       await fsp.mkdir(staging, { recursive: true });
+      const writes = path.join(staging, WRITES_DIR);
       // No awaitWriteFinish: the queue decides when a tag folder is quiet (from file mtimes), so a file
-      // moved in whole starts uploading at once.
-      active.watcher = chokidar.watch(staging, { ignoreInitial: true, followSymlinks: false });
-      active.watcher.on('all', () => this.scheduleRescan(active));
+      // moved in whole starts uploading at once. Files being written through the mount are ignored: they
+      // appear in their tag folder by rename when complete.
+      active.watcher = chokidar.watch(staging, { ignoreInitial: true, followSymlinks: false, ignored: (p: string) => isInside(writes, p) });
+      active.watcher.on('all', () => this.scheduleRescan(self));
       active.watcher.on('error', (e: unknown) => this.log.warn(`watching ${staging}: ${(e as Error).message}`));
       // Files written while the daemon was down are found by this first scan; the periodic one catches
       // anything the watcher missed (inotify limits, network filesystems).
       await this.rescanMount(active);
-      active.periodic = setInterval(() => void this.rescanMount(active), PERIODIC_RESCAN_MS);
+      active.periodic = setInterval(() => void this.rescanMount(self), PERIODIC_RESCAN_MS);
       active.periodic.unref();
     }
   }
 
-  private scheduleRescan(m: ActiveMount): void {
+  private scheduleRescan(m: ActiveMount, delayMs = 100): void {
     clearTimeout(m.rescanTimer);
-    m.rescanTimer = setTimeout(() => void this.rescanMount(m), 100);
+    m.rescanTimer = setTimeout(() => void this.rescanMount(m), delayMs);
   }
 
   /** rescanMount scans one staging folder; scans of a folder run one after another, never overlapping. */
@@ -215,16 +233,35 @@ export class Daemon {
 
   private async scanOnce(m: ActiveMount): Promise<number> {
     if (!m.config.staging) return 0;
+    const root = path.resolve(m.config.staging);
     let queued = 0;
     try {
-      for (const staged of await scanStaging(path.resolve(m.config.staging), this.log)) {
+      const found = await scanStaging(root, this.log);
+      for (const staged of found) {
         const r = await this.queue.enqueue(m.config.source, staged);
         if (r !== 'unchanged') queued++;
       }
+      const dirs = new Set(found.map((f) => f.dir));
+      // One being pushed right now cannot be cancelled: look again once that attempt is over.
+      if (await this.dropStale(m.config.source, (dir) => isInside(root, dir) && !dirs.has(dir))) this.scheduleRescan(m, 1000);
     } catch (err) {
       this.log.warn(`scanning ${m.config.staging}: ${(err as Error).message}`);
     }
     return queued;
+  }
+
+  /**
+   * dropStale cancels pending pushes of folders that are no longer tag folders: while `cp -r` copies a
+   * subfolder's files before the tag folder's own, the subfolder looks like a tag folder for a moment.
+   */
+  private async dropStale(target: string, stale: (dir: string) => boolean): Promise<number> {
+    let busy = 0;
+    for (const item of this.queue.status()) {
+      if (item.target !== target || item.state === 'done' || !stale(item.dir)) continue;
+      if (await this.queue.cancelItem(item)) this.log.info(`${item.repository}:${item.tag} is no longer a tag folder (${item.dir}); not pushing it`);
+      else busy++;
+    }
+    return busy;
   }
 
   private async detach(m: ActiveMount): Promise<void> {
@@ -278,7 +315,7 @@ export class Daemon {
       socket: this.config.socket,
       cacheDir: this.config.cacheDir,
       stateDir: this.config.stateDir,
-      mounts: [...this.mounts.values()].map((m) => ({ source: m.config.source, mountpoint: m.running.mountpoint, staging: m.config.staging ?? null })),
+      mounts: [...this.mounts.values()].map((m) => ({ source: m.config.source, mountpoint: m.running.mountpoint, staging: m.config.staging ?? null, allowDelete: m.config.allowDelete === true })),
       cache: this.blobs.stats(),
       metadata: this.metadata.stats(),
       queue: this.queue.status(),
@@ -319,6 +356,10 @@ export class Daemon {
       'POST /mounts': async (b) => {
         const o = body(b);
         const mc: MountConfig = { source: str(o.source, 'source'), mountpoint: path.resolve(str(o.mountpoint, 'mountpoint')), ...(typeof o.staging === 'string' ? { staging: path.resolve(o.staging) } : {}) };
+        if (o.allowDelete === true) {
+          if (!mc.staging) throw new RegfsError('INVALID_ARGUMENT', '--allow-delete needs --staging (writes through the mount go there)');
+          mc.allowDelete = true;
+        }
         await this.addMount(mc);
         return { mounted: mc.mountpoint };
       },

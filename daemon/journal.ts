@@ -333,6 +333,11 @@ export class PushQueue {
     return true;
   }
 
+  /** cancelItem is cancel for an item of the journal (its folder is no longer a tag folder). */
+  cancelItem(item: QueueItem): Promise<boolean> {
+    return this.cancel(item.target, item.repository, item.tag);
+  }
+
   /** forget drops the record of a tag's last push, so the same files are pushed again (a tag deleted in the registry is restored). */
   async forget(target: string, repository: string, tag: string): Promise<void> {
     const key = this.keyOf(target, repository, tag);
@@ -340,6 +345,33 @@ export class PushQueue {
     delete this.pushed[key];
     await writeFileAtomic(path.join(path.dirname(this.dir), 'pushed.json'), JSON.stringify(this.pushed), 0o600);
   }
+
+  /** pushedFingerprint is the fingerprint of what was last pushed (or recorded) for target repository:tag. */
+  pushedFingerprint(target: string, repository: string, tag: string): string | undefined {
+    return this.pushed[this.keyOf(target, repository, tag)]?.fingerprint;
+  }
+
+  /**
+   * recordPublished notes that a tag folder with this fingerprint already matches the registry's manifest
+   * `digest` (a mount copied the tag's files into staging before a write): it is not pushed unless it changes.
+   */
+  async recordPublished(target: string, repository: string, tag: string, fp: string, digest: string): Promise<void> {
+    this.pushed[this.keyOf(target, repository, tag)] = { fingerprint: fp, digest };
+    await writeFileAtomic(path.join(path.dirname(this.dir), 'pushed.json'), JSON.stringify(this.pushed), 0o600);
+  }
+
+  /** postpone restarts the quiet period of pending items whose folder contains p or lies below it (a write through a mount). */
+  postpone(p: string): void {
+    const until = Date.now() + this.quietMs;
+    for (const item of this.items.values()) {
+      if (item.state !== 'pending' || item.notBefore >= until) continue;
+      const rel = path.relative(item.dir, p);
+      const back = path.relative(p, item.dir);
+      const related = (s: string): boolean => s === '' || (!s.startsWith('..') && !path.isAbsolute(s));
+      if (related(rel) || related(back)) item.notBefore = until;
+    }
+  }
+
 
   /** onChange calls listener after every state change. */
   onChange(listener: (item: QueueItem) => void): void {

@@ -10,6 +10,8 @@ export interface MountConfig {
   source: string;
   mountpoint: string;
   staging?: string;
+  /** allowDelete lets rm/rmdir through the mount remove published files and delete tags (see docs/mount.md). */
+  allowDelete?: boolean;
   plainHttp?: boolean;
   insecure?: boolean;
   caFile?: string;
@@ -62,7 +64,7 @@ export function defaultPaths(env: NodeJS.ProcessEnv = process.env, uid: number =
 }
 
 const TOP_KEYS = ['cacheDir', 'stateDir', 'socket', 'metadataTtlSeconds', 'cacheMaxSize', 'minFreeBytes', 'quietSeconds', 'logFormat', 'logLevel', 'mounts', 'syncs'] as const;
-const MOUNT_KEYS = ['source', 'mountpoint', 'staging', 'plainHttp', 'insecure', 'caFile', 'registryConfig'] as const;
+const MOUNT_KEYS = ['source', 'mountpoint', 'staging', 'allowDelete', 'plainHttp', 'insecure', 'caFile', 'registryConfig'] as const;
 const SYNC_KEYS = ['local', 'repository', 'tags', 'direction', 'intervalSeconds', 'propagateDeletes', 'plainHttp', 'insecure', 'caFile', 'registryConfig'] as const;
 
 function editDistance(a: string, b: string): number {
@@ -146,13 +148,15 @@ function validateMount(raw: unknown, where: string, baseDir: string): MountConfi
   for (const k of Object.keys(r)) if (!(MOUNT_KEYS as readonly string[]).includes(k)) throw unknownKey(where, k, MOUNT_KEYS);
   if (typeof r.source !== 'string' || !r.source) throw new RegfsError('INVALID_ARGUMENT', `${where}.source: must be a registry host or oci:DIR`);
   if (typeof r.mountpoint !== 'string' || !r.mountpoint) throw new RegfsError('INVALID_ARGUMENT', `${where}.mountpoint: must be a path`);
-  for (const b of ['plainHttp', 'insecure'] as const) if (r[b] !== undefined && typeof r[b] !== 'boolean') throw new RegfsError('INVALID_ARGUMENT', `${where}.${b}: must be true or false`);
+  for (const b of ['plainHttp', 'insecure', 'allowDelete'] as const) if (r[b] !== undefined && typeof r[b] !== 'boolean') throw new RegfsError('INVALID_ARGUMENT', `${where}.${b}: must be true or false`);
   for (const p of ['staging', 'caFile', 'registryConfig'] as const) if (r[p] !== undefined && (typeof r[p] !== 'string' || !r[p])) throw new RegfsError('INVALID_ARGUMENT', `${where}.${p}: must be a path`);
+  if (r.allowDelete === true && !r.staging) throw new RegfsError('INVALID_ARGUMENT', `${where}.allowDelete: needs a staging folder (writes through the mount go there)`);
   const source = r.source.startsWith('oci:') ? `oci:${path.resolve(baseDir, r.source.slice(4))}` : r.source;
   return {
     source,
     mountpoint: path.resolve(baseDir, r.mountpoint),
     ...(r.staging ? { staging: path.resolve(baseDir, r.staging as string) } : {}),
+    ...(r.allowDelete ? { allowDelete: true } : {}),
     ...(r.plainHttp ? { plainHttp: true } : {}),
     ...(r.insecure ? { insecure: true } : {}),
     ...(r.caFile ? { caFile: path.resolve(baseDir, r.caFile as string) } : {}),
@@ -287,13 +291,15 @@ export type FlagConfig = Partial<Omit<DaemonConfig, 'mounts' | 'syncs'>> & Parti
 /** resolveConfig merges file values, flags (which win) and defaults, and refuses overlapping paths. */
 export function resolveConfig(file: Partial<DaemonConfig> | undefined, flags: FlagConfig): DaemonConfig {
   const d = defaultPaths();
-  const { source, mountpoint, staging, plainHttp, insecure, caFile, registryConfig, ...rest } = flags;
+  const { source, mountpoint, staging, allowDelete, plainHttp, insecure, caFile, registryConfig, ...rest } = flags;
   const mounts = [...(file?.mounts ?? [])];
   if (source || mountpoint) {
     if (!source || !mountpoint) throw new RegfsError('INVALID_ARGUMENT', '--source and --mountpoint go together');
-    mounts.push(validateMount({ source, mountpoint, staging, plainHttp, insecure, caFile, registryConfig }, 'flags', process.cwd()));
+    mounts.push(validateMount({ source, mountpoint, staging, allowDelete, plainHttp, insecure, caFile, registryConfig }, 'flags', process.cwd()));
   } else if (staging) {
     throw new RegfsError('INVALID_ARGUMENT', '--staging needs --source and --mountpoint');
+  } else if (allowDelete) {
+    throw new RegfsError('INVALID_ARGUMENT', '--allow-delete needs --source, --mountpoint and --staging');
   }
   const cfg: DaemonConfig = {
     cacheDir: d.cacheDir,

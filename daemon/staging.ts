@@ -26,6 +26,20 @@ export function isIgnoredName(name: string): boolean {
   return name.startsWith('.') || name.endsWith('~') || /\.(swp|part|tmp|crdownload)$/.test(name);
 }
 
+/**
+ * TAG_MARKER is an empty file that makes its folder a tag folder even before (or without) a file directly
+ * in it; writes through a mount put it where they know the tag level (see docs/mount.md).
+ */
+export const TAG_MARKER = '.regfs-tag';
+
+/** WRITES_DIR (`<staging>/.regfs-writes`) holds a mount's files being written, renamed into place when closed. */
+export const WRITES_DIR = '.regfs-writes';
+
+/** isTagFolderListing tells whether a folder's entries make it a tag folder: the marker, or a visible regular file. */
+export function isTagFolderListing(list: Dirent[]): boolean {
+  return list.some((e) => e.name === TAG_MARKER || (!isIgnoredName(e.name) && e.isFile()));
+}
+
 async function subtree(dir: string): Promise<{ size: number; mtimeMs: number }> {
   let size = 0;
   let mtimeMs = (await fsp.lstat(dir)).mtimeMs;
@@ -77,9 +91,9 @@ export async function scanTagDir(dir: string, log: Logger = nullLogger): Promise
 
 /**
  * scanStaging finds tag folders under root. A tag folder is the first directory along a path that
- * directly contains a regular file: its last path component is the tag, the components before it the
- * repository (so `root/team/app/v1/file` is team/app:v1, and folders inside a tag folder become
- * directory layers). An empty folder is not a tag folder until a file appears in it.
+ * directly contains a regular file (or the TAG_MARKER): its last path component is the tag, the
+ * components before it the repository (so `root/team/app/v1/file` is team/app:v1, and folders inside a
+ * tag folder become directory layers). An empty folder is not a tag folder until a file appears in it.
  */
 export async function scanStaging(root: string, log: Logger = nullLogger): Promise<StagedTag[]> {
   const found: StagedTag[] = [];
@@ -91,7 +105,7 @@ export async function scanStaging(root: string, log: Logger = nullLogger): Promi
       return;
     }
     const visible = list.filter((e) => !isIgnoredName(e.name));
-    if (depth >= 2 && visible.some((e) => e.isFile())) {
+    if (depth >= 2 && isTagFolderListing(list)) {
       const rel = path.relative(root, dir).split(path.sep);
       const tag = rel[rel.length - 1]!;
       const repository = rel.slice(0, -1).join('/');

@@ -7,7 +7,9 @@ export const Errno = {
   EIO: -5,
   EBADF: -9,
   EACCES: -13,
+  EBUSY: -16,
   EEXIST: -17,
+  EXDEV: -18,
   ENOTDIR: -20,
   EISDIR: -21,
   EINVAL: -22,
@@ -16,6 +18,7 @@ export const Errno = {
   ERANGE: -34,
   ENAMETOOLONG: -36,
   ENOSYS: -38,
+  ENOTEMPTY: -39,
   ENODATA: -61,
   ENOTSUP: -95,
   ETIMEDOUT: -110,
@@ -49,8 +52,23 @@ export function toErrno(err: unknown): number {
     }
   }
   const code = (err as NodeJS.ErrnoException)?.code;
-  if (code === 'ENOENT') return Errno.ENOENT;
-  if (code === 'ENOSPC') return Errno.ENOSPC;
-  if (code === 'ENOTDIR') return Errno.ENOTDIR;
-  return Errno.EIO;
+  switch (code) {
+    case 'ENOENT':
+    case 'ENOSPC':
+    case 'ENOTDIR':
+    case 'EISDIR':
+    case 'EEXIST':
+    case 'ENOTEMPTY':
+    case 'EXDEV':
+    case 'EBUSY':
+    case 'EPERM':
+    case 'EACCES':
+    case 'EINVAL':
+    case 'ENAMETOOLONG':
+      return Errno[code];
+    case 'EDQUOT':
+      return Errno.ENOSPC;
+    default:
+      return Errno.EIO;
+  }
 }

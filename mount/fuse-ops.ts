@@ -5,7 +5,8 @@ import type { Descriptor } from '../registry/descriptor.js';
 import type { ReadableRepository } from '../registry/storage.js';
 import type { Logger } from '../util/log.js';
 import { Errno, toErrno } from './errno.js';
-import { openFlagsWritable, type Attr, type BlobSource, type Vfs } from './vfs.js';
+import type { StagingTree, WriteHandle } from './staging-tree.js';
+import { openFlagsWritable, type Attr, type BlobSource, type Tree } from './vfs.js';
 
 type Cb<T = undefined> = (err: number, value?: T) => void;
 
@@ -24,32 +25,35 @@ export interface FuseHandlers {
   [refused: string]: (...args: never[]) => void;
 }
 
-type Handle = { kind: 'blob'; repo: ReadableRepository; layer: Descriptor } | { kind: 'local'; fh: FileHandle };
+type Handle = { kind: 'blob'; repo: ReadableRepository; layer: Descriptor } | { kind: 'local'; fh: FileHandle } | { kind: 'write'; w: WriteHandle };
 
 /** HandlerOptions wire the handlers to the tree, the cache and the log. */
 export interface HandlerOptions {
-  vfs: Vfs;
+  tree: Tree;
   blobs: BlobSource;
-  /** statfsPath is a local directory whose filesystem statfs reports (the cache). */
+  /** statfsPath is a local directory whose filesystem statfs reports (the cache, or the staging folder of a writable mount). */
   statfsPath: string;
   log: Logger;
+  /** writer, when given, makes the mount writable through its staging folder; without it every change is EROFS. */
+  writer?: StagingTree;
 }
 
 /**
  * createHandlers returns the FUSE operations over a Vfs: every handler is async, answers through its
  * callback exactly once, and maps failures to an errno in one place (errno.ts). Reads fill the
- * kernel's buffer from the cache and never keep it. Writes are refused with EROFS.
+ * kernel's buffer from the cache and never keep it. Changes go to the writer (staging), or are refused
+ * with EROFS when there is none.
  */
 export function createHandlers(opts: HandlerOptions): FuseHandlers {
-  const { vfs, blobs, log } = opts;
+  const { tree: vfs, blobs, log, writer } = opts;
   const handles = new Map<number, Handle>();
   let nextFd = 10;
   const reported = new Map<string, number>();
 
-  /** fail logs an error once per cause per minute (not per read) and returns its errno. */
+  /** fail logs an error (not ENOENT, EEXIST) once per cause per minute (not per read) and returns its errno. */
   const fail = (op: string, p: string, err: unknown): number => {
     const errno = toErrno(err);
-    if (errno !== Errno.ENOENT) {
+    if (errno !== Errno.ENOENT && errno !== Errno.EEXIST) {
       const msg = errorMessage(err);
       const last = reported.get(msg) ?? 0;
       if (Date.now() - last > 60_000) {
@@ -74,7 +78,15 @@ export function createHandlers(opts: HandlerOptions): FuseHandlers {
       ).catch((e: unknown) => cb(fail('readdir', p, e)));
     },
     open(p, flags, cb) {
-      if (openFlagsWritable(flags)) return cb(Errno.EROFS);
+      if (openFlagsWritable(flags)) {
+        if (!writer) return cb(Errno.EROFS);
+        writer.openWrite(p, flags).then((w) => {
+          const fd = nextFd++;
+          handles.set(fd, { kind: 'write', w });
+          cb(0, fd);
+        }, (e: unknown) => cb(fail('open', p, e)));
+        return;
+      }
       vfs.lookup(p).then(
         async (r) => {
           const fd = nextFd++;
@@ -89,17 +101,22 @@ export function createHandlers(opts: HandlerOptions): FuseHandlers {
         (e: unknown) => cb(fail('open', p, e)),
       ).catch((e: unknown) => cb(fail('open', p, e)));
     },
-    release(_p, fd, cb) {
+    release(p, fd, cb) {
       const h = handles.get(fd);
       handles.delete(fd);
       if (h?.kind === 'blob') blobs.unpin(h.layer.digest);
       if (h?.kind === 'local') h.fh.close().then(() => cb(0), () => cb(0));
+      else if (h?.kind === 'write') writer!.release(h.w).then(() => cb(0), (e: unknown) => cb(fail('release', p, e)));
       else cb(0);
     },
     read(p, fd, buf, len, pos, cb) {
       const h = handles.get(fd);
       if (!h) return cb(Errno.EBADF);
       const done = (n: number): void => cb(n);
+      if (h.kind === 'write') {
+        writer!.read(h.w, buf, len, pos).then(done, (e: unknown) => done(fail('read', p, e)));
+        return;
+      }
       if (h.kind === 'local') {
         h.fh.read(buf, 0, len, pos).then((r) => done(r.bytesRead), (e: unknown) => done(fail('read', p, e)));
         return;
@@ -120,22 +137,86 @@ export function createHandlers(opts: HandlerOptions): FuseHandlers {
       vfs.lookup(p).then((r) => cb(0, Object.keys(r.xattrs)), (e: unknown) => cb(fail('listxattr', p, e)));
     },
     statfs(_p, cb) {
+      const flag = writer ? 0 : 1; // ST_RDONLY
       fsp.statfs(opts.statfsPath).then(
-        (s) => cb(0, { bsize: s.bsize, frsize: s.bsize, blocks: s.blocks, bfree: s.bfree, bavail: s.bavail, files: s.files, ffree: s.ffree, favail: s.ffree, fsid: 0, flag: 1, namemax: 255 }),
-        () => cb(0, { bsize: 4096, frsize: 4096, blocks: 0, bfree: 0, bavail: 0, files: 0, ffree: 0, favail: 0, fsid: 0, flag: 1, namemax: 255 }),
+        (s) => cb(0, { bsize: s.bsize, frsize: s.bsize, blocks: s.blocks, bfree: s.bfree, bavail: s.bavail, files: s.files, ffree: s.ffree, favail: s.ffree, fsid: 0, flag, namemax: 255 }),
+        () => cb(0, { bsize: 4096, frsize: 4096, blocks: 0, bfree: 0, bavail: 0, files: 0, ffree: 0, favail: 0, fsid: 0, flag, namemax: 255 }),
       );
     },
     access(p, mode, cb) {
-      if (mode & 2) return cb(Errno.EROFS);
-      vfs.lookup(p).then(() => cb(0), (e: unknown) => cb(fail('access', p, e)));
+      if (mode & 2 && !writer) return cb(Errno.EROFS);
+      (writer ? writer.access(p, mode) : vfs.lookup(p)).then(() => cb(0), (e: unknown) => cb(fail('access', p, e)));
     },
   };
-  // Every mutating operation is refused: the mount is read-only until write support lands.
-  for (const op of ['create', 'write', 'mkdir', 'unlink', 'rmdir', 'rename', 'truncate', 'ftruncate', 'chmod', 'chown', 'utimens', 'symlink', 'link', 'mknod', 'setxattr', 'removexattr']) {
-    handlers[op] = ((...args: unknown[]) => {
+  const refuse = (errno: number) =>
+    ((...args: unknown[]) => {
       const cb = args[args.length - 1] as Cb;
-      cb(Errno.EROFS);
+      cb(errno);
     }) as (...args: never[]) => void;
+  if (!writer) {
+    // Without a staging folder every change is refused: the mount is read-only.
+    for (const op of ['create', 'write', 'mkdir', 'unlink', 'rmdir', 'rename', 'truncate', 'ftruncate', 'chmod', 'chown', 'utimens', 'symlink', 'link', 'mknod', 'setxattr', 'removexattr']) {
+      handlers[op] = refuse(Errno.EROFS);
+    }
+    return handlers;
   }
+  const w = writer;
+  /** settle answers a change's callback: 0, or the errno of its failure (logged like any other). */
+  const settle = (op: string, p: string, run: Promise<unknown>, cb: (err: number) => void): void => {
+    run.then(() => cb(0), (e: unknown) => cb(fail(op, p, e)));
+  };
+  const writeHandle = (fd: number): WriteHandle | undefined => {
+    const h = handles.get(fd);
+    return h?.kind === 'write' ? h.w : undefined;
+  };
+  Object.assign(handlers, {
+    create(p: string, _mode: number, cb: (err: number, fd?: number) => void) {
+      w.create(p).then((wh) => {
+        const fd = nextFd++;
+        handles.set(fd, { kind: 'write', w: wh });
+        cb(0, fd);
+      }, (e: unknown) => cb(fail('create', p, e)));
+    },
+    write(p: string, fd: number, buf: Buffer, len: number, pos: number, cb: (n: number) => void) {
+      const wh = writeHandle(fd);
+      if (!wh) return cb(Errno.EBADF);
+      w.write(wh, buf, len, pos).then(cb, (e: unknown) => cb(fail('write', p, e)));
+    },
+    flush(p: string, fd: number, cb: (err: number) => void) {
+      const wh = writeHandle(fd);
+      if (!wh) return cb(0);
+      settle('flush', p, w.flush(wh), cb);
+    },
+    fsync(p: string, _datasync: boolean, fd: number, cb: (err: number) => void) {
+      const wh = writeHandle(fd);
+      if (!wh) return cb(0);
+      settle('fsync', p, w.fsync(wh), cb);
+    },
+    ftruncate(p: string, fd: number, size: number, cb: (err: number) => void) {
+      const wh = writeHandle(fd);
+      settle('truncate', p, wh ? w.ftruncate(wh, size) : w.truncate(p, size), cb);
+    },
+    truncate(p: string, size: number, cb: (err: number) => void) {
+      settle('truncate', p, w.truncate(p, size), cb);
+    },
+    mkdir(p: string, _mode: number, cb: (err: number) => void) {
+      settle('mkdir', p, w.mkdir(p), cb);
+    },
+    unlink(p: string, cb: (err: number) => void) {
+      settle('unlink', p, w.unlink(p), cb);
+    },
+    rmdir(p: string, cb: (err: number) => void) {
+      settle('rmdir', p, w.rmdir(p), cb);
+    },
+    rename(src: string, dst: string, cb: (err: number) => void) {
+      settle('rename', src, w.rename(src, dst), cb);
+    },
+    // Times are not part of a manifest (and fuse-native passes atime for both): accepted, not applied.
+    utimens(p: string, _atime: number, _mtime: number, cb: (err: number) => void) {
+      settle('utimens', p, vfs.lookup(p), cb);
+    },
+  });
+  for (const op of ['chmod', 'chown', 'symlink', 'link', 'mknod']) handlers[op] = refuse(Errno.EPERM);
+  for (const op of ['setxattr', 'removexattr']) handlers[op] = refuse(Errno.ENOTSUP);
   return handlers;
 }

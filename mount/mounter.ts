@@ -82,7 +82,10 @@ export class FuseMount {
   static mount(mountpoint: string, handlers: FuseHandlers, opts: FuseMountOptions = {}): Promise<FuseMount> {
     const fuse = new Fuse(mountpoint, handlers, {
       fsname: opts.fsname ?? 'regfs',
-      subtype: 'regfs',
+      // fuse-native joins its options into one `-o` list and has no big_writes: appended here it becomes its
+      // own option. It lets the kernel send writes of up to 128 KiB instead of 4 KiB (writable daemon mounts:
+      // 200 MiB in 1.2 s instead of 11 s on the test machine).
+      subtype: 'regfs,big_writes',
       autoCache: true,
       attrTimeout: opts.attrTimeout ?? 1,
       entryTimeout: opts.entryTimeout ?? 1,

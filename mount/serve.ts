@@ -7,6 +7,7 @@ import type { Registry } from '../registry/storage.js';
 import type { Logger } from '../util/log.js';
 import { createHandlers } from './fuse-ops.js';
 import { FuseMount, prepareMountpoint, procMountpoints } from './mounter.js';
+import { StagingTree, type StagingOptions } from './staging-tree.js';
 import { Vfs } from './vfs.js';
 
 /** ServeOptions describe one lazy mount. */
@@ -21,6 +22,8 @@ export interface ServeOptions {
   /** blobs and metadata, when given, are shared caches (the daemon's); the mount then does not close them. */
   blobs?: BlobCache;
   metadata?: MetadataCache;
+  /** staging, when given, makes the mount writable: changes land in this staging folder (the daemon pushes it). */
+  staging?: StagingOptions;
 }
 
 /** RunningMount is a mounted tree with its caches; stop() unmounts and closes them. */
@@ -55,7 +58,12 @@ export async function serveMount(opts: ServeOptions): Promise<RunningMount> {
   const blobs = opts.blobs ?? (await BlobCache.open(cacheDir, { ...opts.cache, log: opts.log }));
   const metadata = opts.metadata ?? new MetadataCache({ ttlMs: opts.metadataTtlMs, log: opts.log });
   const vfs = new Vfs({ registry: opts.registry, metadata, blobs, extractDir: blobs.layout.extracted, log: opts.log });
-  const handlers = createHandlers({ vfs, blobs, statfsPath: cacheDir, log: opts.log });
+  let writer: StagingTree | undefined;
+  if (opts.staging) {
+    writer = new StagingTree({ vfs, registry: opts.registry, metadata, blobs, dropListings: (r) => metadata.dropListings(r), staging: opts.staging, log: opts.log });
+    await writer.init();
+  }
+  const handlers = createHandlers({ tree: writer ?? vfs, blobs, statfsPath: opts.staging?.dir ?? cacheDir, log: opts.log, writer });
   let fuse: FuseMount;
   try {
     fuse = await FuseMount.mount(mountpoint, handlers, { allowOther: opts.allowOther });

@@ -54,6 +54,32 @@ const DIR_MODE = 0o040555;
 const FILE_MODE = 0o100444;
 const LINK_MODE = 0o120777;
 
+const UID = process.getuid?.() ?? 0;
+const GID = process.getgid?.() ?? 0;
+
+/** makeAttr builds getattr's answer for an entry owned by the user running the mount. */
+export function makeAttr(mode: number, size: number, mtime: Date): Attr {
+  return { mode, size, mtime, atime: mtime, ctime: mtime, nlink: (mode & 0o170000) === 0o040000 ? 2 : 1, uid: UID, gid: GID, blocks: Math.ceil(size / 512), blksize: 4096 };
+}
+
+/** Tree is what the FUSE handlers read from: the registry's tree (Vfs), or it overlaid with staged writes. */
+export interface Tree {
+  lookup(p: string): Promise<Resolved>;
+}
+
+/** Location is where a mount path falls in the registry's tree (see Vfs.locate). */
+export interface Location {
+  /** repository is the repository the path is in or names, when there is one. */
+  repository?: string;
+  /** depth is how many leading components name the repository (or the namespace folders walked). */
+  depth: number;
+  /** isRepository is true when the path is exactly a repository's folder. */
+  isRepository: boolean;
+  /** tag is the component after the repository when it is a tag (not a digest); tagExists says whether the registry has it. */
+  tag?: string;
+  tagExists: boolean;
+}
+
 interface RepoTrie {
   children: Map<string, RepoTrie>;
   repo?: string;
@@ -77,8 +103,6 @@ export interface VfsOptions {
 export class Vfs {
   private readonly log: Logger;
   private readonly started = new Date();
-  private readonly uid = process.getuid?.() ?? 0;
-  private readonly gid = process.getgid?.() ?? 0;
   private readonly trees = new Map<string, ManifestTree>();
   private readonly firstSeen = new Map<string, number>();
   private readonly extracting = new Map<string, Promise<string>>();
@@ -89,7 +113,7 @@ export class Vfs {
   }
 
   private attr(mode: number, size: number, mtime: Date): Attr {
-    return { mode, size, mtime, atime: mtime, ctime: mtime, nlink: mode === DIR_MODE ? 2 : 1, uid: this.uid, gid: this.gid, blocks: Math.ceil(size / 512), blksize: 4096 };
+    return makeAttr(mode, size, mtime);
   }
 
   private async trie(): Promise<RepoTrie> {
@@ -143,6 +167,20 @@ export class Vfs {
     if (this.warned.has(msg)) return;
     this.warned.add(msg);
     this.log.warn(msg);
+  }
+
+  /** locate tells which repository a mount path is in, and whether its next component is an existing tag. */
+  async locate(p: string): Promise<Location> {
+    const comps = p.split('/').filter((c) => c.length > 0);
+    let node = await this.trie();
+    let i = 0;
+    while (i < comps.length && node.children.has(comps[i]!)) node = node.children.get(comps[i++]!)!;
+    if (i === comps.length || !node.repo) return { repository: node.repo, depth: i, isRepository: i === comps.length && !!node.repo, tagExists: false };
+    const c = comps[i]!;
+    const tag = c.startsWith(':') ? c.slice(1) : c;
+    if (isDigest(c) || !isTag(tag)) return { repository: node.repo, depth: i, isRepository: false, tagExists: false };
+    const tags = await this.opts.metadata.tags(this.opts.registry.repository(node.repo));
+    return { repository: node.repo, depth: i, isRepository: false, tag, tagExists: tags.includes(tag) };
   }
 
   /** lookup resolves a mount path ("/a/b/c") or throws MountError/RegfsError. */

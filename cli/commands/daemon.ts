@@ -14,7 +14,8 @@ export function registerDaemon(program: Command): void {
     .option('--config <file>', 'JSON config with any number of mounts (see systemd/config.example.json)')
     .option('--source <source>', 'registry host[:port] or oci:DIR for a single mount')
     .option('--mountpoint <dir>', 'where to mount --source')
-    .option('--staging <dir>', 'staging folder: STAGING/<repository>/<tag>/<files> is pushed as <repository>:<tag>')
+    .option('--staging <dir>', 'staging folder: STAGING/<repository>/<tag>/<files> is pushed as <repository>:<tag>; makes the mount writable')
+    .option('--allow-delete', 'let rm and rmdir through the mount remove published files and delete tags (needs --staging)')
     .option('--cache-dir <dir>', 'shared blob cache (default $XDG_CACHE_HOME/regfs, /var/cache/regfs for root)')
     .option('--state-dir <dir>', 'push journal and state (default $XDG_STATE_HOME/regfs, /var/lib/regfs for root)')
     .option('--socket <path>', 'control socket (default $XDG_RUNTIME_DIR/regfs/control.sock, /run/regfs/control.sock for root)')
@@ -29,7 +30,7 @@ export function registerDaemon(program: Command): void {
   d.action(
     action(async (ctx) => {
       const opts = ctx.opts as unknown as {
-        config?: string; source?: string; mountpoint?: string; staging?: string; cacheDir?: string; stateDir?: string; socket?: string;
+        config?: string; source?: string; mountpoint?: string; staging?: string; allowDelete?: boolean; cacheDir?: string; stateDir?: string; socket?: string;
         plainHttp?: boolean; registryConfig?: string; metadataTtl?: string; cacheMaxSize?: string; quietPeriod?: string; logFormat: string; logLevel: string;
       };
       if (opts.logFormat !== 'text' && opts.logFormat !== 'json') throw new RegfsError('INVALID_ARGUMENT', `invalid --log-format ${opts.logFormat}: expected text or json`);
@@ -42,6 +43,7 @@ export function registerDaemon(program: Command): void {
         ...(opts.source ? { source: opts.source } : {}),
         ...(opts.mountpoint ? { mountpoint: opts.mountpoint } : {}),
         ...(opts.staging ? { staging: opts.staging } : {}),
+        ...(opts.allowDelete ? { allowDelete: true } : {}),
         ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}),
         ...(opts.stateDir ? { stateDir: opts.stateDir } : {}),
         ...(opts.socket ? { socket: opts.socket } : {}),
@@ -156,13 +158,13 @@ export function registerControl(program: Command): void {
   );
 
   const mounts = program.command('mounts').description('add, list and remove mounts of the running daemon');
-  const add = socketOption(mounts.command('add').description('mount SOURCE at MOUNTPOINT in the running daemon').argument('<source>', 'registry host[:port] or oci:DIR').argument('<mountpoint>', 'an existing directory').option('--staging <dir>', 'staging folder to watch'));
+  const add = socketOption(mounts.command('add').description('mount SOURCE at MOUNTPOINT in the running daemon').argument('<source>', 'registry host[:port] or oci:DIR').argument('<mountpoint>', 'an existing directory').option('--staging <dir>', 'staging folder to watch (makes the mount writable)').option('--allow-delete', 'let rm and rmdir through the mount remove published files and delete tags'));
   add.addHelpText('after', '\nExample:\n  regfs mounts add localhost:5000 /srv/registry --staging /srv/staging\n');
   add.action(
     action(async (ctx, source: string, mountpoint: string) => {
-      const o = ctx.opts as typeof ctx.opts & { socket?: string; staging?: string };
+      const o = ctx.opts as typeof ctx.opts & { socket?: string; staging?: string; allowDelete?: boolean };
       const path = await import('node:path');
-      const r = await (await client(o.socket)).request<{ mounted: string }>('POST', '/mounts', { source, mountpoint: path.resolve(mountpoint), ...(o.staging ? { staging: path.resolve(o.staging) } : {}) });
+      const r = await (await client(o.socket)).request<{ mounted: string }>('POST', '/mounts', { source, mountpoint: path.resolve(mountpoint), ...(o.staging ? { staging: path.resolve(o.staging) } : {}), ...(o.allowDelete ? { allowDelete: true } : {}) });
       ctx.out.result(r, `Mounted ${source} at ${r.mounted}`);
     }),
   );

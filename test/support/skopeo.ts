@@ -4,18 +4,21 @@ import { promisify } from 'node:util';
 
 const exec = promisify(execFile);
 
-/** SkopeoManifest is what skopeoInspect reads: the manifest digest and its layers. */
+/** SkopeoManifest is what skopeo (an independent OCI client) reads of a manifest: its digest and layers. */
 export interface SkopeoManifest {
   Digest: string;
-  LayersData: Array<{ Digest: string; Annotations: Record<string, string> }>;
+  LayersData: Array<{ Digest: string; Size: number; MediaType: string; Annotations: Record<string, string> }>;
 }
 
-/** skopeoInspect reads a manifest with skopeo (an independent client): its digest and layers; undefined when absent. */
+/** skopeoInspect reads `host/ref` over plain HTTP with skopeo; undefined when skopeo cannot (no such tag, registry down). */
 export async function skopeoInspect(host: string, ref: string): Promise<SkopeoManifest | undefined> {
   try {
     const { stdout } = await exec('skopeo', ['--insecure-policy', 'inspect', '--raw', '--tls-verify=false', `docker://${host}/${ref}`]);
-    const m = JSON.parse(stdout) as { layers: Array<{ digest: string; annotations?: Record<string, string> }> };
-    return { Digest: `sha256:${createHash('sha256').update(stdout).digest('hex')}`, LayersData: m.layers.map((l) => ({ Digest: l.digest, Annotations: l.annotations ?? {} })) };
+    const m = JSON.parse(stdout) as { layers: Array<{ digest: string; size: number; mediaType: string; annotations?: Record<string, string> }> };
+    return {
+      Digest: `sha256:${createHash('sha256').update(stdout).digest('hex')}`,
+      LayersData: m.layers.map((l) => ({ Digest: l.digest, Size: l.size, MediaType: l.mediaType, Annotations: l.annotations ?? {} })),
+    };
   } catch {
     return undefined;
   }

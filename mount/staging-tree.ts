@@ -1,0 +1,845 @@
+import { randomBytes } from 'node:crypto';
+import { constants as C, createReadStream, promises as fsp, type Dirent } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import { fingerprint, isIgnoredName, isTagFolderListing, scanTagDir, TAG_MARKER, WRITES_DIR } from '../daemon/staging.js';
+import { isDigest } from '../registry/digest.js';
+import type { Descriptor } from '../registry/descriptor.js';
+import { isRegfsError } from '../registry/errors.js';
+import { Annotation, EMPTY_CONFIG, MediaType } from '../registry/media-types.js';
+import { isRepositoryName, isTag } from '../registry/reference.js';
+import { checkTitle } from '../registry/safe-path.js';
+import type { FetchedManifest, Registry } from '../registry/storage.js';
+import { extractTar } from '../registry/tar-dir.js';
+import { runLimited } from '../registry/transfer.js';
+import { nullLogger, type Logger } from '../util/log.js';
+import { Errno, MountError, toErrno } from './errno.js';
+import { buildManifestTree } from './manifest-tree.js';
+import { makeAttr, type BlobSource, type MetadataSource, type Resolved, type Tree, type Vfs } from './vfs.js';
+
+/** StagingHooks connect a writable mount to the daemon's push queue. */
+export interface StagingHooks {
+  /** landed tells whether a tag folder with this fingerprint is what was last pushed (or recorded) for repository:tag. */
+  landed(repository: string, tag: string, fingerprint: string): boolean;
+  /** recordPublished notes that a tag folder (by fingerprint) matches the registry's manifest `digest`, so it is not pushed as is. */
+  recordPublished(repository: string, tag: string, fingerprint: string, digest: string): Promise<void>;
+  /** touched is called with the staging folder of every change through the mount: pushes near it wait another quiet period. */
+  touched(stagingPath: string): void;
+  /**
+   * changed asks for a rescan of the staging folder soon (a file landed, a folder came or went); with
+   * tagDir, the change was in that tag folder, so queued pushes of folders below it are stale.
+   */
+  changed(tagDir?: string): void;
+}
+
+/** StagingOptions make a mount writable: writes land in the staging folder `dir`, which the daemon pushes. */
+export interface StagingOptions {
+  dir: string;
+  /** allowDelete lets rm, rmdir and rename remove what is published (`--allow-delete`). */
+  allowDelete: boolean;
+  hooks: StagingHooks;
+}
+
+/** StagingTreeOptions wire a StagingTree to the registry's tree and caches. */
+export interface StagingTreeOptions {
+  vfs: Vfs;
+  registry: Registry;
+  metadata: MetadataSource;
+  blobs: BlobSource;
+  /** dropListings forgets cached tag lists of a repository (after a tag was deleted). */
+  dropListings(repository: string): void;
+  staging: StagingOptions;
+  log?: Logger;
+}
+
+/** TagFolder is a tag's folder: in staging (`dir`), and at `depth` components of the mount path. */
+interface TagFolder {
+  repository: string;
+  tag: string;
+  dir: string;
+  depth: number;
+  /** remote is true when the registry has the tag, false when it does not, undefined when not asked yet. */
+  remote?: boolean;
+}
+
+interface ActiveWrite {
+  /** tmp is where the bytes go (`<staging>/.regfs-writes/<random>`); renamed to final at the first flush. */
+  tmp: string;
+  final: string;
+  fh: FileHandle;
+  /** base is the file's previous content, copied into tmp only if the writer appends to it. */
+  base?: string;
+  renamed: boolean;
+  unhold: () => void;
+}
+
+/** WriteHandle is one file opened for writing through the mount. */
+export interface WriteHandle {
+  readonly path: string;
+  readonly comps: string[];
+  readonly tag: TagFolder;
+  /** size is the file's size as the writer sees it. */
+  size: number;
+  /** source answers reads before the first change. */
+  source?: Resolved;
+  active?: ActiveWrite;
+  modified: boolean;
+  chain: Promise<unknown>;
+  lastTouch: number;
+}
+
+const DIR_W = 0o040755;
+const FILE_W = 0o100644;
+const MEMO_MS = 1000;
+
+const splitPath = (p: string): string[] => p.split('/').filter((c) => c.length > 0);
+const keyOf = (comps: string[]): string => `/${comps.join('/')}`;
+/** isFixedName: digest and `:tag` components address content read-only. */
+const isFixedName = (c: string): boolean => isDigest(c) || c.startsWith(':');
+const rand = (): string => randomBytes(8).toString('hex');
+const fail = (errno: number, msg: string): MountError => new MountError(errno, msg);
+
+/**
+ * StagingTree is a mount's tree with writes: the registry's tree (Vfs) overlaid with the mount's
+ * staging folder. Writes go to `<staging>/<repository>/<tag>/...` (through a temp file renamed into
+ * place when closed); the daemon pushes each tag folder once it is quiet. A tag folder is shown from
+ * staging while it differs from what was last pushed ("overlaid"), and from the registry once the push
+ * has landed. Semantics and errnos: docs/mount.md.
+ */
+export class StagingTree implements Tree {
+  private readonly root: string;
+  private readonly tmpRoot: string;
+  private readonly log: Logger;
+  /** writers: per path, the handle whose bytes are not in place yet (changed, not flushed); opened: every handle open for writing. */
+  private readonly writers = new Map<string, WriteHandle>();
+  private readonly opened = new Map<string, Set<WriteHandle>>();
+  private readonly holds = new Map<string, number>();
+  private readonly locks = new Map<string, Promise<unknown>>();
+  /** fsMemo caches staging folder facts (is a folder, is a tag folder); landedMemo whether a tag folder landed. */
+  private readonly fsMemo = new Map<string, { at: number; value: Promise<boolean> }>();
+  private readonly landedMemo = new Map<string, { at: number; value: Promise<boolean> }>();
+  private readonly warned = new Set<string>();
+
+  constructor(private readonly o: StagingTreeOptions) {
+    this.root = path.resolve(o.staging.dir);
+    this.tmpRoot = path.join(this.root, WRITES_DIR);
+    this.log = o.log ?? nullLogger;
+  }
+
+  /** init creates the staging folder and drops files a crash left half-written. */
+  async init(): Promise<void> {
+    await fsp.mkdir(this.root, { recursive: true });
+    const left = await fsp.readdir(this.tmpRoot).catch(() => []);
+    if (left.length) this.log.warn(`removing ${left.length} unfinished write(s) through the mount left in ${this.tmpRoot} by a crash`);
+    await fsp.rm(this.tmpRoot, { recursive: true, force: true });
+    await fsp.mkdir(this.tmpRoot, { recursive: true, mode: 0o700 });
+  }
+
+  // ---- reading: the overlay -------------------------------------------------------------------
+
+  /** lookup resolves a mount path: a file being written, a staged (not yet landed) path, else the registry's tree. */
+  async lookup(p: string): Promise<Resolved> {
+    const comps = splitPath(p);
+    if (this.isReserved(comps)) throw fail(Errno.ENOENT, `${p} is reserved`);
+    const w = this.writers.get(keyOf(comps));
+    if (w?.active) return this.writerResolved(w);
+    if (comps.some(isFixedName)) return this.o.vfs.lookup(p);
+    const T = await this.stagedTag(comps);
+    if (T) {
+      if (await this.overlaid(T)) return this.stagedResolved(comps, T);
+      return this.writable(await this.o.vfs.lookup(p));
+    }
+    const remote = await this.remoteLookup(p);
+    if (remote && remote.type !== 'dir') return this.writable(remote);
+    if (!(await this.isDir(this.staged(comps)))) {
+      if (remote) return this.writable(remote);
+      throw fail(Errno.ENOENT, `no ${p}`);
+    }
+    if (!remote) return this.stagedResolved(comps);
+    return {
+      ...remote,
+      attr: { ...remote.attr, mode: DIR_W },
+      list: async () => {
+        const names = await remote.list();
+        const seen = new Set(names);
+        return [...names, ...(await this.stagedNames(comps, undefined, seen)).filter((n) => !seen.has(n))].sort();
+      },
+    };
+  }
+
+  private async remoteLookup(p: string): Promise<Resolved | undefined> {
+    try {
+      return await this.o.vfs.lookup(p);
+    } catch (err) {
+      if (toErrno(err) === Errno.ENOENT) return undefined;
+      throw err;
+    }
+  }
+
+  private staged(comps: string[]): string {
+    return path.join(this.root, ...comps);
+  }
+
+  private isReserved(comps: string[]): boolean {
+    return comps[0] === WRITES_DIR || comps.includes(TAG_MARKER);
+  }
+
+  private cached(memo: Map<string, { at: number; value: Promise<boolean> }>, key: string, fn: () => Promise<boolean>): Promise<boolean> {
+    const hit = memo.get(key);
+    if (hit && Date.now() - hit.at < MEMO_MS) return hit.value;
+    if (memo.size > 10_000) memo.clear();
+    const value = fn();
+    memo.set(key, { at: Date.now(), value });
+    return value;
+  }
+
+  /** invalidate forgets the cached folder facts (after every change through the mount; cheap to learn again). */
+  private invalidate(): void {
+    this.fsMemo.clear();
+  }
+
+  /**
+   * changedTag notes a change through the mount in a tag folder: it is not what was pushed (no need to
+   * fingerprint it again for a while), and queued pushes of folders below it are stale.
+   */
+  private changedTag(T: TagFolder): void {
+    this.landedMemo.set(T.dir, { at: Date.now(), value: Promise.resolve(false) });
+    this.o.staging.hooks.changed(T.dir);
+  }
+
+  private isDir(p: string): Promise<boolean> {
+    return this.cached(this.fsMemo, `d${p}`, async () => (await fsp.lstat(p).catch(() => undefined))?.isDirectory() ?? false);
+  }
+
+  private isTagFolderDir(dir: string): Promise<boolean> {
+    return this.cached(this.fsMemo, `t${dir}`, async () => isTagFolderListing(await fsp.readdir(dir, { withFileTypes: true }).catch(() => [] as Dirent[])));
+  }
+
+  /** stagedTag finds the tag folder along a path in staging, by the staging rule (first folder at depth >= 2 holding a file or the marker). */
+  private async stagedTag(comps: string[]): Promise<TagFolder | undefined> {
+    for (let k = 1; k <= comps.length; k++) {
+      const dir = this.staged(comps.slice(0, k));
+      if (!(await this.isDir(dir))) return undefined;
+      if (k >= 2 && (await this.isTagFolderDir(dir))) {
+        const repository = comps.slice(0, k - 1).join('/');
+        const tag = comps[k - 1]!;
+        return isRepositoryName(repository) && isTag(tag) ? { repository, tag, dir, depth: k } : undefined;
+      }
+    }
+    return undefined;
+  }
+
+  /** tagOf is the tag folder a path is in (or is): from staging, else the registry's tag. */
+  private async tagOf(comps: string[]): Promise<TagFolder | undefined> {
+    const s = await this.stagedTag(comps);
+    if (s) return s;
+    const loc = await this.o.vfs.locate(keyOf(comps));
+    if (!loc.repository || loc.tag === undefined || !loc.tagExists || comps[loc.depth] !== loc.tag) return undefined;
+    const depth = loc.depth + 1;
+    return { repository: loc.repository, tag: loc.tag, dir: this.staged(comps.slice(0, depth)), depth, remote: true };
+  }
+
+  /** landed: the tag folder's content is what was last pushed (an empty folder never is). */
+  private landed(T: TagFolder): Promise<boolean> {
+    return this.cached(this.landedMemo, T.dir, async () => {
+      const entries = await scanTagDir(T.dir);
+      return entries.length > 0 && this.o.staging.hooks.landed(T.repository, T.tag, fingerprint(entries));
+    });
+  }
+
+  /** overlaid: the mount shows this tag from staging (being changed, or not pushed yet). */
+  private async overlaid(T: TagFolder): Promise<boolean> {
+    return (this.holds.get(T.dir) ?? 0) > 0 || !(await this.landed(T));
+  }
+
+  private writable(r: Resolved): Resolved {
+    if (r.type === 'dir') return { ...r, attr: { ...r.attr, mode: DIR_W } };
+    if (r.type === 'file' || r.type === 'local-file') return { ...r, attr: { ...r.attr, mode: FILE_W } };
+    return r;
+  }
+
+  private writerResolved(w: WriteHandle): Resolved {
+    const a = w.active!;
+    return { type: 'local-file', attr: makeAttr(FILE_W, w.size, new Date()), file: a.base ?? (a.renamed ? a.final : a.tmp), xattrs: {} };
+  }
+
+  private async stagedResolved(comps: string[], T?: TagFolder): Promise<Resolved> {
+    const file = this.staged(comps);
+    const st = await fsp.lstat(file).catch(() => undefined);
+    const inTag = T !== undefined && comps.length > T.depth;
+    if (st?.isFile() && inTag) return { type: 'local-file', attr: makeAttr(FILE_W, st.size, st.mtime), file, xattrs: {} };
+    if (st?.isDirectory()) {
+      const xattrs: Record<string, string> = T && comps.length === T.depth ? { 'user.regfs.staged': `${T.repository}:${T.tag}` } : {};
+      return { type: 'dir', attr: makeAttr(DIR_W, 0, st.mtime), xattrs, list: async () => (await this.stagedNames(comps, T)).sort() };
+    }
+    throw fail(Errno.ENOENT, `no ${keyOf(comps)}`);
+  }
+
+  /**
+   * stagedNames lists a staged folder: inside a tag folder every file and folder; above tag level only
+   * folders with valid names, leaving out landed tag folders the registry no longer has. Files being
+   * written there are added.
+   */
+  private async stagedNames(comps: string[], T?: TagFolder, remoteNames?: Set<string>): Promise<string[]> {
+    const list = await fsp.readdir(this.staged(comps), { withFileTypes: true }).catch(() => [] as Dirent[]);
+    const names: string[] = [];
+    const inTag = T !== undefined && comps.length >= T.depth;
+    for (const e of list) {
+      if (this.isReserved([...comps, e.name])) continue;
+      if (inTag) {
+        if (e.isFile() || e.isDirectory()) names.push(e.name);
+        continue;
+      }
+      if (!e.isDirectory() || isIgnoredName(e.name)) continue;
+      const child = [...comps, e.name];
+      if (child.length >= 2 && !remoteNames?.has(e.name)) {
+        const t = await this.stagedTag(child);
+        if (t && t.depth === child.length && !(await this.overlaid(t))) continue;
+      }
+      names.push(e.name);
+    }
+    const here = keyOf(comps);
+    for (const w of this.writers.values()) {
+      if (w.active && keyOf(w.comps.slice(0, -1)) === here && !names.includes(w.comps[w.comps.length - 1]!)) names.push(w.comps[w.comps.length - 1]!);
+    }
+    return names;
+  }
+
+  // ---- preparing a tag for a change -----------------------------------------------------------
+
+  private locked<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.locks.get(key) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    const tail = next.catch(() => undefined);
+    this.locks.set(key, tail);
+    void tail.then(() => {
+      if (this.locks.get(key) === tail) this.locks.delete(key);
+    });
+    return next;
+  }
+
+  /**
+   * hold makes a tag folder ready for a change and keeps it overlaid until the returned release is
+   * called: a tag that is not in staging, or whose staged copy already landed, is first copied from the
+   * registry (so the next manifest = the registry's files + this change).
+   */
+  private hold(T: TagFolder): Promise<() => void> {
+    return this.locked(T.dir, async () => {
+      if (!this.holds.get(T.dir)) {
+        this.invalidate();
+        const staged = await this.isTagFolderDir(T.dir);
+        if (!staged) {
+          if (T.remote) await this.materialise(T);
+          else await fsp.mkdir(T.dir, { recursive: true });
+        } else if ((await this.landed(T)) && (await this.remoteHasTag(T))) {
+          await this.materialise(T);
+        }
+      }
+      this.holds.set(T.dir, (this.holds.get(T.dir) ?? 0) + 1);
+      let released = false;
+      return () => {
+        if (released) return;
+        released = true;
+        const n = (this.holds.get(T.dir) ?? 1) - 1;
+        if (n > 0) this.holds.set(T.dir, n);
+        else this.holds.delete(T.dir);
+        this.invalidate();
+      };
+    });
+  }
+
+  private async remoteHasTag(T: TagFolder): Promise<boolean> {
+    try {
+      return (await this.o.metadata.tags(this.o.registry.repository(T.repository))).includes(T.tag);
+    } catch (err) {
+      if (isRegfsError(err) && err.code === 'NOT_FOUND') return false;
+      throw err;
+    }
+  }
+
+  /** rebuildable returns the layers of a tag the staging rules can push again, or refuses with EROFS. */
+  private rebuildable(T: TagFolder, fm: FetchedManifest): Array<{ layer: Descriptor; title: string }> {
+    const m = fm.manifest;
+    const ref = `${T.repository}:${T.tag}`;
+    let why: string | undefined;
+    if (m.kind === 'index') why = 'it is an index (one manifest per platform)';
+    else if (m.subject) why = 'it refers to another manifest (subject), which a push from staging would drop';
+    else if (m.config.digest !== EMPTY_CONFIG.digest) why = `its config blob (${m.config.mediaType}) would be lost`;
+    else if (m.layers.some((l) => l.annotations?.[Annotation.title] === undefined)) why = 'some of its layers have no file name (title annotation)';
+    else why = buildManifestTree(m).warnings[0];
+    if (why || m.kind === 'index') throw fail(Errno.EROFS, `${ref} cannot be changed through the mount: ${why ?? 'index'}; use regfs push`);
+    const lossy = (m.artifactType !== undefined && m.artifactType !== MediaType.unknownArtifact) ||
+      Object.keys(m.annotations ?? {}).some((k) => k !== Annotation.created) ||
+      m.layers.some((l) => {
+        const unpack = l.annotations?.[Annotation.unpack] === 'true';
+        const extra = Object.keys(l.annotations ?? {}).some((k) => k !== Annotation.title && k !== Annotation.unpack && k !== Annotation.digestAnnotation);
+        return extra || l.mediaType !== (unpack ? MediaType.ociLayerTarGzip : MediaType.ociLayerTar);
+      });
+    if (lossy && !this.warned.has(fm.descriptor.digest)) {
+      this.warned.add(fm.descriptor.digest);
+      this.log.warn(`${ref}: the next push from staging uses the default artifact type, layer media types and no annotations besides file names; those of ${fm.descriptor.digest} are not kept`);
+    }
+    return m.layers.map((layer) => ({ layer, title: checkTitle(layer.annotations![Annotation.title]!) }));
+  }
+
+  /** materialise copies a tag's current files from the registry (through the blob cache) into its staging folder. */
+  private async materialise(T: TagFolder): Promise<void> {
+    const repo = this.o.registry.repository(T.repository);
+    const fm = await this.o.metadata.manifestByTag(repo, T.tag);
+    const layers = this.rebuildable(T, fm);
+    const work = path.join(this.tmpRoot, `tag-${rand()}`);
+    const aside = path.join(this.tmpRoot, `old-${rand()}`);
+    let movedAside = false;
+    await fsp.mkdir(work);
+    try {
+      for (const { layer, title } of layers) {
+        const dest = path.join(work, ...title.split('/'));
+        await fsp.mkdir(path.dirname(dest), { recursive: true });
+        this.o.blobs.pin(layer.digest);
+        try {
+          const blob = await this.o.blobs.ensureBlob(repo, layer);
+          if (layer.annotations?.[Annotation.unpack] === 'true') {
+            await fsp.mkdir(dest);
+            await extractTar(createReadStream(blob), dest, { gzip: layer.mediaType.endsWith('gzip'), stripPrefix: title });
+          } else {
+            await fsp.copyFile(blob, dest, C.COPYFILE_FICLONE);
+          }
+        } finally {
+          this.o.blobs.unpin(layer.digest);
+        }
+      }
+      await fsp.writeFile(path.join(work, TAG_MARKER), '');
+      await fsp.mkdir(path.dirname(T.dir), { recursive: true });
+      movedAside = await fsp.rename(T.dir, aside).then(() => true, (e: NodeJS.ErrnoException) => {
+        if (e.code === 'ENOENT') return false;
+        throw e;
+      });
+      await fsp.rename(work, T.dir);
+    } catch (err) {
+      if (movedAside) await fsp.rename(aside, T.dir).catch(() => undefined);
+      await fsp.rm(work, { recursive: true, force: true });
+      throw err;
+    }
+    if (movedAside) await fsp.rm(aside, { recursive: true, force: true });
+    this.invalidate();
+    this.landedMemo.delete(T.dir);
+    await this.o.staging.hooks.recordPublished(T.repository, T.tag, fingerprint(await scanTagDir(T.dir)), fm.descriptor.digest);
+    this.log.info(`copied ${T.repository}:${T.tag} (${fm.descriptor.digest}) into ${T.dir} for a change through the mount`);
+  }
+
+  // ---- changes --------------------------------------------------------------------------------
+
+  private checkMutable(comps: string[], p: string): void {
+    if (comps.some(isFixedName)) throw fail(Errno.EROFS, `${p}: paths by digest or ':tag' are read-only`);
+    if (this.isReserved(comps)) throw fail(Errno.EPERM, `${p}: the name is reserved by regfs`);
+  }
+
+  private checkName(name: string, p: string): void {
+    try {
+      checkTitle(name);
+    } catch {
+      throw fail(Errno.EINVAL, `${p}: not a valid file name`);
+    }
+  }
+
+  private async exists(p: string): Promise<boolean> {
+    try {
+      await this.lookup(p);
+      return true;
+    } catch (err) {
+      if (toErrno(err) === Errno.ENOENT) return false;
+      throw err;
+    }
+  }
+
+  /** published tells whether the registry has this path (what removing it would unpublish). */
+  private async published(p: string): Promise<boolean> {
+    return (await this.remoteLookup(p)) !== undefined;
+  }
+
+  private async parentDir(comps: string[]): Promise<void> {
+    const parent = await this.lookup(keyOf(comps.slice(0, -1)));
+    if (parent.type !== 'dir') throw fail(Errno.ENOTDIR, `${keyOf(comps.slice(0, -1))} is not a folder`);
+  }
+
+  /** isRepositoryFolder: a repository in the registry, or a staged folder that holds a tag folder. */
+  private async isRepositoryFolder(comps: string[]): Promise<boolean> {
+    if ((await this.o.vfs.locate(keyOf(comps))).isRepository) return true;
+    if (comps.length < 1) return false;
+    const list = await fsp.readdir(this.staged(comps), { withFileTypes: true }).catch(() => [] as Dirent[]);
+    for (const e of list) if (e.isDirectory() && (await this.isTagFolderDir(this.staged([...comps, e.name])))) return true;
+    return false;
+  }
+
+  /** newTagFolder: a file created outside any tag makes its folder the tag folder (the staging rule). */
+  private async newTagFolder(parent: string[], p: string): Promise<TagFolder> {
+    if (parent.length < 2) throw fail(Errno.EPERM, `${p}: files go into a tag folder, <repository>/<tag>/`);
+    const repository = parent.slice(0, -1).join('/');
+    const tag = parent[parent.length - 1]!;
+    if (!isRepositoryName(repository) || !isTag(tag)) throw fail(Errno.EINVAL, `${p}: "${repository}:${tag}" is not a valid repository:tag for a tag folder`);
+    // Only the registry's repositories refuse files. A folder that merely looks like a repository in
+    // staging (a subfolder `cp -r` filled first was taken for a tag) takes the file: it is the tag folder
+    // after all, and the daemon drops the queued push of the wrongly detected subfolder.
+    const at = await this.o.vfs.locate(keyOf(parent));
+    if (at.depth === parent.length || at.isRepository) {
+      throw fail(Errno.EPERM, `${p}: ${keyOf(parent)} is a repository or namespace; files go into a tag folder below it`);
+    }
+    return { repository, tag, dir: this.staged(parent), depth: parent.length, remote: false };
+  }
+
+  /** touch reports a change of a staged entry (by its folder) so pushes nearby wait another quiet period. */
+  private touch(stagedPath: string): void {
+    this.o.staging.hooks.touched(path.dirname(stagedPath));
+  }
+
+  /** changedNow follows a change of a mount path: forget cached facts, hold nearby pushes, rescan soon. */
+  private async changedNow(comps: string[]): Promise<void> {
+    this.invalidate();
+    this.touch(this.staged(comps));
+    const T = await this.stagedTag(comps).catch(() => undefined);
+    if (T) this.changedTag(T);
+    else this.o.staging.hooks.changed();
+  }
+
+  private async withHold<T>(T: TagFolder, fn: () => Promise<T>): Promise<T> {
+    const unhold = await this.hold(T);
+    try {
+      return await fn();
+    } finally {
+      unhold();
+    }
+  }
+
+  /** mkdir makes a folder in staging; directly below a repository it is a new tag folder (with the marker). */
+  async mkdir(p: string): Promise<void> {
+    const comps = splitPath(p);
+    this.checkMutable(comps, p);
+    if (await this.exists(p)) throw fail(Errno.EEXIST, `${p} exists`);
+    await this.parentDir(comps);
+    const name = comps[comps.length - 1]!;
+    const T = await this.tagOf(comps);
+    if (T && comps.length > T.depth) {
+      this.checkName(name, p);
+      await this.withHold(T, () => fsp.mkdir(this.staged(comps)));
+    } else if (!T) {
+      if (!isRepositoryName(name) && !isTag(name)) throw fail(Errno.EINVAL, `${p}: "${name}" is neither a repository name component (lowercase) nor a tag`);
+      const parent = comps.slice(0, -1);
+      await fsp.mkdir(this.staged(parent), { recursive: true });
+      await fsp.mkdir(this.staged(comps));
+      if (parent.length >= 1 && isTag(name) && (await this.isRepositoryFolder(parent))) await fsp.writeFile(path.join(this.staged(comps), TAG_MARKER), '');
+    } else {
+      throw fail(Errno.EEXIST, `${p} exists`);
+    }
+    await this.changedNow(comps);
+  }
+
+  /** create starts a new file: its bytes go to a temp file, renamed into the tag folder when closed. */
+  async create(p: string): Promise<WriteHandle> {
+    const comps = splitPath(p);
+    this.checkMutable(comps, p);
+    if (await this.exists(p)) throw fail(Errno.EEXIST, `${p} exists`);
+    await this.parentDir(comps);
+    let T = await this.tagOf(comps);
+    if (T && comps.length <= T.depth) throw fail(Errno.EEXIST, `${p} exists`);
+    T ??= await this.newTagFolder(comps.slice(0, -1), p);
+    this.checkName(comps[comps.length - 1]!, p);
+    const w: WriteHandle = { path: keyOf(comps), comps, tag: T, size: 0, modified: true, chain: Promise.resolve(), lastTouch: 0 };
+    await this.activate(w);
+    this.track(w);
+    this.touch(this.staged(comps));
+    return w;
+  }
+
+  /** openWrite opens an existing file for writing; nothing changes until the first write or truncate. */
+  async openWrite(p: string, flags: number): Promise<WriteHandle> {
+    const comps = splitPath(p);
+    this.checkMutable(comps, p);
+    if (this.writers.get(keyOf(comps))?.active) throw fail(Errno.EBUSY, `${p} is already open for writing`);
+    const r = await this.lookup(p);
+    if (r.type === 'dir') throw fail(Errno.EISDIR, `${p} is a folder`);
+    if (r.type === 'symlink') throw fail(Errno.EPERM, `${p} is a symbolic link`);
+    const T = await this.tagOf(comps);
+    if (!T || comps.length <= T.depth) throw fail(Errno.EROFS, `${p} is not inside a tag folder`);
+    if (T.remote || !(await this.overlaid(T))) {
+      if (await this.remoteHasTag(T)) this.rebuildable(T, await this.o.metadata.manifestByTag(this.o.registry.repository(T.repository), T.tag));
+    }
+    const w: WriteHandle = { path: keyOf(comps), comps, tag: T, size: r.attr.size, source: r, modified: false, chain: Promise.resolve(), lastTouch: 0 };
+    if (r.type === 'file') this.o.blobs.pin(r.layer.digest);
+    this.track(w);
+    if (flags & C.O_TRUNC) await this.ftruncate(w, 0);
+    return w;
+  }
+
+  private track(w: WriteHandle): void {
+    let set = this.opened.get(w.path);
+    if (!set) this.opened.set(w.path, (set = new Set()));
+    set.add(w);
+  }
+
+  private untrack(w: WriteHandle): void {
+    const set = this.opened.get(w.path);
+    set?.delete(w);
+    if (set?.size === 0) this.opened.delete(w.path);
+  }
+
+  private serial<T>(w: WriteHandle, fn: () => Promise<T>): Promise<T> {
+    const next = w.chain.then(fn, fn);
+    w.chain = next.catch(() => undefined);
+    return next;
+  }
+
+  /** activate prepares the tag (copying it from the registry if needed) and opens the temp file. */
+  private async activate(w: WriteHandle): Promise<ActiveWrite> {
+    if (w.active) return w.active;
+    const other = this.writers.get(w.path);
+    if (other && other !== w) throw fail(Errno.EBUSY, `${w.path} is already open for writing`);
+    this.writers.set(w.path, w);
+    let unhold: (() => void) | undefined;
+    try {
+      unhold = await this.hold(w.tag);
+      const final = this.staged(w.comps);
+      if (!(await fsp.lstat(path.dirname(final)).catch(() => undefined))?.isDirectory()) throw fail(Errno.ENOENT, `no folder for ${w.path}`);
+      const st = await fsp.lstat(final).catch(() => undefined);
+      if (st && !st.isFile()) throw fail(Errno.EISDIR, `${w.path} is not a regular file`);
+      const tmp = path.join(this.tmpRoot, rand());
+      const fh = await fsp.open(tmp, 'wx+', 0o644);
+      w.size = st?.size ?? 0;
+      w.active = { tmp, final, fh, base: st ? final : undefined, renamed: false, unhold };
+      this.invalidate();
+      return w.active;
+    } catch (err) {
+      unhold?.();
+      if (this.writers.get(w.path) === w) this.writers.delete(w.path);
+      throw err;
+    }
+  }
+
+  /** takeBase copies the file's previous content into the temp file (appending keeps it). */
+  private async takeBase(a: ActiveWrite): Promise<void> {
+    if (!a.base) return;
+    await a.fh.close();
+    await fsp.copyFile(a.base, a.tmp, C.COPYFILE_FICLONE);
+    a.fh = await fsp.open(a.tmp, 'r+');
+    a.base = undefined;
+  }
+
+  /** write appends: a write must start at or after the current end of the file (EOPNOTSUPP otherwise). */
+  write(w: WriteHandle, buf: Buffer, len: number, pos: number): Promise<number> {
+    return this.serial(w, async () => {
+      if (pos < w.size) {
+        throw fail(Errno.ENOTSUP, `write at offset ${pos} into ${w.path}, which holds ${w.size} bytes: only sequential writes at the end are supported (truncate it first)`);
+      }
+      const a = await this.activate(w);
+      await this.takeBase(a);
+      let done = 0;
+      while (done < len) done += (await a.fh.write(buf, done, len - done, pos + done)).bytesWritten;
+      w.size = Math.max(w.size, pos + len);
+      w.modified = true;
+      if (Date.now() - w.lastTouch > 100) {
+        w.lastTouch = Date.now();
+        this.touch(a.final);
+      }
+      return len;
+    });
+  }
+
+  /** ftruncate sets the size of a file open for writing (0 drops the old content without copying it). */
+  ftruncate(w: WriteHandle, size: number): Promise<void> {
+    return this.serial(w, async () => {
+      if (!w.active && size === w.size) return;
+      const a = await this.activate(w);
+      if (a.base && size === 0) a.base = undefined;
+      else await this.takeBase(a);
+      await a.fh.truncate(size);
+      w.size = size;
+      w.modified = true;
+      this.touch(a.final);
+    });
+  }
+
+  /** read serves reads of a file open for writing (its current bytes). */
+  read(w: WriteHandle, buf: Buffer, len: number, pos: number): Promise<number> {
+    return this.serial(w, async () => {
+      const a = w.active;
+      const src = w.source;
+      if (a && !a.base) return (await a.fh.read(buf, 0, len, pos)).bytesRead;
+      if (src?.type === 'file' && !a) return this.o.blobs.read(src.repo, src.layer, buf, pos, len);
+      const file = a?.base ?? (src?.type === 'local-file' ? src.file : undefined);
+      if (!file) return 0;
+      const fh = await fsp.open(file, 'r');
+      try {
+        return (await fh.read(buf, 0, len, pos)).bytesRead;
+      } finally {
+        await fh.close();
+      }
+    });
+  }
+
+  private async flushNow(w: WriteHandle): Promise<void> {
+    const a = w.active;
+    if (!a || !w.modified) return;
+    await this.takeBase(a);
+    await a.fh.datasync();
+    if (!a.renamed) {
+      await fsp.rename(a.tmp, a.final);
+      a.renamed = true;
+      // The file is complete at its name: the next open of it (`close` returns before FUSE's release)
+      // starts from it. Writes through a dup of this descriptor still reach the same file.
+      if (this.writers.get(w.path) === w) this.writers.delete(w.path);
+      a.unhold();
+    }
+    w.modified = false;
+    await this.changedNow(w.comps);
+  }
+
+  /** flush (close) moves the written file into its tag folder: the staging scanner never sees half a file. */
+  flush(w: WriteHandle): Promise<void> {
+    return this.serial(w, () => this.flushNow(w));
+  }
+
+  /** fsync makes the written bytes durable. */
+  fsync(w: WriteHandle): Promise<void> {
+    return this.serial(w, async () => {
+      await w.active?.fh.datasync();
+    });
+  }
+
+  /** release ends a write: flushes if needed, closes and forgets the handle (an unused temp file is removed). */
+  release(w: WriteHandle): Promise<void> {
+    return this.serial(w, async () => {
+      try {
+        await this.flushNow(w);
+      } finally {
+        const a = w.active;
+        if (a) {
+          await a.fh.close().catch(() => undefined);
+          if (!a.renamed) await fsp.rm(a.tmp, { force: true });
+          a.unhold();
+        }
+        if (this.writers.get(w.path) === w) this.writers.delete(w.path);
+        this.untrack(w);
+        if (w.source?.type === 'file') this.o.blobs.unpin(w.source.layer.digest);
+        this.invalidate();
+        if (a) this.o.staging.hooks.changed();
+      }
+    });
+  }
+
+  /** truncate by path: on the file's open write handle if there is one (open with O_TRUNC), else through a temp file renamed over it. */
+  async truncate(p: string, size: number): Promise<void> {
+    const comps = splitPath(p);
+    // The newest handle: `open(O_TRUNC)` arrives as open, then truncate (an older handle may await its release).
+    const w = [...(this.opened.get(keyOf(comps)) ?? [])].pop();
+    if (w) return this.ftruncate(w, size);
+    this.checkMutable(comps, p);
+    const r = await this.lookup(p);
+    if (r.type === 'dir') throw fail(Errno.EISDIR, `${p} is a folder`);
+    if (r.type === 'symlink') throw fail(Errno.EPERM, `${p} is a symbolic link`);
+    if (r.attr.size === size) return;
+    const T = await this.tagOf(comps);
+    if (!T || comps.length <= T.depth) throw fail(Errno.EROFS, `${p} is not inside a tag folder`);
+    await this.withHold(T, async () => {
+      const final = this.staged(comps);
+      const tmp = path.join(this.tmpRoot, rand());
+      try {
+        if (size === 0) await fsp.writeFile(tmp, '');
+        else {
+          await fsp.copyFile(final, tmp, C.COPYFILE_FICLONE);
+          await fsp.truncate(tmp, size);
+        }
+        await fsp.rename(tmp, final);
+      } catch (err) {
+        await fsp.rm(tmp, { force: true });
+        throw err;
+      }
+    });
+    await this.changedNow(comps);
+  }
+
+  /** unlink removes a staged file; one the registry has needs allowDelete (EROFS otherwise). */
+  async unlink(p: string): Promise<void> {
+    const comps = splitPath(p);
+    this.checkMutable(comps, p);
+    if (this.writers.get(keyOf(comps))?.active) throw fail(Errno.EBUSY, `${p} is open for writing`);
+    const r = await this.lookup(p);
+    if (r.type === 'dir') throw fail(Errno.EISDIR, `${p} is a folder`);
+    const T = await this.tagOf(comps);
+    if (!T || comps.length <= T.depth) throw fail(Errno.EROFS, `${p} is not inside a tag folder`);
+    const published = await this.published(p);
+    if (published && !this.o.staging.allowDelete) throw fail(Errno.EROFS, `${p} is published; removing it needs --allow-delete`);
+    await this.withHold(T, () => fsp.unlink(this.staged(comps)));
+    if (published) this.log.info(`removed ${p} through the mount: the next push of ${T.repository}:${T.tag} leaves it out`);
+    await this.changedNow(comps);
+  }
+
+  /**
+   * rmdir removes an empty folder. A published one needs allowDelete (EROFS otherwise); an empty tag
+   * folder the registry has deletes the tag there; repositories cannot be deleted (EPERM).
+   */
+  async rmdir(p: string): Promise<void> {
+    const comps = splitPath(p);
+    this.checkMutable(comps, p);
+    const r = await this.lookup(p);
+    if (r.type !== 'dir') throw fail(Errno.ENOTDIR, `${p} is not a folder`);
+    const published = await this.published(p);
+    if (published && !this.o.staging.allowDelete) throw fail(Errno.EROFS, `${p} is published; removing it needs --allow-delete`);
+    if ((await r.list()).length) throw fail(Errno.ENOTEMPTY, `${p} is not empty`);
+    const T = await this.tagOf(comps);
+    if (T && comps.length > T.depth) {
+      await this.withHold(T, () => fsp.rmdir(this.staged(comps)));
+    } else if (T && comps.length === T.depth) {
+      await this.locked(T.dir, async () => {
+        if (published) await this.deleteTag(T);
+        await fsp.rm(T.dir, { recursive: true, force: true });
+      });
+    } else {
+      if (published) throw fail(Errno.EPERM, `${p} is a repository or namespace in the registry, which cannot be deleted through the mount`);
+      await fsp.rmdir(this.staged(comps));
+    }
+    await this.changedNow(comps);
+  }
+
+  /** deleteTag deletes a tag's manifest, unless other tags point at the same manifest (the API deletes manifests, not tags). */
+  private async deleteTag(T: TagFolder): Promise<void> {
+    const repo = this.o.registry.repository(T.repository);
+    const desc = await repo.resolve(T.tag);
+    const others: string[] = [];
+    const tags = (await repo.listTags()).filter((t) => t !== T.tag);
+    await runLimited(tags, 4, async (t) => {
+      const d = await repo.resolve(t).catch(() => undefined);
+      if (d?.digest === desc.digest) others.push(t);
+    });
+    if (others.length) {
+      throw fail(Errno.EPERM, `cannot delete ${T.repository}:${T.tag} alone: tag(s) ${others.sort().join(', ')} point at the same manifest ${desc.digest}, and a registry deletes manifests, not tags`);
+    }
+    await repo.deleteManifest(desc);
+    this.o.dropListings(T.repository);
+    this.log.info(`deleted ${T.repository}:${T.tag} (${desc.digest}) in ${this.o.registry.display}: rmdir through the mount`);
+  }
+
+  /** rename moves a file or folder within one tag folder (EXDEV across tags); moving a published name away needs allowDelete. */
+  async rename(src: string, dst: string): Promise<void> {
+    const a = splitPath(src);
+    const b = splitPath(dst);
+    this.checkMutable(a, src);
+    this.checkMutable(b, dst);
+    if (this.writers.get(keyOf(a))?.active || this.writers.get(keyOf(b))?.active) throw fail(Errno.EBUSY, `${src} or ${dst} is open for writing`);
+    const Ta = await this.tagOf(a);
+    const Tb = await this.tagOf(b);
+    if (!Ta || !Tb || Ta.dir !== Tb.dir || a.length <= Ta.depth || b.length <= Tb.depth) {
+      throw fail(Errno.EXDEV, `rename ${src} -> ${dst}: only within one tag folder`);
+    }
+    this.checkName(b[b.length - 1]!, dst);
+    await this.lookup(src);
+    if ((await this.published(src)) && !this.o.staging.allowDelete) throw fail(Errno.EROFS, `${src} is published; renaming it away needs --allow-delete`);
+    await this.withHold(Ta, () => fsp.rename(this.staged(a), this.staged(b)));
+    await this.changedNow(b);
+  }
+
+  /** access answers W_OK: digest and ':tag' paths are read-only. */
+  async access(p: string, mode: number): Promise<void> {
+    const comps = splitPath(p);
+    if (mode & 2 && comps.some(isFixedName)) throw fail(Errno.EROFS, `${p} is read-only`);
+    await this.lookup(p);
+  }
+}
