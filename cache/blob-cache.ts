@@ -14,12 +14,14 @@ import { FdPool } from './fd-pool.js';
 import { hashFile } from './hash-file.js';
 import { ingestBlob } from './ingest.js';
 import { closedError, PartialBlob } from './partial-blob.js';
-import { readRangeMap } from './range-map-file.js';
+import { readRangeMap, trustworthy } from './range-map-file.js';
 import { RangeSet, type ByteSpan } from './range-set.js';
 import { ReadAhead } from './read-ahead.js';
 import { SingleFlight } from './single-flight.js';
 
 const MiB = 1024 * 1024;
+/** PERSIST_INTERVAL_MS is how often a partial blob's range map is rewritten while its fetches stream on. */
+const PERSIST_INTERVAL_MS = 1000;
 
 /** BlobCacheOptions tune a BlobCache; every field has a default. */
 export interface BlobCacheOptions {
@@ -128,6 +130,16 @@ function noSpace(err: unknown): boolean {
     if (e.code === 'ENOSPC' || e.code === 'EDQUOT') return true;
   }
   return false;
+}
+
+/** syncFile flushes a file's data to disk (fdatasync). */
+async function syncFile(file: string): Promise<void> {
+  const fh = await fsp.open(file, C.O_RDONLY | C.O_NOFOLLOW);
+  try {
+    await fh.datasync();
+  } finally {
+    await fh.close();
+  }
 }
 
 function hexAlgorithm(hex: string): 'sha256' | 'sha512' | undefined {
@@ -484,11 +496,14 @@ export class BlobCache {
     );
   }
 
-  /** afterFetch persists the range map, promotes a now-complete blob, and checks the cache size. */
+  /**
+   * afterFetch persists the range map (unsynced, at most once a second while fetches stream on), promotes
+   * a now-complete blob, and checks the cache size.
+   */
   private async afterFetch(p: PartialBlob): Promise<void> {
     if (p.dead) return;
     try {
-      await p.persist();
+      if (p.tasks.size === 0 || Date.now() - p.lastPersist >= PERSIST_INTERVAL_MS) await p.persist();
     } catch (err) {
       this.log.warn('cannot persist range map', { digest: p.digest, error: errorMessage(err) });
     }
@@ -513,7 +528,7 @@ export class BlobCache {
     if (!p.isComplete()) throw new RegfsError('IO', `blob ${p.digest}: finalize called before every byte was present`);
     let got;
     try {
-      [got] = await Promise.all([p.computeDigest(), p.flush()]);
+      got = await p.computeDigest();
     } catch (err) {
       throw ioError(`cannot verify partial blob ${p.digest}`, err);
     }
@@ -543,6 +558,9 @@ export class BlobCache {
     this.fds.drop(`p:${p.digest}`);
     await p.retire();
     await fsp.rm(this.layout.rangeMapPath(p.digest), { force: true }).catch(() => undefined);
+    // Make it durable in the background: no reader waits for the disk. A blob cut short by a power loss
+    // is still safe: after a restart every blob is hashed before its first byte is served.
+    this.track(syncFile(dest));
     this.maybeEvict();
   }
 
@@ -801,6 +819,7 @@ export class BlobCache {
       return drop(`unreadable range map: ${errorMessage(err)}`);
     }
     if (map.digest !== digest) return drop('range map names another digest');
+    if (!trustworthy(map)) return drop('range map was written before a reboot without a flush of its data');
     const st = await fsp.lstat(dataFile).catch(() => undefined);
     if (!st || !st.isFile()) return drop('');
     const spans = map.ranges.spans();
@@ -820,7 +839,7 @@ export class BlobCache {
     await this.evictChain;
     for (const p of this.partials.values()) {
       if (p.dead) continue;
-      await p.persist().catch((err: unknown) => this.log.warn('cannot persist range map', { digest: p.digest, error: errorMessage(err) }));
+      await p.persist(true).catch((err: unknown) => this.log.warn('cannot persist range map', { digest: p.digest, error: errorMessage(err) }));
     }
     await this.fds.closeAll();
     await this.recordAccessTimes();

@@ -6,7 +6,7 @@ import { BatchedWriter } from './batched-writer.js';
 import type { FdLease } from './fd-pool.js';
 import { hashFile, type FileDigest } from './hash-file.js';
 import { PrefixHasher } from './prefix-hasher.js';
-import { writeRangeMap } from './range-map-file.js';
+import { currentBootId, writeRangeMap } from './range-map-file.js';
 import { RangeSet, type ByteSpan } from './range-set.js';
 import type { ReadAhead } from './read-ahead.js';
 
@@ -74,6 +74,8 @@ export class PartialBlob {
   finalizing?: Promise<void>;
   /** dead is set once the blob was promoted, discarded or evicted: readers must start over. */
   dead = false;
+  /** lastPersist is when the range map was last written (ms). */
+  lastPersist = 0;
   private readonly waiters = new Set<Waiter>();
   private persistChain: Promise<void> = Promise.resolve();
   private queuedPersist?: Promise<void>;
@@ -294,16 +296,21 @@ export class PartialBlob {
     }
   }
 
-  /** persist syncs the data then atomically writes the range map; calls made while one runs coalesce into one more. */
-  persist(): Promise<void> {
-    if (this.queuedPersist) return this.queuedPersist;
-    const p = this.persistChain.then(async () => {
-      this.queuedPersist = undefined;
+  /**
+   * persist atomically writes the range map; calls made while one runs coalesce into one more. With
+   * `sync` it first flushes the data (fdatasync), so the map holds across a power loss; without, the map
+   * is marked unsynced and only trusted within this boot (the read path never waits for a disk flush).
+   */
+  persist(sync = false): Promise<void> {
+    if (this.queuedPersist && !sync) return this.queuedPersist;
+    const p: Promise<void> = this.persistChain.then(async () => {
+      if (this.queuedPersist === p) this.queuedPersist = undefined;
       if (this.dead || this.frozen || this.ranges.covered() === 0) return;
       const snapshot = this.ranges.clone(); // taken before the sync, so every byte it claims is synced
-      await this.flush();
+      this.lastPersist = Date.now();
+      if (sync) await this.flush();
       if (this.dead || this.frozen) return;
-      await writeRangeMap(this.files.mapPath, { digest: this.digest, size: this.size, ranges: snapshot });
+      await writeRangeMap(this.files.mapPath, { digest: this.digest, size: this.size, ranges: snapshot, synced: sync, bootId: currentBootId() });
     });
     this.queuedPersist = p;
     this.persistChain = p.catch(() => undefined);

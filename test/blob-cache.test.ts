@@ -9,6 +9,7 @@ import { BlobCache, type BlobCacheOptions } from '../cache/blob-cache.js';
 import type { Descriptor } from '../registry/descriptor.js';
 import { digestHex, type Digest } from '../registry/digest.js';
 import { RegfsError } from '../registry/errors.js';
+import { currentBootId } from '../cache/range-map-file.js';
 import { RemoteRegistry } from '../registry/remote.js';
 import type { ByteRange, FetchedManifest, ListOptions, ReadableRepository } from '../registry/storage.js';
 import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
@@ -224,6 +225,39 @@ test('restart keeps fetched ranges: a re-read transfers nothing', async (t) => {
   t.is(e.proxy.bytesOut(), 0);
   t.is(again.stats().hits, spots.length);
   t.is(again.stats().misses, 0);
+});
+
+test('range maps: an unsynced map is trusted in the same boot only; close writes a synced one', async (t) => {
+  const e = await env(t);
+  await readAt(e.cache, e.repo, big, 0, 4096);
+  await e.cache.idle();
+  const mapFile = path.join(e.dir, 'partial', `${digestHex(big.desc.digest)}.ranges.json`);
+  // While the blob streams in, the map is written without flushing the data: unsynced, with this boot's id.
+  const streaming = JSON.parse(await fsp.readFile(mapFile, 'utf8')) as { version: number; synced: boolean; bootId: string };
+  t.is(streaming.version, 2);
+  t.false(streaming.synced);
+  t.is(streaming.bootId, currentBootId());
+  const covered = e.cache.stats().bytesOnDisk;
+  await e.cache.close();
+  // A clean close flushes the data and marks the map synced: it holds across a reboot.
+  const closed = JSON.parse(await fsp.readFile(mapFile, 'utf8')) as { synced: boolean };
+  t.true(closed.synced);
+
+  // An unsynced map from this boot (a crashed process: the page cache still has the bytes) is kept...
+  await fsp.writeFile(mapFile, JSON.stringify({ ...streaming, synced: false, bootId: currentBootId() }));
+  const same = await e.open();
+  t.is(same.stats().partials, 1);
+  t.is(same.stats().bytesOnDisk, covered);
+  await same.close();
+  // ...one from another boot (the bytes may never have reached the disk) is dropped with its data.
+  const other = JSON.parse(await fsp.readFile(mapFile, 'utf8')) as Record<string, unknown>;
+  await fsp.writeFile(mapFile, JSON.stringify({ ...other, synced: false, bootId: 'another-boot' }));
+  const rebooted = await e.open();
+  t.is(rebooted.stats().partials, 0);
+  t.deepEqual(await listDir(path.join(e.dir, 'partial')), []);
+  e.proxy.reset();
+  t.true((await readAt(rebooted, e.repo, big, 0, 4096)).equals(big.data.subarray(0, 4096)));
+  t.true(e.proxy.bytesOut() > 0, 'the dropped bytes are fetched again');
 });
 
 test('corrupt upstream bytes (small blob): DIGEST_MISMATCH and nothing lands in blobs/', async (t) => {

@@ -2,15 +2,20 @@ import { randomBytes } from 'node:crypto';
 import { promises as fsp, constants as C } from 'node:fs';
 import path from 'node:path';
 
-/** writeFileAtomic writes data to a temp file beside `file`, fsyncs it, renames it into place and fsyncs the directory. */
-export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
+/**
+ * writeFileAtomic writes data to a temp file beside `file`, fsyncs it, renames it into place and fsyncs
+ * the directory. With `durable: false` it skips both fsyncs: readers still never see a half-written file,
+ * but a power loss may lose the new version (for state that is worthless after a reboot anyway).
+ */
+export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o600, opts: { durable?: boolean } = {}): Promise<void> {
+  const durable = opts.durable !== false;
   const dir = path.dirname(file);
   const tmp = path.join(dir, `.${path.basename(file)}.${randomBytes(6).toString('hex')}.tmp`);
   const fh = await fsp.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, mode);
   try {
     await fh.writeFile(data);
     await fh.chmod(mode);
-    await fh.sync();
+    if (durable) await fh.sync();
   } catch (err) {
     await fh.close();
     await fsp.rm(tmp, { force: true });
@@ -23,7 +28,7 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
     await fsp.rm(tmp, { force: true });
     throw err;
   }
-  await fsyncDir(dir);
+  if (durable) await fsyncDir(dir);
 }
 
 /** fsyncDir flushes a directory entry change (a rename or create) to disk. */
