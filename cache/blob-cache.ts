@@ -11,7 +11,7 @@ import { CacheLayout } from './cache-layout.js';
 import { acquireDirLock, type DirLock } from './dir-lock.js';
 import { chooseVictims, type EvictionCandidate } from './eviction.js';
 import { FdPool } from './fd-pool.js';
-import { hashFile } from './hash-file.js';
+import { hashFileInWorker } from './hash-service.js';
 import { ingestBlob } from './ingest.js';
 import { closedError, PartialBlob } from './partial-blob.js';
 import { readRangeMap, trustworthy } from './range-map-file.js';
@@ -642,7 +642,7 @@ export class BlobCache {
   private async hashEntry(entry: BlobEntry): Promise<boolean> {
     let got;
     try {
-      got = await hashFile(entry.path, entry.digest);
+      got = await hashFileInWorker(entry.path, entry.digest);
     } catch (err) {
       if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ELOOP') {
         this.forgetBlob(entry);

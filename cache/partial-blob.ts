@@ -4,7 +4,8 @@ import { RegfsError } from '../registry/errors.js';
 import { abortable } from './abortable.js';
 import { BatchedWriter } from './batched-writer.js';
 import type { FdLease } from './fd-pool.js';
-import { hashFile, type FileDigest } from './hash-file.js';
+import type { FileDigest } from './hash-file.js';
+import { hashFileInWorker } from './hash-service.js';
 import { PrefixHasher } from './prefix-hasher.js';
 import { currentBootId, writeRangeMap } from './range-map-file.js';
 import { RangeSet, type ByteSpan } from './range-set.js';
@@ -92,12 +93,12 @@ export class PartialBlob {
     lastAccess: number,
   ) {
     this.lastAccess = lastAccess;
-    this.hasher = new PrefixHasher(digest, () => this.ranges.runEnd(0), () => this.files.open());
+    this.hasher = new PrefixHasher(digest, files.dataPath, () => this.ranges.runEnd(0));
   }
 
   /** computeDigest hashes the complete data (mostly done already, in the background, as the prefix filled in). */
   async computeDigest(): Promise<FileDigest> {
-    return (await this.hasher.result(this.size)) ?? hashFile(this.files.dataPath, this.digest);
+    return (await this.hasher.result(this.size)) ?? hashFileInWorker(this.files.dataPath, this.digest);
   }
 
   /** dataPath is the sparse data file. */
@@ -174,10 +175,10 @@ export class PartialBlob {
       lease = await this.files.open();
       const stream = await abortable(fetcher({ start: task.start, end: task.end }, task.controller.signal), task.controller.signal);
       task.controller.signal.addEventListener('abort', () => stream.destroy(), { once: true });
-      const w = new BatchedWriter(lease.fh, task.start, (a, b, bufs) => {
+      const w = new BatchedWriter(lease.fh, task.start, (a, b) => {
         this.ranges.add(a, b);
         this.files.onBytes(b - a);
-        this.hasher.written(a, bufs);
+        this.hasher.written(a);
         this.wake();
       });
       writer = w;
