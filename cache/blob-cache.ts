@@ -838,6 +838,7 @@ export class BlobCache {
     await this.idle();
     await this.evictChain;
     for (const p of this.partials.values()) {
+      p.stopHashing(); // the hash worker closes its file
       if (p.dead) continue;
       await p.persist(true).catch((err: unknown) => this.log.warn('cannot persist range map', { digest: p.digest, error: errorMessage(err) }));
     }

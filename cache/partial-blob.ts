@@ -281,6 +281,11 @@ export class PartialBlob {
     await this.persistChain;
   }
 
+  /** stopHashing ends the background hashing of the written prefix (the cache is closing). */
+  stopHashing(): void {
+    this.hasher.stop();
+  }
+
   /** freeze stops range-map persistence (the blob is being promoted) and waits for a persist in progress. */
   async freeze(): Promise<void> {
     this.frozen = true;
