@@ -1,10 +1,11 @@
 import { readFileSync } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
-import { Agent, request, type Dispatcher } from 'undici';
+import { request, type Dispatcher } from 'undici';
 import { Authorizer, readCapped } from './auth.js';
 import type { CredentialProvider } from './credentials.js';
 import { RegfsError } from './errors.js';
+import { OriginPools } from './origin-pools.js';
 import { isLoopbackHost } from './reference.js';
 import { nullLogger, redactText, type Logger } from '../util/log.js';
 
@@ -72,7 +73,7 @@ export function header(res: { headers: Record<string, string | string[] | undefi
 export class RegistryTransport {
   /** base is the registry's origin, e.g. http://127.0.0.1:5000. */
   readonly base: URL;
-  private readonly agent: Agent;
+  private readonly agent: OriginPools;
   private readonly auth: Authorizer;
   private readonly log: Logger;
   private readonly retries: number;
@@ -94,7 +95,7 @@ export class RegistryTransport {
       }
     }
     this.timeoutMs = opts.timeoutMs ?? 30_000;
-    this.agent = new Agent({
+    this.agent = new OriginPools({
       keepAliveTimeout: 30_000,
       connections: 16,
       connectTimeout: Math.min(this.timeoutMs, 10_000),
@@ -183,6 +184,9 @@ export class RegistryTransport {
           headers,
           body,
           dispatcher: this.agent,
+          // undici closes the connection after a HEAD by default (for servers that wrongly send a body);
+          // registries answer HEAD properly and a push is mostly HEADs: keep the connection, as Go clients do.
+          reset: false,
           headersTimeout: timeout,
           bodyTimeout: timeout,
           signal: spec.signal,

@@ -42,6 +42,25 @@ test('chunked upload above the threshold: PATCHes in order, then PUT; the blob r
   t.is(proxy.count('PUT', /\/blobs\/uploads\//), 1);
 });
 
+test('keep-alive: pushes (HEAD, POST, PUT), pings and blob GETs to one registry reuse pooled connections', async (t) => {
+  const reg = await startRegistry(t, { flavour: 'plain' });
+  const proxy = await startFaultProxy(t, reg.url);
+  const client = new RemoteRegistry(proxy.host);
+  t.teardown(() => client.close());
+  const repo = client.repository('pooled');
+  const blobs = Array.from({ length: 5 }, (_, i) => Buffer.from(`blob ${i}`));
+  for (let round = 0; round < 4; round++) {
+    for (const b of blobs) await repo.pushBlob(blob(b), () => Readable.from([b])); // HEAD, then POST + PUT the first time
+    await client.ping();
+    for (const b of blobs) t.true((await readAll(await repo.fetchBlob(blob(b)))).equals(b));
+  }
+  t.true(proxy.requests.length >= 50);
+  // undici closes the socket after every HEAD; its Agent then dropped the whole origin pool, and a late
+  // disconnect closed the next pool too: every request paid a new connection (a TLS handshake on https).
+  const connections = new Set(proxy.requests.map((r) => r.connection)).size;
+  t.true(connections <= 4, `${connections} TCP connections for ${proxy.requests.length} requests`);
+});
+
 test('pushStream uploads bytes of unknown digest in one PATCH and returns the digest the registry committed', async (t) => {
   const reg = await startRegistry(t, { flavour: 'plain' });
   const proxy = await startFaultProxy(t, reg.url);

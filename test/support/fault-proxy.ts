@@ -76,6 +76,8 @@ export interface RequestRecord {
   time: number;
   /** rule is the index (in `rules` at match time) of the rule that applied, if any. */
   rule?: number;
+  /** connection numbers the client's TCP connection (1, 2, ... in the order they were accepted). */
+  connection: number;
 }
 
 /** FaultProxy is a running fault-injection proxy and its controls. */
@@ -438,7 +440,7 @@ export async function startFaultProxy(
   const server = http.createServer({ requestTimeout: 0 }, (req, res) => {
     const method = req.method ?? 'GET';
     const p = req.url ?? '/';
-    const rec: RequestRecord = { method, path: p, headers: { ...req.headers }, status: 0, bytesOut: 0, time: Date.now() };
+    const rec: RequestRecord = { method, path: p, headers: { ...req.headers }, status: 0, bytesOut: 0, time: Date.now(), connection: connectionIds.get(req.socket) ?? 0 };
     const picked = pickRule(method, p);
     if (picked) rec.rule = picked.index;
     requests.push(rec);
@@ -454,12 +456,15 @@ export async function startFaultProxy(
     handle(req, res, rec, rule);
   });
   server.keepAliveTimeout = 30_000;
+  const connectionIds = new WeakMap<net.Socket, number>();
+  let connectionCount = 0;
   server.on('connection', (s: net.Socket) => {
     if (closing) {
       s.destroy();
       return;
     }
     sockets.add(s);
+    connectionIds.set(s, ++connectionCount);
     s.once('close', () => sockets.delete(s));
   });
   server.on('clientError', (_err, s: net.Socket) => {
