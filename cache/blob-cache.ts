@@ -4,7 +4,7 @@ import type { Descriptor } from '../registry/descriptor.js';
 import { isDigest, parseDigest, type Digest } from '../registry/digest.js';
 import { RegfsError, errorMessage } from '../registry/errors.js';
 import type { ReadableRepository } from '../registry/storage.js';
-import { fsyncDir } from '../util/fs-atomic.js';
+import { fdatasyncFile, fsyncDir } from '../util/fs-atomic.js';
 import { nullLogger, type Logger } from '../util/log.js';
 import { abortable } from './abortable.js';
 import { CacheLayout } from './cache-layout.js';
@@ -130,16 +130,6 @@ function noSpace(err: unknown): boolean {
     if (e.code === 'ENOSPC' || e.code === 'EDQUOT') return true;
   }
   return false;
-}
-
-/** syncFile flushes a file's data to disk (fdatasync). */
-async function syncFile(file: string): Promise<void> {
-  const fh = await fsp.open(file, C.O_RDONLY | C.O_NOFOLLOW);
-  try {
-    await fh.datasync();
-  } finally {
-    await fh.close();
-  }
 }
 
 function hexAlgorithm(hex: string): 'sha256' | 'sha512' | undefined {
@@ -560,7 +550,7 @@ export class BlobCache {
     await fsp.rm(this.layout.rangeMapPath(p.digest), { force: true }).catch(() => undefined);
     // Make it durable in the background: no reader waits for the disk. A blob cut short by a power loss
     // is still safe: after a restart every blob is hashed before its first byte is served.
-    this.track(syncFile(dest));
+    this.track(fdatasyncFile(dest));
     this.maybeEvict();
   }
 

@@ -1,8 +1,13 @@
 import { Worker } from 'node:worker_threads';
 import { digestAlgorithm, type Digest } from '../registry/digest.js';
 import { RegfsError } from '../registry/errors.js';
-import type { FileDigest } from './hash-file.js';
 import type { Reply, Request } from './hash-worker.js';
+
+/** FileDigest is what hashing a file found: its digest (same algorithm as asked) and its length. */
+export interface FileDigest {
+  digest: Digest;
+  size: number;
+}
 
 /**
  * HashService hands sha256/sha512 of cache files to one worker thread (shared by every cache in the
@@ -79,7 +84,7 @@ class HashService {
 /** hashService is the process's one hashing worker. */
 export const hashService = new HashService();
 
-/** hashFileInWorker hashes a whole file off the main thread (like hashFile: to its end, never following a symlink). */
+/** hashFileInWorker hashes a whole file off the main thread (to its end, never following a symlink). */
 export async function hashFileInWorker(file: string, like: Digest): Promise<FileDigest> {
   return hashService.result(hashService.newJob(), file, like, Infinity);
 }

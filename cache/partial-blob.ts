@@ -4,7 +4,7 @@ import { RegfsError } from '../registry/errors.js';
 import { abortable } from './abortable.js';
 import { BatchedWriter } from './batched-writer.js';
 import type { FdLease } from './fd-pool.js';
-import type { FileDigest } from './hash-file.js';
+import type { FileDigest } from './hash-service.js';
 import { hashFileInWorker } from './hash-service.js';
 import { PrefixHasher } from './prefix-hasher.js';
 import { currentBootId, writeRangeMap } from './range-map-file.js';

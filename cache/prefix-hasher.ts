@@ -1,5 +1,5 @@
 import type { Digest } from '../registry/digest.js';
-import type { FileDigest } from './hash-file.js';
+import type { FileDigest } from './hash-service.js';
 import { hashService } from './hash-service.js';
 
 /** ADVANCE_STEP is how far the written prefix grows before the hashing worker is told about it. */

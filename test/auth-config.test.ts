@@ -3,13 +3,13 @@
  * identity tokens in the config file, anonymous bearer tokens, re-authentication after a refused
  * token, and the http/https choice. Registry tests run Debian's docker-registry (startRegistry).
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { existsSync } from 'node:fs';
 import { chmod, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { startRegistry, type StartedRegistry } from './support/registry.js';
 import { startFaultProxy } from './support/fault-proxy.js';
-import { cliEnv, runCli, tempDir } from './support/cli.js';
+import { cliEnv, runCli, tempDir, type CliResult } from './support/cli.js';
 import { RegistryTransport } from '../registry/http-client.js';
 import { openSource } from '../registry/open.js';
 import { RemoteRegistry } from '../registry/remote.js';
@@ -28,6 +28,18 @@ async function seed(t: T, reg: StartedRegistry, repo: string, name: string, cont
   await writeFile(path.join(work, name), content);
   const packed = await packArtifact({ files: [{ path: name }], cwd: work });
   await pushArtifact(client.repository(repo), packed, ['v1']);
+}
+
+/** tagsAndPull runs `repo tags REPO` (expecting the one tag v1) and `pull REPO:v1`, checking the pulled file; it returns both results. */
+async function tagsAndPull(t: ExecutionContext, env: Record<string, string>, repo: string, file: string, content: string, tagArgs: string[] = []): Promise<[CliResult, CliResult]> {
+  const tags = await runCli(['repo', 'tags', repo, ...tagArgs], { env });
+  t.is(tags.code, 0, tags.stderr);
+  t.is(tags.stdout.trim(), 'v1');
+  const out = await tempDir(t);
+  const pull = await runCli(['pull', `${repo}:v1`, '-o', out], { env });
+  t.is(pull.code, 0, pull.stderr);
+  t.is(await readFile(path.join(out, file), 'utf8'), content);
+  return [tags, pull];
 }
 
 /** noSecret checks that CLI output never shows a secret (without printing it on failure). */
@@ -131,13 +143,7 @@ test('identitytoken in config.json (no username/password): tags and pull exchang
   const { env, configDir } = await cliEnv(t);
   await writeFile(path.join(configDir, 'config.json'), JSON.stringify({ auths: { [reg.host]: { identitytoken: refresh } } }));
   const n = ts.requests.length;
-  const tags = await runCli(['repo', 'tags', `${reg.host}/idt/app`], { env });
-  t.is(tags.code, 0, tags.stderr);
-  t.is(tags.stdout.trim(), 'v1');
-  const out = await tempDir(t);
-  const pull = await runCli(['pull', `${reg.host}/idt/app:v1`, '-o', out], { env });
-  t.is(pull.code, 0, pull.stderr);
-  t.is(await readFile(path.join(out, 'idt.txt'), 'utf8'), 'identity token');
+  const [tags, pull] = await tagsAndPull(t, env, `${reg.host}/idt/app`, 'idt.txt', 'identity token');
 
   const used = ts.requests.slice(n);
   t.true(used.length >= 2, `token requests: ${used.length}`);
@@ -156,13 +162,7 @@ test('anonymous bearer: with an empty config, repo tags and pull get a pull toke
   t.false(existsSync(path.join(configDir, 'config.json')));
 
   const n = ts.requests.length;
-  const tags = await runCli(['repo', 'tags', `${reg.host}/public/app`, '--debug'], { env });
-  t.is(tags.code, 0, tags.stderr);
-  t.is(tags.stdout.trim(), 'v1');
-  const out = await tempDir(t);
-  const pull = await runCli(['pull', `${reg.host}/public/app:v1`, '-o', out], { env });
-  t.is(pull.code, 0, pull.stderr);
-  t.is(await readFile(path.join(out, 'pub.txt'), 'utf8'), 'anonymous pull');
+  await tagsAndPull(t, env, `${reg.host}/public/app`, 'pub.txt', 'anonymous pull', ['--debug']);
 
   const used = ts.requests.slice(n);
   t.true(used.length >= 2, `token requests: ${used.length}`);

@@ -44,6 +44,22 @@ async function putManifest(base: string, repo: string, tag: string, mediaType: s
   return res.headers.get('docker-content-digest') ?? '';
 }
 
+/** pushDockerImage uploads config and layer, then PUTs a Docker schema 2 image manifest naming them under `tag`; storedDigest is the digest the registry answered. */
+async function pushDockerImage(base: string, repo: string, tag: string, config: Buffer, layer: Buffer): Promise<{ configDigest: string; layerDigest: string; manifest: Buffer; digest: string; storedDigest: string }> {
+  const configDigest = await uploadBlob(base, repo, config);
+  const layerDigest = await uploadBlob(base, repo, layer);
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: DOCKER_MANIFEST,
+      config: { mediaType: DOCKER_CONFIG, size: config.length, digest: configDigest },
+      layers: [{ mediaType: DOCKER_LAYER, size: layer.length, digest: layerDigest }],
+    }),
+  );
+  const storedDigest = await putManifest(base, repo, tag, DOCKER_MANIFEST, manifest);
+  return { configDigest, layerDigest, manifest, digest: sha(manifest), storedDigest };
+}
+
 /** pushFile pushes one small file with regfs and returns the manifest bytes the registry stores. */
 async function pushFile(t: Parameters<typeof tempDir>[0], env: Record<string, string>, ref: string, name: string, content: string, extra: string[] = []): Promise<Buffer> {
   const src = await tempDir(t);
@@ -145,18 +161,8 @@ test('a Docker schema 2 image manifest pushed with plain HTTP: manifest fetch, r
   const { env } = await cliEnv(t);
   const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] }, config: {} }));
   const layer = gzipSync(randomBytes(50_000));
-  const configDigest = await uploadBlob(reg.url, 'docker/img', config);
-  const layerDigest = await uploadBlob(reg.url, 'docker/img', layer);
-  const manifest = Buffer.from(
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: DOCKER_MANIFEST,
-      config: { mediaType: DOCKER_CONFIG, size: config.length, digest: configDigest },
-      layers: [{ mediaType: DOCKER_LAYER, size: layer.length, digest: layerDigest }],
-    }),
-  );
-  const digest = sha(manifest);
-  t.is(await putManifest(reg.url, 'docker/img', 'v1', DOCKER_MANIFEST, manifest), digest);
+  const { configDigest, layerDigest, manifest, digest, storedDigest } = await pushDockerImage(reg.url, 'docker/img', 'v1', config, layer);
+  t.is(storedDigest, digest);
   const ref = `${reg.host}/docker/img:v1`;
 
   const mf = await runCli(['manifest', 'fetch', ref], { env });
@@ -204,18 +210,7 @@ test('a Docker manifest list is fetched and resolved with its media type; pull r
   const { env } = await cliEnv(t);
   const config = Buffer.from(JSON.stringify({ architecture: 'arm64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } }));
   const layer = gzipSync(Buffer.from('a layer of the arm64 image'));
-  const configDigest = await uploadBlob(reg.url, 'multi', config);
-  const layerDigest = await uploadBlob(reg.url, 'multi', layer);
-  const image = Buffer.from(
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: DOCKER_MANIFEST,
-      config: { mediaType: DOCKER_CONFIG, size: config.length, digest: configDigest },
-      layers: [{ mediaType: DOCKER_LAYER, size: layer.length, digest: layerDigest }],
-    }),
-  );
-  const imageDigest = sha(image);
-  await putManifest(reg.url, 'multi', 'arm64', DOCKER_MANIFEST, image);
+  const { manifest: image, digest: imageDigest } = await pushDockerImage(reg.url, 'multi', 'arm64', config, layer);
   const list = Buffer.from(
     JSON.stringify({
       schemaVersion: 2,

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { promises as fsp, constants as C } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 
 /**
@@ -32,11 +33,20 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
 }
 
 /** fsyncDir flushes a directory entry change (a rename or create) to disk. */
-export async function fsyncDir(dir: string): Promise<void> {
-  const dh = await fsp.open(dir, C.O_RDONLY | C.O_DIRECTORY);
+export function fsyncDir(dir: string): Promise<void> {
+  return syncPath(dir, C.O_DIRECTORY, (h) => h.sync());
+}
+
+/** fdatasyncFile flushes a file's data to disk (never following a symlink). */
+export function fdatasyncFile(file: string): Promise<void> {
+  return syncPath(file, C.O_NOFOLLOW, (h) => h.datasync());
+}
+
+async function syncPath(p: string, flags: number, sync: (h: FileHandle) => Promise<void>): Promise<void> {
+  const h = await fsp.open(p, C.O_RDONLY | flags);
   try {
-    await dh.sync();
+    await sync(h);
   } finally {
-    await dh.close();
+    await h.close();
   }
 }
