@@ -17,11 +17,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { packArtifact, parseFileArg } from '../registry/pack.js';
 import { RemoteRegistry } from '../registry/remote.js';
-import { pushArtifact, runLimited } from '../registry/transfer.js';
-import { REPO_ROOT, runCli } from '../test/support/cli.js';
-import { startFaultProxy, type FaultProxy, type RequestRecord } from '../test/support/fault-proxy.js';
-import { startMount, type StartedMount } from '../test/support/mount.js';
-import { startRegistry, type StartedRegistry } from '../test/support/registry.js';
+import { pushArtifact } from '../registry/transfer.js';
+import { runLimited } from '../util/limit.js';
+import { REPO_ROOT, runCli } from '../lab/cli.js';
+import { startFaultProxy, type FaultProxy, type RequestRecord } from '../lab/fault-proxy.js';
+import { startMount, type StartedMount } from '../lab/mount.js';
+import { startRegistry, type StartedRegistry } from '../lab/registry.js';
 import {
   bestOf,
   catalogPages,

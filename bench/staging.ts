@@ -6,9 +6,9 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { REGFS_BIN, runCli } from '../test/support/cli.js';
-import { startDaemon } from '../test/support/daemon.js';
-import { startRegistry } from '../test/support/registry.js';
+import { REGFS_BIN, runCli } from '../lab/cli.js';
+import { startDaemon } from '../lab/daemon.js';
+import { startRegistry } from '../lab/registry.js';
 import { MiB, procStatusKiB, progress, randomFile, run, Scope, sleep, tempDirIn, type Result } from './lib.js';
 
 /** QUIET_PERIOD_S is the daemon's --quiet-period used by startDaemon; it counts from the newest file mtime, so a moved-in file does not wait for it. */

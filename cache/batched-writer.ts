@@ -1,5 +1,5 @@
 import type { FileHandle } from 'node:fs/promises';
-import { RegfsError } from '../registry/errors.js';
+import { RegfsError } from '../util/errors.js';
 
 /** MAX_BATCH_BUFFERS bounds the buffers of one writev call (well under IOV_MAX). */
 const MAX_BATCH_BUFFERS = 256;

@@ -2,7 +2,7 @@ import { promises as fsp, constants as C } from 'node:fs';
 import path from 'node:path';
 import type { Descriptor } from '../registry/descriptor.js';
 import { isDigest, parseDigest, type Digest } from '../registry/digest.js';
-import { RegfsError, errorMessage } from '../registry/errors.js';
+import { RegfsError, errorMessage } from '../util/errors.js';
 import type { ReadableRepository } from '../registry/storage.js';
 import { fdatasyncFile, fsyncDir } from '../util/fs-atomic.js';
 import { nullLogger, type Logger } from '../util/log.js';
@@ -18,6 +18,7 @@ import { readRangeMap, trustworthy } from './range-map-file.js';
 import { RangeSet, type ByteSpan } from './range-set.js';
 import { ReadAhead } from './read-ahead.js';
 import { SingleFlight } from './single-flight.js';
+import { errnoOf, ioError } from '../util/errors.js';
 
 const MiB = 1024 * 1024;
 /** PERSIST_INTERVAL_MS is how often a partial blob's range map is rewritten while its fetches stream on. */
@@ -108,15 +109,6 @@ function nonNegative(v: number | undefined, def: number, name: string): number {
 
 function checkIndex(v: number, name: string): void {
   if (!Number.isSafeInteger(v) || v < 0) throw new RegfsError('INVALID_ARGUMENT', `read ${name} must be a non-negative integer, got ${String(v)}`);
-}
-
-function errnoCode(err: unknown): string | undefined {
-  return (err as NodeJS.ErrnoException | undefined)?.code;
-}
-
-function ioError(what: string, err: unknown): RegfsError {
-  if (err instanceof RegfsError) return err;
-  return new RegfsError('IO', `${what}: ${errorMessage(err)}`, { cause: err });
 }
 
 /** unanswered tells whether a fetch failed because the registry did not answer in time or kept refusing (429/503). */
@@ -379,7 +371,7 @@ export class BlobCache {
     try {
       lease = await this.fds.acquire(`b:${entry.digest}`, () => fsp.open(entry.path, C.O_RDONLY | C.O_NOFOLLOW));
     } catch (err) {
-      if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ELOOP') {
+      if (errnoOf(err) === 'ENOENT' || errnoOf(err) === 'ELOOP') {
         this.log.warn('cached blob vanished from disk; fetching it again', { digest: entry.digest });
         this.forgetBlob(entry);
         return undefined;
@@ -634,7 +626,7 @@ export class BlobCache {
     try {
       got = await hashFileInWorker(entry.path, entry.digest);
     } catch (err) {
-      if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ELOOP') {
+      if (errnoOf(err) === 'ENOENT' || errnoOf(err) === 'ELOOP') {
         this.forgetBlob(entry);
         return false;
       }

@@ -1,5 +1,5 @@
 import { promises as fsp, constants as C } from 'node:fs';
-import { RegfsError } from '../registry/errors.js';
+import { RegfsError } from '../util/errors.js';
 
 /** DirLock is a held lock file; release() removes it if it is still ours. */
 export interface DirLock {

@@ -1,6 +1,6 @@
 import { Worker } from 'node:worker_threads';
 import { digestAlgorithm, type Digest } from '../registry/digest.js';
-import { RegfsError } from '../registry/errors.js';
+import { RegfsError } from '../util/errors.js';
 import type { Reply, Request } from './hash-worker.js';
 
 /** FileDigest is what hashing a file found: its digest (same algorithm as asked) and its length. */

@@ -1,7 +1,7 @@
 import { LRUCache } from 'lru-cache';
 import type { Descriptor } from '../registry/descriptor.js';
 import { parseDigest, type Digest } from '../registry/digest.js';
-import { RegfsError, errorMessage } from '../registry/errors.js';
+import { RegfsError, errorMessage } from '../util/errors.js';
 import type { FetchedManifest, ReadableRepository, Registry } from '../registry/storage.js';
 import { nullLogger, type Logger } from '../util/log.js';
 import { SingleFlight } from './single-flight.js';

@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
 import type { Digest } from '../registry/digest.js';
-import { RegfsError } from '../registry/errors.js';
+import { RegfsError } from '../util/errors.js';
 import { abortable } from './abortable.js';
 import { BatchedWriter } from './batched-writer.js';
 import type { FdLease } from './fd-pool.js';

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { promises as fsp, readFileSync, constants as C } from 'node:fs';
 import { isDigest, type Digest } from '../registry/digest.js';
-import { RegfsError } from '../registry/errors.js';
+import { RegfsError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
 import { RangeSet } from './range-set.js';
 

@@ -1,4 +1,4 @@
-import { RegfsError } from '../registry/errors.js';
+import { RegfsError } from '../util/errors.js';
 
 /** ByteSpan is a half-open byte range [start, end) with both ends known. */
 export interface ByteSpan {

@@ -1,6 +1,6 @@
 import { Command, Option } from 'commander';
 import { CredentialStore, type Credential, type CredentialProvider } from '../registry/credentials.js';
-import { RegfsError } from '../registry/errors.js';
+import { RegfsError } from '../util/errors.js';
 import { OciLayoutRepository } from '../registry/oci-layout.js';
 import { openSource } from '../registry/open.js';
 import { parseReference, type Reference } from '../registry/reference.js';

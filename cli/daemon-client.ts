@@ -1,5 +1,5 @@
 import http from 'node:http';
-import { RegfsError, type ErrorCode } from '../registry/errors.js';
+import { RegfsError, type ErrorCode } from '../util/errors.js';
 import { defaultPaths } from '../daemon/settings.js';
 
 /** socketPathFrom picks the control socket: --socket, then $REGFS_SOCKET, then the per-user default. */

@@ -1,4 +1,4 @@
-import { isRegfsError, type ErrorCode } from '../registry/errors.js';
+import { isRegfsError, type ErrorCode } from '../util/errors.js';
 
 /** ExitCode is what the regfs command returns to the shell. */
 export const ExitCode = {

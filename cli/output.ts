@@ -1,4 +1,4 @@
-import { errorMessage } from '../registry/errors.js';
+import { errorMessage } from '../util/errors.js';
 import { redactText } from '../util/log.js';
 
 /** OutputFormat is how a command prints its results. */

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { promises as fsp, type BigIntStats } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
-import { RegfsError, isRegfsError } from '../registry/errors.js';
+import { RegfsError, isRegfsError } from '../util/errors.js';
 import { nullLogger, redactText, type Logger } from '../util/log.js';
 
 /** Routes maps `METHOD /path` to a handler of the JSON body and the query. */

@@ -4,15 +4,16 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { BlobCache } from '../cache/blob-cache.js';
 import { MetadataCache } from '../cache/metadata-cache.js';
-import { RegfsError } from '../registry/errors.js';
+import { RegfsError } from '../util/errors.js';
 import { openSource } from '../registry/open.js';
 import type { Registry } from '../registry/storage.js';
-import { isInside, serveMount, type RunningMount } from '../mount/serve.js';
+import { serveMount, type RunningMount } from '../mount/serve.js';
+import { isInside } from '../util/paths.js';
 import type { Logger } from '../util/log.js';
 import { loadConfigFile, resolveConfig, updateConfigSyncs, validateSync, type DaemonConfig, type MountConfig } from './settings.js';
 import { startControlServer } from './control.js';
 import { PushQueue } from './journal.js';
-import { scanStaging, WRITES_DIR } from './staging.js';
+import { scanStaging, WRITES_DIR } from '../staging/layout.js';
 import { SyncManager } from './sync.js';
 
 interface ActiveMount {

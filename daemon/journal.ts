@@ -4,15 +4,16 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import type { Descriptor } from '../registry/descriptor.js';
 import { digestOf, type Digest } from '../registry/digest.js';
-import { errorMessage } from '../registry/errors.js';
+import { errorMessage } from '../util/errors.js';
 import { Annotation, MediaType } from '../registry/media-types.js';
 import { buildManifest, EMPTY_CONFIG_DESCRIPTOR, prepareFile } from '../registry/pack.js';
 import type { Repository } from '../registry/storage.js';
-import { runLimited } from '../registry/transfer.js';
+import { runLimited } from '../util/limit.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
 import { ensurePrivateDir } from '../util/private-dir.js';
 import { nullLogger, redactText, type Logger } from '../util/log.js';
-import { fingerprint, scanTagDir, type StagedEntry, type StagedTag } from './staging.js';
+import { fingerprint, scanTagDir, type StagedEntry, type StagedTag } from '../staging/layout.js';
+import { isInside } from '../util/paths.js';
 
 /** HASH_FIRST_BYTES: files up to this size are hashed before upload (so a blob already there is skipped); bigger ones stream. */
 const HASH_FIRST_BYTES = 8 * 1024 * 1024;
@@ -365,10 +366,7 @@ export class PushQueue {
     const until = Date.now() + this.quietMs;
     for (const item of this.items.values()) {
       if (item.state !== 'pending' || item.notBefore >= until) continue;
-      const rel = path.relative(item.dir, p);
-      const back = path.relative(p, item.dir);
-      const related = (s: string): boolean => s === '' || (!s.startsWith('..') && !path.isAbsolute(s));
-      if (related(rel) || related(back)) item.notBefore = until;
+      if (isInside(item.dir, p) || isInside(p, item.dir)) item.notBefore = until;
     }
   }
 

@@ -1,9 +1,10 @@
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { RegfsError } from '../registry/errors.js';
+import { RegfsError } from '../util/errors.js';
 import { isRepositoryName, parseReference } from '../registry/reference.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
+import { isInside } from '../util/paths.js';
 
 /** MountConfig is one mount of the daemon, with an optional staging folder. */
 export interface MountConfig {
@@ -226,16 +227,16 @@ export function validateSync(raw: unknown, where: string, baseDir: string): Sync
  */
 export function checkSyncPlacement(local: string, others: { mountpoints: string[]; staging: string[]; syncs: string[]; cacheDir: string; stateDir: string }): void {
   for (const mp of others.mountpoints) {
-    if (inside(mp, local) || inside(local, mp)) throw new RegfsError('INVALID_ARGUMENT', `sync folder ${local} overlaps the mountpoint ${mp}: the daemon must never touch its own mount (deadlock)`);
+    if (isInside(mp, local) || isInside(local, mp)) throw new RegfsError('INVALID_ARGUMENT', `sync folder ${local} overlaps the mountpoint ${mp}: the daemon must never touch its own mount (deadlock)`);
   }
   for (const st of others.staging) {
-    if (inside(st, local) || inside(local, st)) throw new RegfsError('INVALID_ARGUMENT', `sync folder ${local} overlaps the staging folder ${st}: give each its own folder`);
+    if (isInside(st, local) || isInside(local, st)) throw new RegfsError('INVALID_ARGUMENT', `sync folder ${local} overlaps the staging folder ${st}: give each its own folder`);
   }
   for (const other of others.syncs) {
-    if (inside(other, local) || inside(local, other)) throw new RegfsError('INVALID_ARGUMENT', `sync folder ${local} ${other === local ? 'is already synced' : `overlaps the sync folder ${other}`}`);
+    if (isInside(other, local) || isInside(local, other)) throw new RegfsError('INVALID_ARGUMENT', `sync folder ${local} ${other === local ? 'is already synced' : `overlaps the sync folder ${other}`}`);
   }
   for (const [k, dir] of [['cacheDir', others.cacheDir], ['stateDir', others.stateDir]] as const) {
-    if (inside(dir, local) || inside(local, dir)) throw new RegfsError('INVALID_ARGUMENT', `sync folder ${local} overlaps ${k} ${dir}`);
+    if (isInside(dir, local) || isInside(local, dir)) throw new RegfsError('INVALID_ARGUMENT', `sync folder ${local} overlaps ${k} ${dir}`);
   }
 }
 
@@ -280,11 +281,6 @@ export async function loadConfigFile(file: string): Promise<Partial<DaemonConfig
   return validateConfig(raw, `config ${file}`, path.dirname(path.resolve(file)));
 }
 
-function inside(parent: string, child: string): boolean {
-  const rel = path.relative(parent, child);
-  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
-}
-
 /** FlagConfig is what command-line flags can set: the config keys plus one mount. */
 export type FlagConfig = Partial<Omit<DaemonConfig, 'mounts' | 'syncs'>> & Partial<MountConfig>;
 
@@ -319,12 +315,12 @@ export function resolveConfig(file: Partial<DaemonConfig> | undefined, flags: Fl
   const mps = mounts.map((m) => m.mountpoint);
   mounts.forEach((m, i) => {
     mps.forEach((other, j) => {
-      if (i !== j && inside(other, m.mountpoint)) throw new RegfsError('INVALID_ARGUMENT', `mountpoint ${m.mountpoint} is ${other === m.mountpoint ? 'used twice' : `inside the mountpoint ${other}`}`);
-      if (m.staging && inside(other, m.staging)) throw new RegfsError('INVALID_ARGUMENT', `staging folder ${m.staging} is inside the mountpoint ${other}: the daemon must never touch its own mount (deadlock)`);
+      if (i !== j && isInside(other, m.mountpoint)) throw new RegfsError('INVALID_ARGUMENT', `mountpoint ${m.mountpoint} is ${other === m.mountpoint ? 'used twice' : `inside the mountpoint ${other}`}`);
+      if (m.staging && isInside(other, m.staging)) throw new RegfsError('INVALID_ARGUMENT', `staging folder ${m.staging} is inside the mountpoint ${other}: the daemon must never touch its own mount (deadlock)`);
     });
-    if (m.staging && inside(m.mountpoint, m.staging)) throw new RegfsError('INVALID_ARGUMENT', `staging folder ${m.staging} is inside the mountpoint ${m.mountpoint}: the daemon must never touch its own mount (deadlock)`);
+    if (m.staging && isInside(m.mountpoint, m.staging)) throw new RegfsError('INVALID_ARGUMENT', `staging folder ${m.staging} is inside the mountpoint ${m.mountpoint}: the daemon must never touch its own mount (deadlock)`);
     for (const k of ['cacheDir', 'stateDir', 'socket'] as const) {
-      if (inside(m.mountpoint, cfg[k])) throw new RegfsError('INVALID_ARGUMENT', `${k} ${cfg[k]} is inside the mountpoint ${m.mountpoint}`);
+      if (isInside(m.mountpoint, cfg[k])) throw new RegfsError('INVALID_ARGUMENT', `${k} ${cfg[k]} is inside the mountpoint ${m.mountpoint}`);
     }
   });
   cfg.syncs.forEach((s, i) => {

@@ -7,7 +7,7 @@ import type { BlobCache } from '../cache/blob-cache.js';
 import { cachedRepository } from '../cache/cached-repository.js';
 import type { Descriptor } from '../registry/descriptor.js';
 import { digestHex, digestOf } from '../registry/digest.js';
-import { RegfsError, errorMessage, isRegfsError } from '../registry/errors.js';
+import { RegfsError, errorMessage, isRegfsError } from '../util/errors.js';
 import { Annotation } from '../registry/media-types.js';
 import { openSource } from '../registry/open.js';
 import { hashStream, packArtifact } from '../registry/pack.js';
@@ -15,12 +15,13 @@ import { isTag } from '../registry/reference.js';
 import { checkTitle } from '../registry/safe-path.js';
 import type { Registry, Repository } from '../registry/storage.js';
 import { packDirectory, packDirectoryGzip } from '../registry/tar-dir.js';
-import { pullArtifact, runLimited } from '../registry/transfer.js';
+import { pullArtifact } from '../registry/transfer.js';
+import { runLimited } from '../util/limit.js';
 import { fsyncDir, writeFileAtomic } from '../util/fs-atomic.js';
 import { redactText, type Logger } from '../util/log.js';
 import type { PushQueue, QueueItem } from './journal.js';
 import { checkSyncPlacement, syncEndpoint, type SyncConfig, type SyncDirection } from './settings.js';
-import { fingerprint, isIgnoredName, scanTagDir, type StagedEntry } from './staging.js';
+import { fingerprint, isIgnoredName, scanTagDir, type StagedEntry } from '../staging/layout.js';
 
 /** SyncBase is the common base of one tag: what both sides held when they were last in step. */
 export interface SyncBase {

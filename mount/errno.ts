@@ -1,4 +1,4 @@
-import { isRegfsError } from '../registry/errors.js';
+import { isRegfsError } from '../util/errors.js';
 
 /** Errno values (negated, as FUSE callbacks expect) that the mount returns. */
 export const Errno = {

@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import Fuse from 'fuse-native';
-import { RegfsError } from '../registry/errors.js';
+import { RegfsError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import type { FuseHandlers } from './fuse-ops.js';
 

@@ -1,8 +1,9 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
+import { isInside } from '../util/paths.js';
 import { BlobCache, type BlobCacheOptions } from '../cache/blob-cache.js';
 import { MetadataCache } from '../cache/metadata-cache.js';
-import { RegfsError } from '../registry/errors.js';
+import { RegfsError } from '../util/errors.js';
 import type { Registry } from '../registry/storage.js';
 import type { Logger } from '../util/log.js';
 import { createHandlers } from './fuse-ops.js';
@@ -34,12 +35,6 @@ export interface RunningMount {
   stop(): Promise<void>;
   /** done settles once the mount is stopped, by stop() or because it was unmounted from outside. */
   done: Promise<void>;
-}
-
-/** isInside tells whether `child` is `parent` or below it. */
-export function isInside(parent: string, child: string): boolean {
-  const rel = path.relative(parent, child);
-  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
 }
 
 /**

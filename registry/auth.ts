@@ -1,7 +1,7 @@
 import type { Dispatcher } from 'undici';
 import { request } from 'undici';
 import type { Credential, CredentialProvider } from './credentials.js';
-import { RegfsError } from './errors.js';
+import { RegfsError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 
 /** Challenge is a parsed `WWW-Authenticate` header. */

@@ -3,7 +3,7 @@ import { promises as fsp, constants as C } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { Verifier, type Digest } from './digest.js';
-import { RegfsError } from './errors.js';
+import { RegfsError } from '../util/errors.js';
 import type { Descriptor } from './descriptor.js';
 import { fsyncDir } from '../util/fs-atomic.js';
 

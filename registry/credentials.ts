@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { RegfsError } from './errors.js';
+import { RegfsError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
 
 /** Credential is what regfs presents to a registry: a username and password, or a refresh (identity) token. */

@@ -1,5 +1,5 @@
 import { parseDigest, type Digest } from './digest.js';
-import { RegfsError } from './errors.js';
+import { RegfsError } from '../util/errors.js';
 
 /** Platform says which OS and architecture a manifest in an index is for. */
 export interface Platform {
@@ -29,8 +29,6 @@ export function isMediaType(s: unknown): s is string {
   return typeof s === 'string' && MEDIA_TYPE_RE.test(s);
 }
 
-/** MAX_BLOB_SIZE bounds descriptor sizes to what a JS number counts exactly. */
-export const MAX_BLOB_SIZE = Number.MAX_SAFE_INTEGER;
 
 /** parseDescriptor validates an untrusted descriptor: digest grammar, integer size, media type, string annotations. */
 export function parseDescriptor(raw: unknown, where: string): Descriptor {

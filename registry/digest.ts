@@ -1,5 +1,5 @@
 import { createHash, type Hash } from 'node:crypto';
-import { RegfsError } from './errors.js';
+import { RegfsError } from '../util/errors.js';
 
 /** Digest is a validated `algorithm:hex` content identifier. */
 export type Digest = `sha256:${string}` | `sha512:${string}`;

@@ -4,10 +4,11 @@ import { rootCertificates } from 'node:tls';
 import { request, type Dispatcher } from 'undici';
 import { Authorizer, readCapped } from './auth.js';
 import type { CredentialProvider } from './credentials.js';
-import { RegfsError } from './errors.js';
+import { RegfsError } from '../util/errors.js';
 import { OriginPools } from './origin-pools.js';
 import { isLoopbackHost } from './reference.js';
 import { nullLogger, redactText, type Logger } from '../util/log.js';
+import { sleep } from '../util/sleep.js';
 
 /** TransportOptions say how to reach a registry: TLS, retries, deadlines, credentials. */
 export interface TransportOptions {
@@ -134,7 +135,7 @@ export class RegistryTransport {
         const delay = this.backoff(attempt);
         if (!canRetry || attempt >= this.retries || Date.now() - started + delay > this.budgetMs) throw err;
         this.log.debug('retrying after connection error', { what: spec.what, attempt: attempt + 1, error: (err as Error).message });
-        await sleep(delay, spec.signal);
+        await pause(delay, spec.signal);
         attempt++;
         continue;
       }
@@ -150,7 +151,7 @@ export class RegistryTransport {
         if (attempt < this.retries && Date.now() - started + delay <= this.budgetMs) {
           await res.body.dump();
           this.log.debug('retrying after HTTP status', { what: spec.what, status: res.status, attempt: attempt + 1, delayMs: delay });
-          await sleep(delay, spec.signal);
+          await pause(delay, spec.signal);
           attempt++;
           continue;
         }
@@ -273,12 +274,9 @@ export function parseRetryAfter(v: string | undefined): number | undefined {
   return Math.max(0, Math.min(ms, 30_000));
 }
 
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => {
-      clearTimeout(t);
-      reject(new RegfsError('TIMEOUT', 'aborted'));
-    }, { once: true });
+/** pause waits ms between attempts; an abort ends it as a TIMEOUT. */
+function pause(ms: number, signal?: AbortSignal): Promise<void> {
+  return sleep(ms, signal).catch(() => {
+    throw new RegfsError('TIMEOUT', 'aborted');
   });
 }

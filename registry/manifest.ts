@@ -1,5 +1,5 @@
 import { parseAnnotations, parseDescriptor, isMediaType, type Descriptor } from './descriptor.js';
-import { RegfsError } from './errors.js';
+import { RegfsError } from '../util/errors.js';
 import { MediaType, isIndexMediaType } from './media-types.js';
 
 /** ImageManifest is an OCI image manifest or a Docker schema 2 manifest. */
@@ -100,7 +100,3 @@ export function artifactTypeOf(m: Manifest): string | undefined {
   return m.kind === 'manifest' ? m.config.mediaType : undefined;
 }
 
-/** serializeManifest renders a manifest object as canonical bytes for pushing (field order kept, no whitespace). */
-export function serializeManifest(obj: Record<string, unknown>): Buffer {
-  return Buffer.from(JSON.stringify(obj), 'utf8');
-}

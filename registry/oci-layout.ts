@@ -4,12 +4,14 @@ import { Readable, addAbortSignal } from 'node:stream';
 import { hashing, tempPathFor, verifying, writeStreamAtomic } from './blob-io.js';
 import { parseDescriptor, type Descriptor } from './descriptor.js';
 import { Verifier, digestAlgorithm, digestHex, digestOf, isDigest, parseDigest, type Digest } from './digest.js';
-import { RegfsError } from './errors.js';
+import { RegfsError } from '../util/errors.js';
 import { artifactTypeOf, parseManifest } from './manifest.js';
 import { MAX_MANIFEST_BYTES, MediaType } from './media-types.js';
 import { isRepositoryName, isTag } from './reference.js';
 import type { BlobSource, ByteRange, FetchedManifest, ListOptions, PushResult, Registry, Repository } from './storage.js';
 import { fsyncDir, writeFileAtomic } from '../util/fs-atomic.js';
+import { errnoOf, ioError } from '../util/errors.js';
+import { sleep } from '../util/sleep.js';
 
 /** REF_NAME_ANNOTATION is the index.json annotation that carries a tag in an OCI image layout. */
 export const REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name';
@@ -37,29 +39,12 @@ interface LayoutIndex {
 /** In-process writer queues, keyed by the resolved layout directory. */
 const indexQueues = new Map<string, Promise<void>>();
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-function errnoOf(err: unknown): string | undefined {
-  return typeof err === 'object' && err !== null && 'code' in err && typeof (err as { code: unknown }).code === 'string'
-    ? (err as { code: string }).code
-    : undefined;
-}
-
-/** ioError passes a RegfsError through and wraps anything else as IO. */
-function ioError(err: unknown, what: string): RegfsError {
-  if (err instanceof RegfsError) return err;
-  const msg = err instanceof Error ? err.message : String(err);
-  return new RegfsError('IO', `${what}: ${msg}`, { cause: err });
-}
-
 async function statOrUndefined(p: string): Promise<Stats | undefined> {
   try {
     return await fsp.stat(p);
   } catch (err) {
     if (errnoOf(err) === 'ENOENT' || errnoOf(err) === 'ENOTDIR') return undefined;
-    throw ioError(err, `cannot stat ${p}`);
+    throw ioError(`cannot stat ${p}`, err);
   }
 }
 
@@ -119,7 +104,7 @@ export class OciLayoutRepository implements Repository {
       const code = errnoOf(err);
       if (code === 'ENOENT' || code === 'ENOTDIR') return 'missing';
       if (code === 'EISDIR') throw this.notLayout('oci-layout is not a file');
-      throw ioError(err, `cannot read ${path.join(this.dir, 'oci-layout')}`);
+      throw ioError(`cannot read ${path.join(this.dir, 'oci-layout')}`, err);
     }
     let version: unknown;
     try {
@@ -154,7 +139,7 @@ export class OciLayoutRepository implements Repository {
     try {
       await fsp.mkdir(this.dir, { recursive: true, mode: 0o755 });
     } catch (err) {
-      throw ioError(err, `cannot create ${this.dir}`);
+      throw ioError(`cannot create ${this.dir}`, err);
     }
     await this.withIndexLock(async () => {
       // index.json first, oci-layout last: a directory with an oci-layout file always has an index.
@@ -181,7 +166,7 @@ export class OciLayoutRepository implements Repository {
         if (this.create) return emptyIndex();
         throw this.notLayout('no index.json');
       }
-      throw ioError(err, `cannot read ${this.indexPath}`);
+      throw ioError(`cannot read ${this.indexPath}`, err);
     }
     return this.parseIndex(buf);
   }
@@ -217,7 +202,7 @@ export class OciLayoutRepository implements Repository {
     try {
       await writeFileAtomic(this.indexPath, JSON.stringify(out), 0o644);
     } catch (err) {
-      throw ioError(err, `cannot write ${this.indexPath}`);
+      throw ioError(`cannot write ${this.indexPath}`, err);
     }
   }
 
@@ -257,7 +242,7 @@ export class OciLayoutRepository implements Repository {
           await fsp.rm(lock, { force: true });
         };
       } catch (err) {
-        if (errnoOf(err) !== 'EEXIST') throw ioError(err, `cannot create lock ${lock}`);
+        if (errnoOf(err) !== 'EEXIST') throw ioError(`cannot create lock ${lock}`, err);
       }
       const st = await statOrUndefined(lock);
       if (st && Date.now() - st.mtimeMs > LOCK_STALE_MS) {
@@ -316,7 +301,7 @@ export class OciLayoutRepository implements Repository {
         await this.checkReadable();
         throw new RegfsError('NOT_FOUND', `manifest ${digest} not found in ${this.display}`);
       }
-      throw ioError(err, `cannot open manifest ${digest} in ${this.display}`);
+      throw ioError(`cannot open manifest ${digest} in ${this.display}`, err);
     }
     try {
       const st = await fh.stat();
@@ -334,7 +319,7 @@ export class OciLayoutRepository implements Repository {
       if (n > MAX_MANIFEST_BYTES) throw new RegfsError('TOO_LARGE', `manifest ${digest} exceeds the ${MAX_MANIFEST_BYTES}-byte manifest limit`);
       return buf.subarray(0, n);
     } catch (err) {
-      throw ioError(err, `cannot read manifest ${digest} in ${this.display}`);
+      throw ioError(`cannot read manifest ${digest} in ${this.display}`, err);
     } finally {
       await fh.close();
     }
@@ -403,7 +388,7 @@ export class OciLayoutRepository implements Repository {
         await this.checkReadable();
         throw this.blobNotFound(digest);
       }
-      throw ioError(err, `cannot open blob ${digest} in ${this.display}`);
+      throw ioError(`cannot open blob ${digest} in ${this.display}`, err);
     }
     let stream: Readable;
     try {
@@ -421,7 +406,7 @@ export class OciLayoutRepository implements Repository {
       }
     } catch (err) {
       await fh.close().catch(() => undefined);
-      throw ioError(err, `cannot read blob ${digest} in ${this.display}`);
+      throw ioError(`cannot read blob ${digest} in ${this.display}`, err);
     }
     return signal ? addAbortSignal(signal, stream) : stream;
   }
@@ -500,7 +485,7 @@ export class OciLayoutRepository implements Repository {
       await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o755 });
       await writeStreamAtomic((verifying(await source(), desc)), file);
     } catch (err) {
-      throw ioError(err, `cannot write blob ${digest} to ${this.display}`);
+      throw ioError(`cannot write blob ${digest} to ${this.display}`, err);
     }
     return 'pushed';
   }
@@ -520,7 +505,7 @@ export class OciLayoutRepository implements Repository {
       return r;
     } catch (err) {
       await fsp.rm(tmp, { force: true });
-      throw ioError(err, `cannot write a blob to ${this.display}`);
+      throw ioError(`cannot write a blob to ${this.display}`, err);
     }
   }
 
@@ -538,7 +523,7 @@ export class OciLayoutRepository implements Repository {
       await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o755 });
       await writeFileAtomic(file, bytes, 0o644);
     } catch (err) {
-      throw ioError(err, `cannot write manifest ${digest} to ${this.display}`);
+      throw ioError(`cannot write manifest ${digest} to ${this.display}`, err);
     }
   }
 
@@ -622,7 +607,7 @@ export class OciLayoutRepository implements Repository {
       await fsp.unlink(this.blobPath(digest));
     } catch (err) {
       if (errnoOf(err) === 'ENOENT') throw this.blobNotFound(digest);
-      throw ioError(err, `cannot delete blob ${digest} in ${this.display}`);
+      throw ioError(`cannot delete blob ${digest} in ${this.display}`, err);
     }
   }
 }
@@ -680,7 +665,7 @@ export class OciLayoutStore implements Registry {
       } catch (err) {
         const code = errnoOf(err);
         if (rel && (code === 'EACCES' || code === 'ENOENT' || code === 'ENOTDIR' || code === 'EPERM')) return;
-        throw ioError(err, `cannot list ${abs}`);
+        throw ioError(`cannot list ${abs}`, err);
       }
       if (rel && entries.some((e) => e.name === 'oci-layout' && e.isFile())) out.push(rel);
       if (depth >= MAX_STORE_DEPTH) return;

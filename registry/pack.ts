@@ -4,7 +4,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { digestOf, type Digest } from './digest.js';
 import { isMediaType, type Descriptor } from './descriptor.js';
-import { RegfsError } from './errors.js';
+import { RegfsError } from '../util/errors.js';
 import { Annotation, EMPTY_CONFIG, MediaType } from './media-types.js';
 import { checkTitle } from './safe-path.js';
 import type { BlobSource } from './storage.js';

@@ -1,5 +1,5 @@
 import { isDigest, type Digest } from './digest.js';
-import { RegfsError } from './errors.js';
+import { RegfsError } from '../util/errors.js';
 
 /** RemoteReference names a repository on a registry, optionally a tag and/or a digest. */
 export interface RemoteReference {

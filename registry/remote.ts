@@ -3,7 +3,7 @@ import { CATALOG_SCOPE, readCappedBuffer, repositoryScope } from './auth.js';
 import { hashing, verifying } from './blob-io.js';
 import { digestAlgorithm, digestOf, isDigest, parseDigest, type Digest } from './digest.js';
 import type { Descriptor } from './descriptor.js';
-import { RegfsError } from './errors.js';
+import { RegfsError } from '../util/errors.js';
 import { errorFromBody, header, RegistryTransport, type TransportOptions } from './http-client.js';
 import { parseManifest, normaliseContentType } from './manifest.js';
 import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, MediaType } from './media-types.js';

@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { RegfsError } from './errors.js';
+import { RegfsError } from '../util/errors.js';
+import { ioError } from '../util/errors.js';
 
 /*
  * Layer titles (`org.opencontainers.image.title`) and tar entry names are chosen by whoever pushed the
@@ -61,13 +62,6 @@ function splitRel(rel: string): string[] {
   return checkTitle(rel).split('/');
 }
 
-function ioError(what: string, p: string, err: unknown): RegfsError {
-  const code = (err as NodeJS.ErrnoException | undefined)?.code;
-  return new RegfsError('IO', `${what} ${JSON.stringify(p)}: ${code ?? (err instanceof Error ? err.message : String(err))}`, {
-    cause: err,
-  });
-}
-
 function assertInside(root: string, abs: string, rel: string): void {
   const r = path.relative(root, abs);
   if (r === '..' || r.startsWith('..' + path.sep) || path.isAbsolute(r)) {
@@ -99,7 +93,7 @@ export async function resolveInside(root: string, rel: string): Promise<string> 
         checking = false;
         continue;
       }
-      throw ioError('cannot inspect', cur, err);
+      throw ioError(`cannot inspect ${JSON.stringify(cur)}`, err);
     }
     if (st.isSymbolicLink()) {
       throw unsafe(rel, `component ${JSON.stringify(path.relative(base, cur))} is a symbolic link`);
@@ -125,14 +119,14 @@ export async function mkdirInside(root: string, relDir: string): Promise<string>
       await fsp.mkdir(cur);
       created = true;
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError('cannot create directory', cur, err);
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError(`cannot create directory ${JSON.stringify(cur)}`, err);
     }
     if (created) continue;
     let st;
     try {
       st = await fsp.lstat(cur);
     } catch (err) {
-      throw ioError('cannot inspect', cur, err);
+      throw ioError(`cannot inspect ${JSON.stringify(cur)}`, err);
     }
     if (st.isSymbolicLink()) {
       throw unsafe(relDir, `component ${JSON.stringify(path.relative(base, cur))} is a symbolic link`);

@@ -5,9 +5,10 @@ import { pipeline, Readable, Transform, type TransformCallback } from 'node:stre
 import { createGunzip, createGzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { digestAlgorithm, type Digest } from './digest.js';
-import { RegfsError, isRegfsError } from './errors.js';
+import { RegfsError, isRegfsError } from '../util/errors.js';
 import { checkTitle, mkdirInside, resolveInside } from './safe-path.js';
 import { fsyncDir } from '../util/fs-atomic.js';
+import { ioError } from '../util/errors.js';
 
 /*
  * Directory layers, the ORAS way: oras-go's file store (content/file/utils.go `tarDirectory`) walks the
@@ -53,12 +54,6 @@ type Sink = ReturnType<tar.Pack['entry']>;
 
 const MAX_TAR_MTIME = 0o77777777777; // 11 octal digits; tar-stream also truncates to int32 seconds
 const MAX_INT32 = 2 ** 31 - 1;
-
-function ioError(message: string, err: unknown): RegfsError {
-  if (isRegfsError(err)) return err;
-  const detail = (err as NodeJS.ErrnoException | undefined)?.code ?? (err instanceof Error ? err.message : String(err));
-  return new RegfsError('IO', `${message}: ${detail}`, { cause: err });
-}
 
 function unsafeEntry(name: string, reason: string): RegfsError {
   const shown = JSON.stringify(name.length > 80 ? name.slice(0, 80) + '…' : name);

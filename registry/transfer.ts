@@ -1,15 +1,16 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { isDigest, shortDigest } from './digest.js';
+import { isDigest } from './digest.js';
 import type { Descriptor } from './descriptor.js';
-import { RegfsError } from './errors.js';
+import { RegfsError } from '../util/errors.js';
 import { Annotation, MediaType } from './media-types.js';
 import type { PackedArtifact, PreparedBlob } from './pack.js';
 import { checkTitle, mkdirInside, resolveInside } from './safe-path.js';
 import type { FetchedManifest, ReadableRepository, Repository } from './storage.js';
 import { passThrough, writeStreamAtomic } from './blob-io.js';
 import { extractTarAtomic } from './tar-dir.js';
+import { runLimited } from '../util/limit.js';
 
 /** TransferEvent reports progress of a push or pull, one blob at a time. */
 export type TransferEvent =
@@ -20,24 +21,6 @@ export type TransferEvent =
 /** counting passes a stream through, reporting the running byte count. */
 function counting(src: Readable, onBytes: (n: number) => void): Readable {
   return passThrough(src, () => ({ n: 0 }), (s, chunk) => onBytes((s.n += chunk.length)));
-}
-
-/** runLimited runs tasks with at most `n` at a time, failing fast on the first error. */
-export async function runLimited<T>(items: T[], n: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  let failed: unknown;
-  const worker = async (): Promise<void> => {
-    while (next < items.length && failed === undefined) {
-      const item = items[next++]!;
-      try {
-        await fn(item);
-      } catch (err) {
-        failed ??= err;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(n, items.length)) }, worker));
-  if (failed !== undefined) throw failed;
 }
 
 /** pushArtifact uploads the blobs of a packed artifact (skipping ones present), then the manifest under each tag. */
@@ -131,7 +114,3 @@ async function exists(p: string): Promise<boolean> {
   }
 }
 
-/** describeBlob renders `<12 hex> <name>` as ORAS prints it. */
-export function describeBlob(name: string, desc: Descriptor): string {
-  return `${shortDigest(desc.digest)} ${name}`;
-}

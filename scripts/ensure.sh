@@ -27,7 +27,7 @@ fi
 
 # Build only when a source file is newer than the last build.
 stamp=dist/.build-stamp
-if [ ! -f "$stamp" ] || [ -n "$(find types util registry cache mount daemon cli test bench scripts tsconfig.json package.json -newer "$stamp" \( -name '*.ts' -o -name '*.json' \) -print -quit 2>/dev/null)" ]; then
+if [ ! -f "$stamp" ] || [ -n "$(find types util registry cache staging mount daemon cli lab test bench scripts tsconfig.json package.json -newer "$stamp" \( -name '*.ts' -o -name '*.json' \) -print -quit 2>/dev/null)" ]; then
   echo "regfs: building" >&2
   # A clean build: a stale dist/ file (a removed test or module) must never run.
   rm -rf dist

@@ -1,8 +1,8 @@
 import test from 'ava';
 import { chmod, readFile, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { startRegistry } from './support/registry.js';
-import { cliEnv, runCli, tempDir } from './support/cli.js';
+import { startRegistry } from '../lab/registry.js';
+import { cliEnv, runCli, tempDir } from '../lab/cli.js';
 import { RemoteRegistry } from '../registry/remote.js';
 import { packArtifact } from '../registry/pack.js';
 import { pushArtifact } from '../registry/transfer.js';

@@ -1,8 +1,8 @@
 import test from 'ava';
 import { readFile, writeFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { startRegistry } from './support/registry.js';
-import { cliEnv, runCli, tempDir } from './support/cli.js';
+import { startRegistry } from '../lab/registry.js';
+import { cliEnv, runCli, tempDir } from '../lab/cli.js';
 
 // The walk-through of "Push and pull OCI artifacts using an Azure container registry", word for
 // word with regfs in place of oras (and of `az acr repository show/delete`), against a registry

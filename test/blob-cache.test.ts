@@ -8,12 +8,12 @@ import { Readable } from 'node:stream';
 import { BlobCache, type BlobCacheOptions } from '../cache/blob-cache.js';
 import type { Descriptor } from '../registry/descriptor.js';
 import { digestHex, type Digest } from '../registry/digest.js';
-import { RegfsError } from '../registry/errors.js';
+import { RegfsError } from '../util/errors.js';
 import { currentBootId } from '../cache/range-map-file.js';
 import { RemoteRegistry } from '../registry/remote.js';
 import type { ByteRange, FetchedManifest, ListOptions, ReadableRepository } from '../registry/storage.js';
-import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
-import { startRegistry, type StartedRegistry } from './support/registry.js';
+import { startFaultProxy, type FaultProxy } from '../lab/fault-proxy.js';
+import { startRegistry, type StartedRegistry } from '../lab/registry.js';
 
 const MiB = 1024 * 1024;
 const REPO = 'cache/test';

@@ -10,9 +10,9 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readFile, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { startRegistry } from './support/registry.js';
-import { startFaultProxy } from './support/fault-proxy.js';
-import { cliEnv, REGFS_BIN, runCli, tempDir } from './support/cli.js';
+import { startRegistry } from '../lab/registry.js';
+import { startFaultProxy } from '../lab/fault-proxy.js';
+import { cliEnv, REGFS_BIN, runCli, tempDir } from '../lab/cli.js';
 
 const sha = (b: Buffer | string): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 

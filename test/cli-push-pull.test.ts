@@ -2,8 +2,8 @@ import test from 'ava';
 import { createHash } from 'node:crypto';
 import { mkdir, readFile, writeFile, readdir, stat, symlink } from 'node:fs/promises';
 import path from 'node:path';
-import { startRegistry } from './support/registry.js';
-import { cliEnv, runCli, tempDir } from './support/cli.js';
+import { startRegistry } from '../lab/registry.js';
+import { cliEnv, runCli, tempDir } from '../lab/cli.js';
 
 const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
 

@@ -10,8 +10,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { ControlClient } from '../cli/daemon-client.js';
 import { startControlServer, type Routes } from '../daemon/control.js';
-import { RegfsError } from '../registry/errors.js';
-import { REGFS_BIN } from './support/cli.js';
+import { RegfsError } from '../util/errors.js';
+import { REGFS_BIN } from '../lab/cli.js';
 
 const ping: Routes = { 'GET /ping': async () => ({ pid: process.pid }) };
 

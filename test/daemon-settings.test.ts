@@ -3,7 +3,7 @@ import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import os from 'node:os';
 import path from 'node:path';
 import { defaultPaths, loadConfigFile, resolveConfig, syncEndpoint, updateConfigSyncs, validateConfig, type SyncConfig } from '../daemon/settings.js';
-import { RegfsError } from '../registry/errors.js';
+import { RegfsError } from '../util/errors.js';
 
 test('defaults follow XDG, with root and per-user fallbacks', (t) => {
   t.deepEqual(defaultPaths({}, 0), { cacheDir: '/var/cache/regfs', stateDir: '/var/lib/regfs', socket: '/run/regfs/control.sock' });

@@ -2,12 +2,12 @@ import test from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readFile, rename, stat, utimes, writeFile, cp } from 'node:fs/promises';
 import path from 'node:path';
-import { startRegistry } from './support/registry.js';
-import { startFaultProxy } from './support/fault-proxy.js';
-import { cliEnv, runCli, tempDir } from './support/cli.js';
-import { startDaemon, waitFor } from './support/daemon.js';
-import { isMounted, sh } from './support/mount.js';
-import { skopeoInspect } from './support/skopeo.js';
+import { startRegistry } from '../lab/registry.js';
+import { startFaultProxy } from '../lab/fault-proxy.js';
+import { cliEnv, runCli, tempDir } from '../lab/cli.js';
+import { startDaemon, waitFor } from '../lab/daemon.js';
+import { isMounted, sh } from '../lab/mount.js';
+import { skopeoInspect } from '../lab/skopeo.js';
 
 const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
 
@@ -201,7 +201,7 @@ test('SIGHUP reloads the config (adds a mount); SIGTERM with pushes pending exit
   const common = { cacheDir: path.join(base, 'cache'), stateDir: path.join(base, 'state'), socket: path.join(base, 'run/control.sock'), quietSeconds: 0.5 };
   await writeFile(cfg, JSON.stringify({ ...common, mounts: [{ source: proxy.host, mountpoint: m1, staging }] }));
   const { spawn } = await import('node:child_process');
-  const { REGFS_BIN } = await import('./support/cli.js');
+  const { REGFS_BIN } = await import('../lab/cli.js');
   const start = () => {
     // m3 comes from flags, not the file: a SIGHUP must leave it mounted.
     const child = spawn(process.execPath, [REGFS_BIN, 'daemon', '--config', cfg, '--source', proxy.host, '--mountpoint', m3], { stdio: ['ignore', 'pipe', 'pipe'] });

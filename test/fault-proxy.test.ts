@@ -3,9 +3,9 @@ import { execFile, execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import http from 'node:http';
 import { Readable } from 'node:stream';
-import { startHeaderRecorder } from './support/blob-server.js';
-import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
-import { startRegistry, withTimeout, type StartedRegistry } from './support/registry.js';
+import { startHeaderRecorder } from '../lab/blob-server.js';
+import { startFaultProxy, type FaultProxy } from '../lab/fault-proxy.js';
+import { startRegistry, withTimeout, type StartedRegistry } from '../lab/registry.js';
 
 const REPO = 'r';
 const BLOB_SIZE = 1024 * 1024 + 333;
@@ -574,7 +574,7 @@ test('endlessBody keeps sending until the client aborts', async (t) => {
 test('close() leaves nothing keeping the event loop alive', async (t) => {
   // A separate node process: start upstream + proxy, leave a stalled, an endless and a keep-alive
   // connection open, close, and check that the process exits on its own.
-  const modUrl = new URL('./support/fault-proxy.js', import.meta.url).href;
+  const modUrl = new URL('../lab/fault-proxy.js', import.meta.url).href;
   const script = `
     import http from 'node:http';
     const { startFaultProxy } = await import(${JSON.stringify(modUrl)});

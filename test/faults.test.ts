@@ -15,15 +15,15 @@ import tar from 'tar-stream';
 import { BlobCache } from '../cache/blob-cache.js';
 import type { Descriptor } from '../registry/descriptor.js';
 import { digestOf } from '../registry/digest.js';
-import { RegfsError } from '../registry/errors.js';
+import { RegfsError } from '../util/errors.js';
 import { EMPTY_CONFIG, MediaType } from '../registry/media-types.js';
 import { RemoteRegistry } from '../registry/remote.js';
-import { cliEnv, runCli, tempDir } from './support/cli.js';
-import { startHeaderRecorder } from './support/blob-server.js';
-import { startDaemon, waitFor, type StartedDaemon } from './support/daemon.js';
-import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
-import { sh, startMount } from './support/mount.js';
-import { startRegistry } from './support/registry.js';
+import { cliEnv, runCli, tempDir } from '../lab/cli.js';
+import { startHeaderRecorder } from '../lab/blob-server.js';
+import { startDaemon, waitFor, type StartedDaemon } from '../lab/daemon.js';
+import { startFaultProxy, type FaultProxy } from '../lab/fault-proxy.js';
+import { sh, startMount } from '../lab/mount.js';
+import { startRegistry } from '../lab/registry.js';
 
 const MiB = 1024 * 1024;
 

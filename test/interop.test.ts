@@ -4,9 +4,9 @@ import { createHash } from 'node:crypto';
 import { readFile, readdir, writeFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { startRegistry } from './support/registry.js';
-import { startFaultProxy } from './support/fault-proxy.js';
-import { cliEnv, runCli, tempDir } from './support/cli.js';
+import { startRegistry } from '../lab/registry.js';
+import { startFaultProxy } from '../lab/fault-proxy.js';
+import { cliEnv, runCli, tempDir } from '../lab/cli.js';
 
 const exec = promisify(execFile);
 const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');

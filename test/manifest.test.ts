@@ -1,6 +1,6 @@
 import test from 'ava';
 import { parseManifest } from '../registry/manifest.js';
-import { RegfsError } from '../registry/errors.js';
+import { RegfsError } from '../util/errors.js';
 import { MediaType, EMPTY_CONFIG } from '../registry/media-types.js';
 import { digestOf, Verifier } from '../registry/digest.js';
 

@@ -3,11 +3,11 @@ import { Readable } from 'node:stream';
 import { MetadataCache, type MetadataCacheOptions } from '../cache/metadata-cache.js';
 import type { Descriptor } from '../registry/descriptor.js';
 import { digestOf } from '../registry/digest.js';
-import { RegfsError } from '../registry/errors.js';
+import { RegfsError } from '../util/errors.js';
 import { RemoteRegistry, type RemoteRepository } from '../registry/remote.js';
 import type { Logger } from '../util/log.js';
-import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
-import { startRegistry, type StartedRegistry } from './support/registry.js';
+import { startFaultProxy, type FaultProxy } from '../lab/fault-proxy.js';
+import { startRegistry, type StartedRegistry } from '../lab/registry.js';
 
 const TTL = 200;
 const MANIFEST_TYPE = 'application/vnd.oci.image.manifest.v1+json';

@@ -2,12 +2,12 @@ import test from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import { appendFile, chmod, chown, link, mkdir, open, readFile, readdir, rename, rmdir, stat, symlink, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { startRegistry } from './support/registry.js';
-import { startFaultProxy } from './support/fault-proxy.js';
-import { cliEnv, runCli, tempDir } from './support/cli.js';
-import { startDaemon, waitFor } from './support/daemon.js';
-import { sh, startMount } from './support/mount.js';
-import { skopeoInspect, skopeoTags, type SkopeoManifest } from './support/skopeo.js';
+import { startRegistry } from '../lab/registry.js';
+import { startFaultProxy } from '../lab/fault-proxy.js';
+import { cliEnv, runCli, tempDir } from '../lab/cli.js';
+import { startDaemon, waitFor } from '../lab/daemon.js';
+import { sh, startMount } from '../lab/mount.js';
+import { skopeoInspect, skopeoTags, type SkopeoManifest } from '../lab/skopeo.js';
 import { resolveConfig, validateConfig } from '../daemon/settings.js';
 
 const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');

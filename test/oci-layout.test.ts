@@ -9,7 +9,7 @@ import { gunzipSync } from 'node:zlib';
 import { promisify } from 'node:util';
 import type { Descriptor } from '../registry/descriptor.js';
 import { digestHex, digestOf } from '../registry/digest.js';
-import { RegfsError } from '../registry/errors.js';
+import { RegfsError } from '../util/errors.js';
 import { MediaType } from '../registry/media-types.js';
 import { OciLayoutRepository, OciLayoutStore, REF_NAME_ANNOTATION, sanitizeRepositoryName } from '../registry/oci-layout.js';
 

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { RangeSet, type ByteSpan } from '../cache/range-set.js';
-import { RegfsError } from '../registry/errors.js';
+import { RegfsError } from '../util/errors.js';
 
 function set(...pairs: Array<[number, number]>): RangeSet {
   const s = new RangeSet();

@@ -1,7 +1,7 @@
 import test from 'ava';
 import { parseReference, referenceString, isLoopbackHost, parseRegistryHost } from '../registry/reference.js';
 import { parseDigest } from '../registry/digest.js';
-import { RegfsError } from '../registry/errors.js';
+import { RegfsError } from '../util/errors.js';
 
 const HEX = 'a'.repeat(64);
 

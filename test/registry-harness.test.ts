@@ -2,7 +2,7 @@ import test from 'ava';
 import { createHash } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import https from 'node:https';
-import { freePort, startRegistry, withTimeout, type StartedRegistry } from './support/registry.js';
+import { freePort, startRegistry, withTimeout, type StartedRegistry } from '../lab/registry.js';
 
 function basic(user: string, pass: string): string {
   return 'Basic ' + Buffer.from(`${user}:${pass}`).toString('base64');

@@ -1,13 +1,13 @@
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
-import { startRegistry } from './support/registry.js';
-import { startFaultProxy } from './support/fault-proxy.js';
+import { startRegistry } from '../lab/registry.js';
+import { startFaultProxy } from '../lab/fault-proxy.js';
 import { RemoteRegistry } from '../registry/remote.js';
 import { digestOf } from '../registry/digest.js';
 import { EMPTY_CONFIG, MediaType } from '../registry/media-types.js';
 import type { Descriptor } from '../registry/descriptor.js';
-import { RegfsError } from '../registry/errors.js';
+import { RegfsError } from '../util/errors.js';
 
 async function readAll(s: Readable): Promise<Buffer> {
   const chunks: Buffer[] = [];

@@ -7,7 +7,7 @@ import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import type { Digest } from '../registry/digest.js';
-import { RegfsError } from '../registry/errors.js';
+import { RegfsError } from '../util/errors.js';
 import { checkTitle, mkdirInside, resolveInside } from '../registry/safe-path.js';
 import { extractTar, extractTarAtomic, packDirectory, packDirectoryGzip } from '../registry/tar-dir.js';
 

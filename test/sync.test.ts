@@ -8,11 +8,11 @@ import { openSource } from '../registry/open.js';
 import { packArtifact } from '../registry/pack.js';
 import { isTag, parseReference } from '../registry/reference.js';
 import { pushArtifact } from '../registry/transfer.js';
-import { cliEnv, runCli, tempDir } from './support/cli.js';
-import { startDaemon, waitFor, type StartedDaemon } from './support/daemon.js';
-import { startFaultProxy } from './support/fault-proxy.js';
-import { startRegistry } from './support/registry.js';
-import { skopeoInspect, skopeoTags } from './support/skopeo.js';
+import { cliEnv, runCli, tempDir } from '../lab/cli.js';
+import { startDaemon, waitFor, type StartedDaemon } from '../lab/daemon.js';
+import { startFaultProxy } from '../lab/fault-proxy.js';
+import { startRegistry } from '../lab/registry.js';
+import { skopeoInspect, skopeoTags } from '../lab/skopeo.js';
 
 const sha = (b: Buffer | string): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 type T = ExecutionContext;

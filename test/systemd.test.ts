@@ -3,7 +3,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { chmod, copyFile, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { cliEnv, runCli, tempDir } from './support/cli.js';
+import { cliEnv, runCli, tempDir } from '../lab/cli.js';
 
 // The compiled file is dist/test/systemd.test.js: the repository root is three levels up.
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');

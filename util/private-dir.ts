@@ -1,5 +1,5 @@
 import { promises as fsp } from 'node:fs';
-import { RegfsError } from '../registry/errors.js';
+import { RegfsError } from './errors.js';
 
 /**
  * ensurePrivateDir creates `dir` (mode 0700) unless present, then checks it is a real directory (not a

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { RegfsError } from '../../registry/errors.js';
+import { RegfsError } from '../../util/errors.js';
 import { createLogger } from '../../util/log.js';
 import { humanBytes } from '../output.js';
 import { addFormatOption } from '../context.js';

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { CredentialStore } from '../../registry/credentials.js';
-import { RegfsError } from '../../registry/errors.js';
+import { RegfsError } from '../../util/errors.js';
 import { parseRegistryHost } from '../../registry/reference.js';
 import { RemoteRegistry } from '../../registry/remote.js';
 import { addRemoteOptions } from '../context.js';

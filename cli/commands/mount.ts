@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import path from 'node:path';
-import { RegfsError } from '../../registry/errors.js';
+import { RegfsError } from '../../util/errors.js';
 import { createLogger } from '../../util/log.js';
 import { defaultPaths, parseSizeValue } from '../../daemon/settings.js';
 import { addRemoteOptions } from '../context.js';

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { RegfsError } from '../../registry/errors.js';
+import { RegfsError } from '../../util/errors.js';
 import { packArtifact, parseAnnotationArgs, parseFileArg } from '../../registry/pack.js';
 import { isTag, referenceString } from '../../registry/reference.js';
 import { pullArtifact, pushArtifact } from '../../registry/transfer.js';

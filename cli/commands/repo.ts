@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { writeStreamAtomic } from '../../registry/blob-io.js';
-import { RegfsError } from '../../registry/errors.js';
+import { RegfsError } from '../../util/errors.js';
 import { Annotation } from '../../registry/media-types.js';
 import { artifactTypeOf } from '../../registry/manifest.js';
 import { referenceString } from '../../registry/reference.js';

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import path from 'node:path';
-import { RegfsError } from '../../registry/errors.js';
+import { RegfsError } from '../../util/errors.js';
 import { ExitCode } from '../exit-codes.js';
 import { action, exitState } from '../run.js';
 import { client, renderSyncPair, socketOption, type SyncPairView } from './daemon.js';

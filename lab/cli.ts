@@ -5,7 +5,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 /** REPO_ROOT is the repository root (tests run from dist/test/...). */
-export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
 /** REGFS_BIN is the CLI entry point under test. */
 export const REGFS_BIN = path.join(REPO_ROOT, 'bin', 'regfs');

@@ -47,3 +47,16 @@ export function errorMessage(err: unknown): string {
   if (err instanceof Error) return err.message.split('\n')[0] ?? String(err);
   return String(err);
 }
+
+/** errnoOf returns the `code` of a Node system error (ENOENT, ENOSPC, ...), or undefined. */
+export function errnoOf(err: unknown): string | undefined {
+  return typeof err === 'object' && err !== null && 'code' in err && typeof (err as { code: unknown }).code === 'string'
+    ? (err as { code: string }).code
+    : undefined;
+}
+
+/** ioError passes a RegfsError through and wraps anything else as an IO error `<what>: <cause's first line>`. */
+export function ioError(what: string, err: unknown): RegfsError {
+  if (err instanceof RegfsError) return err;
+  return new RegfsError('IO', `${what}: ${errorMessage(err)}`, { cause: err });
+}
