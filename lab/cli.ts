@@ -57,8 +57,15 @@ export async function tempDir(t: { teardown(fn: () => unknown): void }, prefix =
   return dir;
 }
 
-/** cliEnv returns an environment with its own empty docker config directory, so tests never read the user's credentials. */
+/**
+ * cliEnv returns an environment with its own empty docker config directory and XDG config home
+ * (podman/skopeo's ~/.config/containers/auth.json), so tests never read the user's credentials;
+ * an inherited XDG_RUNTIME_DIR (podman's $XDG_RUNTIME_DIR/containers/auth.json) is replaced too.
+ */
 export async function cliEnv(t: { teardown(fn: () => unknown): void }): Promise<{ env: Record<string, string>; configDir: string }> {
   const configDir = await tempDir(t, 'regfs-dockercfg-');
-  return { env: { DOCKER_CONFIG: configDir }, configDir };
+  const xdg = await tempDir(t, 'regfs-xdg-');
+  const env: Record<string, string> = { DOCKER_CONFIG: configDir, XDG_CONFIG_HOME: path.join(xdg, 'config') };
+  if (process.env.XDG_RUNTIME_DIR) env.XDG_RUNTIME_DIR = path.join(xdg, 'run');
+  return { env, configDir };
 }

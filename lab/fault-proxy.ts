@@ -20,6 +20,12 @@ export interface FaultRule {
   path?: string | RegExp;
   /** times is how many matching requests it applies to (default: unlimited); skipped once used up. */
   times?: number;
+  /**
+   * everyNth makes the rule apply only to the Nth, 2Nth, 3Nth... request it matches (counted per rule,
+   * from the first match); the others fall through to later rules or are forwarded. With `times`,
+   * `times` counts the requests it applied to. E.g. `{ everyNth: 3, status: 429, headers: { 'Retry-After': '1' } }`.
+   */
+  everyNth?: number;
   /** latencyMs delays the request before it is handled (combinable with every other action). */
   latencyMs?: number;
   /** stall accepts the request (its body is drained) and never answers; the socket dies at close(). */
@@ -32,6 +38,8 @@ export interface FaultRule {
   status?: number;
   /** headers are extra response headers for `status` answers (e.g. Retry-After). */
   headers?: Record<string, string>;
+  /** errorCode is the distribution error code in the JSON body of a `status` answer (default "UNAVAILABLE"). */
+  errorCode?: string;
   /** flipByteAt forwards the response but XORs 0xff into the body byte at this offset. */
   flipByteAt?: number;
   /** ignoreRange strips Range/If-Range before forwarding, so upstream answers 200 with the whole body. */
@@ -122,8 +130,38 @@ function matches(m: string | RegExp | undefined, value: string, caseInsensitive:
   return m.test(value);
 }
 
-function errorBody(message: string): string {
-  return JSON.stringify({ errors: [{ code: 'UNAVAILABLE', message }] });
+function errorBody(message: string, code = 'UNAVAILABLE'): string {
+  return JSON.stringify({ errors: [{ code, message }] });
+}
+
+/** CATALOG_PATH matches `/v2/_catalog` with or without a query. */
+export const CATALOG_PATH = /^\/v2\/_catalog(?:\?|$)/;
+
+/** CatalogRefusal is how a registry refuses the catalog: 404 (Docker Hub, GHCR), 401 without a challenge, 401 with a Bearer challenge. */
+export type CatalogRefusal = 'not-found' | 'unauthorized' | 'challenge';
+
+/**
+ * refuseCatalog builds a rule that answers every catalog request the way `mode` says. For
+ * 'challenge', `challenge` gives the realm and service of the Bearer challenge (default: a realm on
+ * the proxy that does not exist); the scope is `registry:catalog:*`, so a client that fetches a
+ * token and retries is refused again, as registries do that never grant the catalog.
+ */
+export function refuseCatalog(mode: CatalogRefusal, challenge: { realm: string; service: string } = { realm: 'http://127.0.0.1:9/token', service: 'regfs-refused-catalog' }): FaultRule {
+  const path = CATALOG_PATH;
+  if (mode === 'not-found') return { method: 'GET', path, status: 404, errorCode: 'NOT_FOUND' };
+  if (mode === 'unauthorized') return { method: 'GET', path, status: 401, errorCode: 'UNAUTHORIZED' };
+  return {
+    method: 'GET',
+    path,
+    status: 401,
+    errorCode: 'UNAUTHORIZED',
+    headers: { 'WWW-Authenticate': `Bearer realm="${challenge.realm}",service="${challenge.service}",scope="registry:catalog:*"` },
+  };
+}
+
+/** rateLimitEveryNth builds a rule answering 429 with `Retry-After: retryAfterSeconds` to every Nth matching request. */
+export function rateLimitEveryNth(n: number, retryAfterSeconds: number, match: { method?: string | RegExp; path?: string | RegExp } = {}): FaultRule {
+  return { ...match, everyNth: n, status: 429, errorCode: 'TOOMANYREQUESTS', headers: { 'Retry-After': String(retryAfterSeconds) } };
 }
 
 /** Close a client socket after everything already written is flushed (FIN, then destroy). */
@@ -148,6 +186,7 @@ export async function startFaultProxy(
   const timers = new Set<NodeJS.Timeout>();
   const inflight = new Set<http.ClientRequest>();
   const used = new WeakMap<FaultRule, number>();
+  const seen = new WeakMap<FaultRule, number>();
   let closing = false;
   let closed: Promise<void> | undefined;
   let total = 0;
@@ -162,6 +201,11 @@ export async function startFaultProxy(
       if (!matches(r.method, method, true) || !matches(r.path, p, false)) continue;
       const n = used.get(r) ?? 0;
       if (r.times !== undefined && n >= r.times) continue;
+      if (r.everyNth !== undefined) {
+        const k = (seen.get(r) ?? 0) + 1;
+        seen.set(r, k);
+        if (k % r.everyNth !== 0) continue;
+      }
       used.set(r, n + 1);
       return { rule: r, index: i };
     }
@@ -421,7 +465,7 @@ export async function startFaultProxy(
     }
     if (rule.status !== undefined) {
       req.resume();
-      answer(res, rec, rule.status, { 'Content-Type': 'application/json', ...(rule.headers ?? {}) }, errorBody('injected'));
+      answer(res, rec, rule.status, { 'Content-Type': 'application/json', ...(rule.headers ?? {}) }, errorBody('injected', rule.errorCode));
       return;
     }
     if (rule.redirectTo !== undefined) {

@@ -1,10 +1,11 @@
 /**
  * Test support: start a throw-away CNCF distribution (Debian `docker-registry`, 2.8.2) instance
  * in one of several flavours (plain HTTP, htpasswd basic auth, bearer-token auth with an in-process
- * token server, HTTPS with a private CA), plus small helpers for tests.
+ * token server (lab/token-server.ts), HTTPS with a private CA), optionally with blob GETs redirected
+ * to an nginx "storage host" (lab/blob-host.ts), plus small helpers for tests.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { createSign, randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
@@ -12,6 +13,12 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { startBlobHost, type BlobHost } from './blob-host.js';
+import { startTokenServer, TEST_USERNAME, TOKEN_ISSUER, TOKEN_SERVICE, type TokenServer, type TokenServerHandle } from './token-server.js';
+
+export { TEST_USERNAME, TOKEN_ISSUER, TOKEN_SERVICE, DEFAULT_PUBLIC_NAMESPACE } from './token-server.js';
+export type { TokenServer, TokenRequest, TokenPolicy, TokenGrants, IssuedToken, AccessEntry } from './token-server.js';
+export type { BlobHost, BlobHostRequest } from './blob-host.js';
 
 const execFileP = promisify(execFile);
 
@@ -28,15 +35,17 @@ export interface StartedRegistry {
   dir: string;
   /** username is set for the basic and token flavours ("regfs-user"). */
   username?: string;
-  /** password is random per start, set for the basic and token flavours. */
-  password?: string;
+  /** password is random per start, set for the basic and token flavours (token: the current one, after setPassword). */
+  readonly password?: string;
   /** caFile is (tls flavour) the PEM file of the CA that signed the server certificate. */
   caFile?: string;
   /** tokenServer is (token flavour) the in-process token server. */
   tokenServer?: TokenServer;
+  /** blobHost is (redirect option) the nginx that blob GETs and HEADs are redirected to. */
+  blobHost?: BlobHost;
   /** pid is the current registry child's pid (changes after restart). */
   readonly pid: number;
-  /** stop kills only its own child (SIGTERM, SIGKILL after 3 s), closes the token server, removes dir; idempotent. */
+  /** stop kills only its own children (SIGTERM, SIGKILL after 3 s; nginx too), closes the token server, removes dir; idempotent. */
   stop(): Promise<void>;
   /** restart stops the process (keeping storage) and starts it again on the same port, waiting until ready. */
   restart(): Promise<void>;
@@ -44,34 +53,6 @@ export interface StartedRegistry {
   kill(): Promise<void>;
   /** logs returns the combined stdout/stderr of the registry so far (capped at 1 MiB, newest kept). */
   logs(): string;
-}
-
-/** TokenRequest is one request seen by the token server. */
-export interface TokenRequest {
-  /** method is the HTTP method ("GET" or "POST"). */
-  method: string;
-  /** query is the parsed query string (repeated keys become arrays). */
-  query: Record<string, string | string[]>;
-  /** form is the parsed urlencoded body of a POST. */
-  form?: Record<string, string>;
-  /** authorization is the raw Authorization header, if any. */
-  authorization?: string;
-}
-
-/** TokenServer is the in-process Docker-token-spec auth server used by the token flavour. */
-export interface TokenServer {
-  /** url is the realm URL, e.g. "http://127.0.0.1:PORT/token". */
-  url: string;
-  /** requests lists every request received, in order. */
-  requests: TokenRequest[];
-  /** issuedTokens lists every access token handed out. */
-  issuedTokens: string[];
-  /** tokenLifetimeSeconds is the lifetime of newly issued tokens (settable; default 300). */
-  tokenLifetimeSeconds: number;
-  /** refreshTokens is the set of refresh tokens it accepts (each acts as the configured user). */
-  refreshTokens: Set<string>;
-  /** down makes the server answer every request with 503 while true. */
-  down: boolean;
 }
 
 /** StartOptions configures startRegistry. */
@@ -82,14 +63,12 @@ export interface StartOptions {
   deleteEnabled?: boolean;
   /** tagListPageSize is not supported by distribution 2.8.2 configuration. */
   tagListPageSize?: never;
+  /**
+   * redirect configures distribution's `redirect` storage middleware so blob GETs and HEADs answer
+   * 307 to an nginx on another loopback port serving the storage root (combinable with every flavour).
+   */
+  redirect?: boolean;
 }
-
-/** TOKEN_SERVICE is the `service` the token-flavour registry expects in tokens. */
-export const TOKEN_SERVICE = 'regfs-test-registry';
-/** TOKEN_ISSUER is the `iss` the token-flavour registry expects in tokens. */
-export const TOKEN_ISSUER = 'regfs-test-issuer';
-/** TEST_USERNAME is the user name of the basic and token flavours. */
-export const TEST_USERNAME = 'regfs-user';
 
 const REGISTRY_BIN = '/usr/bin/docker-registry';
 const LOG_CAP = 1024 * 1024;
@@ -148,22 +127,6 @@ export async function freePort(): Promise<number> {
 // ---------------------------------------------------------------------------------------------
 // small helpers
 
-function b64url(buf: Buffer | string): string {
-  return Buffer.from(buf).toString('base64url');
-}
-
-function pemToDerBase64(pem: string): string {
-  const m = /-----BEGIN CERTIFICATE-----([\s\S]+?)-----END CERTIFICATE-----/.exec(pem);
-  if (!m) throw new Error('no certificate in PEM');
-  return m[1]!.replace(/\s+/g, '');
-}
-
-function safeEqual(a: string, b: string): boolean {
-  const ab = Buffer.from(a);
-  const bb = Buffer.from(b);
-  return ab.length === bb.length && timingSafeEqual(ab, bb);
-}
-
 async function run(cmd: string, args: string[], cwd: string): Promise<string> {
   try {
     const { stdout } = await execFileP(cmd, args, { cwd, maxBuffer: 16 * 1024 * 1024 });
@@ -196,201 +159,6 @@ function delay(ms: number): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// token server
-
-interface AccessEntry {
-  type: string;
-  name: string;
-  actions: string[];
-}
-
-/** parseScope splits "type:name:actions" at the first and the LAST ':' (names may contain ':' and '/'). */
-function parseScope(scope: string): AccessEntry | undefined {
-  const first = scope.indexOf(':');
-  const last = scope.lastIndexOf(':');
-  if (first < 0 || last <= first) return undefined;
-  const actions = scope
-    .slice(last + 1)
-    .split(',')
-    .map((a) => a.trim())
-    .filter((a) => a !== '');
-  return { type: scope.slice(0, first), name: scope.slice(first + 1, last), actions };
-}
-
-interface TokenServerHandle {
-  server: TokenServer;
-  close(): Promise<void>;
-}
-
-async function startTokenServer(keyPem: string, certPem: string, username: string, password: string): Promise<TokenServerHandle> {
-  const x5c = [pemToDerBase64(certPem)];
-  const state: TokenServer = {
-    url: '',
-    requests: [],
-    issuedTokens: [],
-    tokenLifetimeSeconds: 300,
-    refreshTokens: new Set<string>(),
-    down: false,
-  };
-
-  const sign = (sub: string, access: AccessEntry[]): { token: string; expiresIn: number; now: number } => {
-    const now = Math.floor(Date.now() / 1000);
-    const expiresIn = state.tokenLifetimeSeconds;
-    const header = { typ: 'JWT', alg: 'RS256', x5c };
-    const claims = {
-      iss: TOKEN_ISSUER,
-      sub,
-      aud: TOKEN_SERVICE,
-      exp: now + expiresIn,
-      nbf: now - 5,
-      iat: now,
-      jti: randomBytes(16).toString('hex'),
-      access,
-    };
-    const input = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(claims))}`;
-    const sig = createSign('RSA-SHA256').update(input).sign(keyPem);
-    const token = `${input}.${b64url(sig)}`;
-    state.issuedTokens.push(token);
-    return { token, expiresIn, now };
-  };
-
-  const grant = (scopes: string[], authenticated: boolean): AccessEntry[] => {
-    const out: AccessEntry[] = [];
-    for (const s of scopes) {
-      const e = parseScope(s);
-      if (!e) continue;
-      out.push(authenticated ? e : { ...e, actions: e.actions.filter((a) => a === 'pull') });
-    }
-    return out;
-  };
-
-  const splitScopes = (vals: string[]): string[] =>
-    vals.flatMap((v) => v.split(' ')).map((s) => s.trim()).filter((s) => s !== '');
-
-  const send = (res: http.ServerResponse, status: number, body: unknown): void => {
-    const data = JSON.stringify(body);
-    res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(data) });
-    res.end(data);
-  };
-  const unauthorized = (res: http.ServerResponse, message = 'authentication failed'): void =>
-    send(res, 401, { errors: [{ code: 'UNAUTHORIZED', message }] });
-
-  const srv = http.createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      try {
-        const u = new URL(req.url ?? '/', 'http://127.0.0.1');
-        const query: Record<string, string | string[]> = {};
-        for (const k of new Set(u.searchParams.keys())) {
-          const all = u.searchParams.getAll(k);
-          query[k] = all.length === 1 ? all[0]! : all;
-        }
-        const method = req.method ?? 'GET';
-        const record: TokenRequest = { method, query };
-        if (req.headers.authorization !== undefined) record.authorization = req.headers.authorization;
-        let form: URLSearchParams | undefined;
-        if (method === 'POST') {
-          form = new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
-          record.form = Object.fromEntries(form.entries());
-        }
-        state.requests.push(record);
-
-        if (state.down) {
-          send(res, 503, { errors: [{ code: 'UNAVAILABLE', message: 'token server down' }] });
-          return;
-        }
-        if (u.pathname !== '/token') {
-          send(res, 404, { errors: [{ code: 'NOT_FOUND', message: 'not found' }] });
-          return;
-        }
-
-        if (method === 'GET') {
-          let sub = '';
-          const auth = req.headers.authorization;
-          if (auth !== undefined && /^basic /i.test(auth)) {
-            const decoded = Buffer.from(auth.slice(6).trim(), 'base64').toString('utf8');
-            const idx = decoded.indexOf(':');
-            const u0 = idx < 0 ? decoded : decoded.slice(0, idx);
-            const p0 = idx < 0 ? '' : decoded.slice(idx + 1);
-            if (!safeEqual(u0, username) || !safeEqual(p0, password)) {
-              unauthorized(res);
-              return;
-            }
-            sub = username;
-          }
-          const access = grant(splitScopes(u.searchParams.getAll('scope')), sub !== '');
-          const { token, expiresIn, now } = sign(sub, access);
-          const body: Record<string, unknown> = {
-            token,
-            access_token: token,
-            expires_in: expiresIn,
-            issued_at: new Date(now * 1000).toISOString(),
-          };
-          if (sub !== '' && u.searchParams.get('offline_token') === 'true') {
-            const rt = randomBytes(24).toString('hex');
-            state.refreshTokens.add(rt);
-            body.refresh_token = rt;
-          }
-          send(res, 200, body);
-          return;
-        }
-
-        if (method === 'POST' && form) {
-          const scopes = splitScopes(form.getAll('scope'));
-          const grantType = form.get('grant_type');
-          let refresh: string | undefined;
-          if (grantType === 'password') {
-            if (!safeEqual(form.get('username') ?? '', username) || !safeEqual(form.get('password') ?? '', password)) {
-              unauthorized(res);
-              return;
-            }
-            refresh = randomBytes(24).toString('hex');
-            state.refreshTokens.add(refresh);
-          } else if (grantType === 'refresh_token') {
-            const rt = form.get('refresh_token') ?? '';
-            if (!state.refreshTokens.has(rt)) {
-              unauthorized(res, 'invalid refresh token');
-              return;
-            }
-            refresh = rt;
-          } else {
-            send(res, 400, { errors: [{ code: 'UNSUPPORTED', message: `unsupported grant_type ${grantType ?? ''}` }] });
-            return;
-          }
-          const { token, expiresIn, now } = sign(username, grant(scopes, true));
-          send(res, 200, {
-            access_token: token,
-            expires_in: expiresIn,
-            issued_at: new Date(now * 1000).toISOString(),
-            refresh_token: refresh,
-          });
-          return;
-        }
-        send(res, 405, { errors: [{ code: 'UNSUPPORTED', message: 'method not allowed' }] });
-      } catch (e) {
-        send(res, 500, { errors: [{ code: 'UNKNOWN', message: String(e) }] });
-      }
-    });
-  });
-  srv.keepAliveTimeout = 1000;
-  await new Promise<void>((resolve, reject) => {
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => resolve());
-  });
-  const addr = srv.address() as net.AddressInfo;
-  state.url = `http://127.0.0.1:${addr.port}/token`;
-  return {
-    server: state,
-    close: () =>
-      new Promise<void>((resolve) => {
-        srv.close(() => resolve());
-        srv.closeAllConnections();
-      }),
-  };
-}
-
-// ---------------------------------------------------------------------------------------------
 // config generation
 
 function yamlQuote(s: string): string {
@@ -403,6 +171,7 @@ function buildConfig(o: {
   deleteEnabled: boolean;
   auth?: string;
   tls?: { cert: string; key: string };
+  redirectBaseUrl?: string;
 }): string {
   const lines = [
     'version: 0.1',
@@ -434,11 +203,26 @@ function buildConfig(o: {
     '    enabled: false',
   );
   if (o.auth) lines.push(o.auth);
+  if (o.redirectBaseUrl) {
+    lines.push('middleware:', '  storage:', '    - name: redirect', '      options:', `        baseurl: ${yamlQuote(o.redirectBaseUrl)}`);
+  }
   return lines.join('\n') + '\n';
 }
 
 // ---------------------------------------------------------------------------------------------
 // the registry process
+
+/** startBlobHostRetrying starts nginx on a free port, retrying with another one if it was taken meanwhile. */
+async function startBlobHostRetrying(dir: string, root: string): Promise<BlobHost> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await startBlobHost(dir, root, await freePort());
+    } catch (e) {
+      if (attempt < 3 && /address already in use/i.test(e instanceof Error ? e.message : String(e))) continue;
+      throw e;
+    }
+  }
+}
 
 /** startRegistry starts a fresh registry of the given flavour; registers t.teardown(stop) if t is given. */
 export async function startRegistry(
@@ -458,6 +242,7 @@ export async function startRegistry(
   let caPem: string | undefined;
   let auth: string | undefined;
   let tls: { cert: string; key: string } | undefined;
+  let blobHost: BlobHost | undefined;
 
   try {
     if (flavour === 'basic' || flavour === 'token') {
@@ -517,7 +302,9 @@ export async function startRegistry(
       caPem = await fsp.readFile(caFile, 'utf8');
       tls = { cert: srvCert, key: srvKey };
     }
+    if (opts.redirect) blobHost = await startBlobHostRetrying(path.join(dir, 'nginx'), path.join(dir, 'data'));
   } catch (e) {
+    await blobHost?.stop();
     await tokenHandle?.close();
     await fsp.rm(dir, { recursive: true, force: true });
     throw e;
@@ -545,7 +332,7 @@ export async function startRegistry(
 
   /** Spawn the registry on `port` and wait for readiness; rejects (and reaps) if it dies first. */
   const launch = async (): Promise<void> => {
-    await fsp.writeFile(configFile, buildConfig({ dir, port, deleteEnabled, auth, tls }));
+    await fsp.writeFile(configFile, buildConfig({ dir, port, deleteEnabled, auth, tls, redirectBaseUrl: blobHost?.url }));
     const c = spawn(REGISTRY_BIN, ['serve', configFile], {
       cwd: dir,
       env,
@@ -642,6 +429,7 @@ export async function startRegistry(
     } catch (e) {
       const msg = e instanceof Error ? e.message : String(e);
       if (attempt < 3 && /address already in use/i.test(msg)) continue;
+      await blobHost?.stop();
       await tokenHandle?.close();
       await fsp.rm(dir, { recursive: true, force: true });
       throw e;
@@ -659,6 +447,7 @@ export async function startRegistry(
     stop(): Promise<void> {
       stopped ??= (async () => {
         await terminate();
+        await blobHost?.stop();
         await tokenHandle?.close();
         await fsp.rm(dir, { recursive: true, force: true });
       })();
@@ -678,9 +467,14 @@ export async function startRegistry(
     },
   };
   if (username !== undefined) reg.username = username;
-  if (password !== undefined) reg.password = password;
+  if (password !== undefined) {
+    const initial = password;
+    const ts = tokenHandle?.server;
+    Object.defineProperty(reg, 'password', { enumerable: true, get: () => (ts && username !== undefined ? ts.passwordOf(username) : undefined) ?? initial });
+  }
   if (caFile !== undefined) reg.caFile = caFile;
   if (tokenHandle) reg.tokenServer = tokenHandle.server;
+  if (blobHost) reg.blobHost = blobHost;
   t?.teardown(() => reg.stop());
   return reg;
 }

@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { RegfsError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
+import { DOCKER_HUB, DOCKER_HUB_API_HOST, isDockerHub } from './reference.js';
 
 /** Credential is what regfs presents to a registry: a username and password, or a refresh (identity) token. */
 export interface Credential {
@@ -19,8 +20,13 @@ export type CredentialProvider = (host: string) => Promise<Credential | undefine
 /** ACR_TOKEN_USERNAME is the username under which ACR (`az acr login`) stores a refresh token. */
 export const ACR_TOKEN_USERNAME = '00000000-0000-0000-0000-000000000000';
 
+/** DOCKER_HUB_SERVER is the key docker writes (and helpers are asked about) for Docker Hub. */
+export const DOCKER_HUB_SERVER = 'https://index.docker.io/v1/';
+
+type AuthEntry = { auth?: string; username?: string; password?: string; identitytoken?: string };
+
 interface DockerConfig {
-  auths?: Record<string, { auth?: string; username?: string; password?: string; identitytoken?: string }>;
+  auths?: Record<string, AuthEntry>;
   credsStore?: string;
   credHelpers?: Record<string, string>;
   [k: string]: unknown;
@@ -32,63 +38,84 @@ export function defaultConfigPath(): string {
   return path.join(dir, 'config.json');
 }
 
-/** hostKeys returns the spellings a config file may use for a host (docker writes some with a scheme). */
-function hostKeys(host: string): string[] {
-  const keys = [host, `https://${host}`, `http://${host}`, `https://${host}/v1/`, `https://${host}/v2/`];
-  if (host === 'docker.io' || host === 'registry-1.docker.io') keys.push('https://index.docker.io/v1/');
-  return keys;
+/**
+ * containersAuthPaths lists podman/skopeo's auth files in the order skopeo reads them
+ * (containers-auth.json(5)): `$XDG_RUNTIME_DIR/containers/auth.json`, then
+ * `$XDG_CONFIG_HOME/containers/auth.json` (default `~/.config/containers/auth.json`).
+ */
+export function containersAuthPaths(env: NodeJS.ProcessEnv = process.env): string[] {
+  const out: string[] = [];
+  if (env.XDG_RUNTIME_DIR) out.push(path.join(env.XDG_RUNTIME_DIR, 'containers', 'auth.json'));
+  out.push(path.join(env.XDG_CONFIG_HOME || path.join(env.HOME || os.homedir(), '.config'), 'containers', 'auth.json'));
+  return out;
+}
+
+/** serverAddress is what docker stores a host's credential under and asks helpers about (`https://index.docker.io/v1/` for Docker Hub). */
+export function serverAddress(host: string): string {
+  return isDockerHub(host) ? DOCKER_HUB_SERVER : host;
+}
+
+/**
+ * hostKeys returns the spellings a config file may use for a host (docker writes some with a
+ * scheme); for Docker Hub every alias: `https://index.docker.io/v1/` first, then docker.io
+ * (podman's key), index.docker.io and registry-1.docker.io.
+ */
+export function hostKeys(host: string): string[] {
+  const spell = (h: string): string[] => [h, `https://${h}`, `http://${h}`, `https://${h}/v1/`, `https://${h}/v2/`];
+  if (!isDockerHub(host)) return spell(host);
+  const keys = [DOCKER_HUB_SERVER, ...spell(DOCKER_HUB), ...spell('index.docker.io'), ...spell(DOCKER_HUB_API_HOST)];
+  return [...new Set(keys)];
 }
 
 /** CredentialStore reads and writes a docker-compatible config file, including credential helpers. */
 export class CredentialStore {
-  constructor(readonly configPath: string = defaultConfigPath()) {}
+  /** configPath is the docker-compatible file read first and the only one written. */
+  readonly configPath: string;
+  /** fallbackPaths are read (never written), in order, when configPath has no entry for a host. */
+  readonly fallbackPaths: readonly string[];
 
-  private async load(): Promise<DockerConfig> {
-    let text: string;
-    try {
-      text = await fsp.readFile(this.configPath, 'utf8');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return {};
-      throw new RegfsError('IO', `cannot read registry config ${this.configPath}: ${(err as Error).message}`);
-    }
-    try {
-      const cfg = JSON.parse(text) as unknown;
-      if (typeof cfg !== 'object' || cfg === null || Array.isArray(cfg)) throw new Error('not an object');
-      return cfg as DockerConfig;
-    } catch (err) {
-      throw new RegfsError('INVALID_ARGUMENT', `registry config ${this.configPath} is not valid JSON (${(err as Error).message}); fix or remove it`);
-    }
+  /**
+   * Without configPath the store reads `$DOCKER_CONFIG/config.json` and then podman/skopeo's auth
+   * files (containersAuthPaths); an explicit configPath (--registry-config) is read alone unless
+   * fallbackPaths are given.
+   */
+  constructor(configPath?: string, opts: { fallbackPaths?: readonly string[] } = {}) {
+    this.configPath = configPath ?? defaultConfigPath();
+    this.fallbackPaths = opts.fallbackPaths ?? (configPath === undefined ? containersAuthPaths() : []);
+  }
+
+  private load(): Promise<DockerConfig> {
+    return loadConfig(this.configPath);
   }
 
   private helperFor(cfg: DockerConfig, host: string): string | undefined {
-    return cfg.credHelpers?.[host] ?? cfg.credsStore;
+    for (const key of hostKeys(host)) {
+      const h = cfg.credHelpers?.[key];
+      if (h) return h;
+    }
+    return cfg.credsStore;
   }
 
-  /** get returns the stored credential for host, or undefined. */
+  /** get returns the stored credential for host, or undefined: docker's config (helper or auths), then the fallback files. */
   async get(host: string): Promise<Credential | undefined> {
     const cfg = await this.load();
     const helper = this.helperFor(cfg, host);
     if (helper) {
-      const out = await runHelper(helper, 'get', host);
-      if (out === undefined) return undefined;
-      const parsed = JSON.parse(out) as { Username?: string; Secret?: string };
-      if (!parsed.Secret) return undefined;
-      if (parsed.Username === '<token>') return { refreshToken: parsed.Secret };
-      return normalise({ username: parsed.Username, password: parsed.Secret });
-    }
-    for (const key of hostKeys(host)) {
-      const entry = cfg.auths?.[key];
-      if (!entry) continue;
-      if (entry.identitytoken) return { username: entry.username, refreshToken: entry.identitytoken };
-      let { username, password } = entry;
-      if (entry.auth) {
-        const decoded = Buffer.from(entry.auth, 'base64').toString('utf8');
-        const i = decoded.indexOf(':');
-        if (i < 0) throw new RegfsError('INVALID_ARGUMENT', `registry config ${this.configPath}: auth for ${host} is not base64 of user:password`);
-        username = decoded.slice(0, i);
-        password = decoded.slice(i + 1);
+      const out = await runHelper(helper, 'get', serverAddress(host));
+      if (out !== undefined) {
+        const parsed = JSON.parse(out) as { Username?: string; Secret?: string };
+        if (parsed.Secret) {
+          if (parsed.Username === '<token>') return { refreshToken: parsed.Secret };
+          return normalise({ username: parsed.Username, password: parsed.Secret });
+        }
       }
-      if (username !== undefined || password !== undefined) return normalise({ username, password });
+    } else {
+      const found = fromAuths(cfg, host, this.configPath);
+      if (found) return found;
+    }
+    for (const file of this.fallbackPaths) {
+      const found = fromAuths(await loadConfig(file), host, file);
+      if (found) return found;
     }
     return undefined;
   }
@@ -98,15 +125,16 @@ export class CredentialStore {
     const cfg = await this.load();
     const helper = this.helperFor(cfg, host);
     if (helper) {
+      const server = serverAddress(host);
       const payload = cred.refreshToken
-        ? { ServerURL: host, Username: '<token>', Secret: cred.refreshToken }
-        : { ServerURL: host, Username: cred.username ?? '', Secret: cred.password ?? '' };
+        ? { ServerURL: server, Username: '<token>', Secret: cred.refreshToken }
+        : { ServerURL: server, Username: cred.username ?? '', Secret: cred.password ?? '' };
       await runHelper(helper, 'store', JSON.stringify(payload));
       return;
     }
     cfg.auths ??= {};
     for (const key of hostKeys(host)) delete cfg.auths[key];
-    cfg.auths[host] = cred.refreshToken
+    cfg.auths[serverAddress(host)] = cred.refreshToken
       ? { auth: '', identitytoken: cred.refreshToken }
       : { auth: Buffer.from(`${cred.username ?? ''}:${cred.password ?? ''}`).toString('base64') };
     await this.save(cfg);
@@ -117,7 +145,7 @@ export class CredentialStore {
     const cfg = await this.load();
     const helper = this.helperFor(cfg, host);
     if (helper) {
-      await runHelper(helper, 'erase', host);
+      await runHelper(helper, 'erase', serverAddress(host));
       return true;
     }
     let found = false;
@@ -140,6 +168,44 @@ export class CredentialStore {
   provider(): CredentialProvider {
     return (host) => this.get(host);
   }
+}
+
+/** loadConfig reads a docker config or containers auth.json; a missing file is empty. */
+async function loadConfig(file: string): Promise<DockerConfig> {
+  let text: string;
+  try {
+    text = await fsp.readFile(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return {};
+    throw new RegfsError('IO', `cannot read registry config ${file}: ${(err as Error).message}`);
+  }
+  try {
+    const cfg = JSON.parse(text) as unknown;
+    if (typeof cfg !== 'object' || cfg === null || Array.isArray(cfg)) throw new Error('not an object');
+    return cfg as DockerConfig;
+  } catch (err) {
+    throw new RegfsError('INVALID_ARGUMENT', `registry config ${file} is not valid JSON (${(err as Error).message}); fix or remove it`);
+  }
+}
+
+/** fromAuths returns the credential the `auths` section holds for host under any of its keys, or undefined. */
+function fromAuths(cfg: DockerConfig, host: string, file: string): Credential | undefined {
+  for (const key of hostKeys(host)) {
+    const entry = cfg.auths?.[key];
+    if (!entry) continue;
+    if (entry.identitytoken) return { username: entry.username, refreshToken: entry.identitytoken };
+    let { username, password } = entry;
+    if (entry.auth) {
+      const decoded = Buffer.from(entry.auth, 'base64').toString('utf8');
+      const i = decoded.indexOf(':');
+      if (i < 0) throw new RegfsError('INVALID_ARGUMENT', `registry config ${file}: auth for ${host} is not base64 of user:password`);
+      username = decoded.slice(0, i);
+      password = decoded.slice(i + 1);
+    }
+    if (username !== undefined || password !== undefined) return normalise({ username, password });
+  }
+  return undefined;
 }
 
 /** normalise turns ACR's token-login convention into a refresh token. */

@@ -1,7 +1,7 @@
 import { CredentialStore, type CredentialProvider } from './credentials.js';
 import type { TransportOptions } from './http-client.js';
 import { OciLayoutStore } from './oci-layout.js';
-import { parseRegistryHost } from './reference.js';
+import { parseRegistryHost, registryApiHost } from './reference.js';
 import { RemoteRegistry } from './remote.js';
 import type { Registry } from './storage.js';
 import type { Logger } from '../util/log.js';
@@ -23,10 +23,10 @@ export interface SourceOptions {
 /** MOUNT_TRANSPORT is the transport tuning of a mount: 8 s deadlines, 2 retries within 10 s. */
 export const MOUNT_TRANSPORT: Partial<TransportOptions> = { timeoutMs: 8000, retries: 2, retryBudgetMs: 10_000 };
 
-/** openSource opens `oci:DIR` as a folder of OCI layouts, anything else as a registry host. */
+/** openSource opens `oci:DIR` as a folder of OCI layouts, anything else as a registry host (Docker Hub's names talk to registry-1.docker.io). */
 export function openSource(source: string, opts: SourceOptions = {}): Registry {
   if (source.startsWith('oci:')) return new OciLayoutStore(source.slice(4), { create: opts.create });
-  return new RemoteRegistry(parseRegistryHost(source), {
+  return new RemoteRegistry(registryApiHost(parseRegistryHost(source)), {
     plainHttp: opts.plainHttp,
     insecure: opts.insecure,
     caFile: opts.caFile,

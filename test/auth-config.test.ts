@@ -175,30 +175,31 @@ test('anonymous bearer: with an empty config, repo tags and pull get a pull toke
 test('re-auth: a cached bearer token refused with 401 + challenge is dropped, a new token is fetched and the pull succeeds', async (t) => {
   const reg = await startRegistry(t, { flavour: 'token' });
   const ts = reg.tokenServer!;
-  await seed(t, reg, 're/app', 're.txt', 'reauth');
+  // Anonymous pull: the token server grants it under public/ only.
+  await seed(t, reg, 'public/re', 're.txt', 'reauth');
   const proxy = await startFaultProxy(t, reg.url);
   const { env } = await cliEnv(t);
 
   // The registry's own challenge for this repository, replayed by the proxy.
-  const probe = await fetch(`${reg.url}/v2/re/app/tags/list`);
+  const probe = await fetch(`${reg.url}/v2/public/re/tags/list`);
   await probe.arrayBuffer();
   t.is(probe.status, 401);
   const challenge = probe.headers.get('www-authenticate') ?? '';
-  t.regex(challenge, /^Bearer realm=.*scope="repository:re\/app:pull"/);
+  t.regex(challenge, /^Bearer realm=.*scope="repository:public\/re:pull"/);
 
   // Baseline: how many token requests one pull makes when nothing is refused.
   let n = ts.requests.length;
-  const base = await runCli(['pull', `${proxy.host}/re/app:v1`, '-o', await tempDir(t)], { env });
+  const base = await runCli(['pull', `${proxy.host}/public/re:v1`, '-o', await tempDir(t)], { env });
   t.is(base.code, 0, base.stderr);
   const baseline = ts.requests.length - n;
   t.true(baseline >= 1);
 
   // The blob GET goes out with the token cached by the manifest GET: refuse it once.
   proxy.reset();
-  proxy.rules.push({ method: 'GET', path: /\/v2\/re\/app\/blobs\/sha256:/, times: 1, status: 401, headers: { 'WWW-Authenticate': challenge } });
+  proxy.rules.push({ method: 'GET', path: /\/v2\/public\/re\/blobs\/sha256:/, times: 1, status: 401, headers: { 'WWW-Authenticate': challenge } });
   n = ts.requests.length;
   const out = await tempDir(t);
-  const pull = await runCli(['pull', `${proxy.host}/re/app:v1`, '-o', out], { env });
+  const pull = await runCli(['pull', `${proxy.host}/public/re:v1`, '-o', out], { env });
   t.is(pull.code, 0, pull.stderr);
   t.is(await readFile(path.join(out, 're.txt'), 'utf8'), 'reauth');
   t.is(ts.requests.length - n, baseline + 1, 'exactly one extra token request after the refusal');

@@ -4,7 +4,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import http from 'node:http';
 import { Readable } from 'node:stream';
 import { startHeaderRecorder } from '../lab/blob-server.js';
-import { startFaultProxy, type FaultProxy } from '../lab/fault-proxy.js';
+import { rateLimitEveryNth, refuseCatalog, startFaultProxy, type FaultProxy } from '../lab/fault-proxy.js';
 import { startRegistry, withTimeout, type StartedRegistry } from '../lab/registry.js';
 
 const REPO = 'r';
@@ -322,6 +322,63 @@ test('status 503 with Retry-After is seen by the client; times: 1 applies once',
   t.is(r3.status, 200);
 
   t.deepEqual(proxy.requests.map((r) => [r.status, r.rule]), [[503, 0], [200, undefined], [200, undefined]]);
+});
+
+test('everyNth answers exactly every Nth matching request (429 + Retry-After); others pass; times counts applications', async (t) => {
+  const proxy = await proxyFor(t);
+  proxy.rules.push(rateLimitEveryNth(3, 1, { path: /^\/v2\/$/ }));
+  const statuses: number[] = [];
+  for (let i = 0; i < 10; i++) {
+    const r = await fetch(`${proxy.url}/v2/`);
+    statuses.push(r.status);
+    if (r.status === 429) {
+      t.is(r.headers.get('retry-after'), '1');
+      t.deepEqual(await r.json(), { errors: [{ code: 'TOOMANYREQUESTS', message: 'injected' }] });
+    } else await r.arrayBuffer();
+  }
+  t.deepEqual(statuses, [200, 200, 429, 200, 200, 429, 200, 200, 429, 200]);
+  // A non-matching path is neither refused nor counted.
+  t.is((await raw(proxy.url + blobPath, { method: 'HEAD' })).status, 200);
+  t.is((await raw(`${proxy.url}/v2/`)).status, 200, '11th');
+  t.is((await raw(`${proxy.url}/v2/`)).status, 429, '12th');
+
+  // everyNth + times: the 2nd and 4th match are refused, the 6th is not (times used up); a later rule sees the rest.
+  proxy.rules.splice(0, proxy.rules.length, { path: '/v2/', everyNth: 2, times: 2, status: 503 }, { path: '/v2/', status: 418 });
+  const seen: number[] = [];
+  for (let i = 0; i < 6; i++) seen.push((await raw(`${proxy.url}/v2/`)).status);
+  t.deepEqual(seen, [418, 503, 418, 503, 418, 418]);
+});
+
+test('refuseCatalog: 404, 401 without a challenge, 401 with a Bearer challenge; other paths pass', async (t) => {
+  const proxy = await proxyFor(t);
+  const expect: Array<[Parameters<typeof refuseCatalog>[0], number, string, RegExp | undefined]> = [
+    ['not-found', 404, 'NOT_FOUND', undefined],
+    ['unauthorized', 401, 'UNAUTHORIZED', undefined],
+    ['challenge', 401, 'UNAUTHORIZED', /^Bearer realm="http:\/\/127\.0\.0\.1:7\/token",service="svc",scope="registry:catalog:\*"$/],
+  ];
+  for (const [mode, status, code, challenge] of expect) {
+    proxy.rules.splice(0, proxy.rules.length, refuseCatalog(mode, { realm: 'http://127.0.0.1:7/token', service: 'svc' }));
+    for (const p of ['/v2/_catalog', '/v2/_catalog?n=100', '/v2/_catalog?n=10&last=a']) {
+      const r = await fetch(proxy.url + p);
+      t.is(r.status, status, `${mode} ${p}`);
+      const h = r.headers.get('www-authenticate');
+      if (challenge) t.regex(h ?? '', challenge);
+      else t.is(h, null, `${mode}: no challenge`);
+      t.deepEqual(await r.json(), { errors: [{ code, message: 'injected' }] });
+    }
+    // Everything else reaches the registry.
+    t.is((await raw(`${proxy.url}/v2/`)).status, 200);
+    t.is((await raw(proxy.url + blobPath, { method: 'HEAD' })).status, 200);
+    t.is((await raw(`${proxy.url}/v2/${REPO}/tags/list`)).status, 404, 'a repository with no tags: upstream answers');
+    t.is((await raw(`${proxy.url}/v2/_catalogue`)).status, 404);
+  }
+  // Without a rule, the catalog answers again.
+  proxy.rules.splice(0, proxy.rules.length);
+  const ok = await fetch(`${proxy.url}/v2/_catalog`);
+  t.is(ok.status, 200);
+  t.true(((await ok.json()) as { repositories: string[] }).repositories.includes(REPO));
+  // The default challenge of refuseCatalog names a realm nobody listens on.
+  t.regex(refuseCatalog('challenge').headers!['WWW-Authenticate']!, /^Bearer realm="http:\/\/127\.0\.0\.1:9\/token"/);
 });
 
 test('first matching rule wins; method/path matching; rules mutable at run time', async (t) => {

@@ -2,7 +2,7 @@ import test from 'ava';
 import { createHash } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import https from 'node:https';
-import { freePort, startRegistry, withTimeout, type StartedRegistry } from '../lab/registry.js';
+import { freePort, startRegistry, withTimeout, TEST_USERNAME, type StartedRegistry, type TokenServer } from '../lab/registry.js';
 
 function basic(user: string, pass: string): string {
   return 'Basic ' + Buffer.from(`${user}:${pass}`).toString('base64');
@@ -192,13 +192,13 @@ test('token: push + pull with scoped tokens (repeated and space-separated scopes
   t.is(get.status, 200);
   t.is(Buffer.from(await get.arrayBuffer()).toString(), body.toString());
 
-  // anonymous pull token can read it but not push
+  // an anonymous token grants nothing outside the public namespace
   const pullUrl = new URL(ts.url);
   pullUrl.searchParams.set('service', 'regfs-test-registry');
   pullUrl.searchParams.set('scope', `repository:${repo}:pull,push`);
   const anon = (await (await fetch(pullUrl)).json()) as { token: string };
   const ah = { Authorization: `Bearer ${anon.token}` };
-  t.is((await fetch(`${reg.url}/v2/${repo}/blobs/${digest}`, { headers: ah, method: 'HEAD' })).status, 200);
+  t.is((await fetch(`${reg.url}/v2/${repo}/blobs/${digest}`, { headers: ah, method: 'HEAD' })).status, 401);
   t.is((await fetch(`${reg.url}/v2/${repo}/blobs/uploads/`, { headers: ah, method: 'POST' })).status, 401);
 
   // a token without the repository in it is refused for that repository
@@ -257,6 +257,196 @@ test('token: POST password / refresh_token grants, offline_token, down', async (
   t.is((await fetch(off)).status, 503);
   ts.down = false;
   t.is((await fetch(off)).status, 200);
+});
+
+/** token asks the token server for one token (Basic auth when user is given) and returns it with its claims. */
+async function token(ts: TokenServer, scopes: string[], user?: [string, string]): Promise<{ status: number; token: string; access: Array<{ type: string; name: string; actions: string[] }> }> {
+  const u = new URL(ts.url);
+  u.searchParams.set('service', 'regfs-test-registry');
+  for (const s of scopes) u.searchParams.append('scope', s);
+  const r = await fetch(u, user ? { headers: { Authorization: basic(user[0], user[1]) } } : {});
+  if (r.status !== 200) {
+    await r.arrayBuffer();
+    return { status: r.status, token: '', access: [] };
+  }
+  const j = (await r.json()) as { token: string };
+  const claims = JSON.parse(Buffer.from(j.token.split('.')[1]!, 'base64url').toString('utf8')) as { access: Array<{ type: string; name: string; actions: string[] }> };
+  return { status: 200, token: j.token, access: claims.access };
+}
+
+const bearer = (tok: string): Record<string, string> => ({ Authorization: `Bearer ${tok}` });
+
+test('token policy: grants per user and repository, anonymous pull only under public/, insufficient_scope answers', async (t) => {
+  const reg = await startRegistry(t, { flavour: 'token' });
+  const ts = reg.tokenServer!;
+  t.is(ts.publicNamespace, 'public/');
+  t.not(new URL(ts.url).port, reg.host.split(':')[1], 'the realm is served on its own port');
+  ts.addUser('alice', 'alice-pw', { 'alice/*': ['pull', 'push'], 'shared/tools': ['pull'] });
+  ts.addUser('bob', 'bob-pw', { 'bob/*': ['*'] });
+
+  // The default user may do anything: seed repositories of every namespace.
+  const admin: [string, string] = [reg.username!, reg.password!];
+  const body = Buffer.from('policy blob');
+  const all = await token(ts, ['repository:alice/app:pull,push', 'repository:bob/app:pull,push', 'repository:shared/tools:pull,push', 'repository:public/app:pull,push'], admin);
+  t.true(all.access.every((a) => a.actions.join(',') === 'pull,push'), JSON.stringify(all.access));
+  for (const repo of ['alice/app', 'bob/app', 'shared/tools', 'public/app']) await pushBlob(reg, repo, body, bearer(all.token));
+  const digest = sha256(body);
+
+  // alice: her namespace read-write, shared/tools read-only, bob's namespace nothing.
+  const a = await token(ts, ['repository:alice/app:pull,push', 'repository:shared/tools:pull,push', 'repository:bob/app:pull,push', 'registry:catalog:*'], ['alice', 'alice-pw']);
+  t.deepEqual(a.access, [
+    { type: 'repository', name: 'alice/app', actions: ['pull', 'push'] },
+    { type: 'repository', name: 'shared/tools', actions: ['pull'] },
+    { type: 'repository', name: 'bob/app', actions: [] },
+    { type: 'registry', name: 'catalog', actions: [] },
+  ]);
+  await pushBlob(reg, 'alice/other', Buffer.from('x'), bearer((await token(ts, ['repository:alice/other:pull,push'], ['alice', 'alice-pw'])).token));
+  t.is((await fetch(`${reg.url}/v2/shared/tools/blobs/${digest}`, { method: 'HEAD', headers: bearer(a.token) })).status, 200);
+  const refused = await fetch(`${reg.url}/v2/bob/app/blobs/${digest}`, { method: 'HEAD', headers: bearer(a.token) });
+  t.is(refused.status, 401);
+  t.regex(refused.headers.get('www-authenticate') ?? '', /error="insufficient_scope"/);
+  t.regex(refused.headers.get('www-authenticate') ?? '', /scope="repository:bob\/app:pull"/);
+  const noPush = await fetch(`${reg.url}/v2/shared/tools/blobs/uploads/`, { method: 'POST', headers: bearer(a.token) });
+  t.is(noPush.status, 401);
+  t.regex(noPush.headers.get('www-authenticate') ?? '', /error="insufficient_scope"/);
+  t.is((await fetch(`${reg.url}/v2/_catalog`, { headers: bearer(a.token) })).status, 401);
+
+  // bob: '*' grants whatever he asks for in his namespace; a wrong password is 401 at the token server.
+  const b = await token(ts, ['repository:bob/app:pull,push,delete'], ['bob', 'bob-pw']);
+  t.deepEqual(b.access, [{ type: 'repository', name: 'bob/app', actions: ['pull', 'push', 'delete'] }]);
+  t.is((await token(ts, ['repository:bob/app:pull'], ['bob', 'alice-pw'])).status, 401);
+  t.is((await token(ts, ['repository:bob/app:pull'], ['mallory', 'x'])).status, 401);
+
+  // Anonymous: pull under public/ only, never push.
+  const anon = await token(ts, ['repository:public/app:pull,push', 'repository:alice/app:pull']);
+  t.deepEqual(anon.access, [
+    { type: 'repository', name: 'public/app', actions: ['pull'] },
+    { type: 'repository', name: 'alice/app', actions: [] },
+  ]);
+  const got = await fetch(`${reg.url}/v2/public/app/blobs/${digest}`, { headers: bearer(anon.token) });
+  t.is(got.status, 200);
+  t.is(Buffer.from(await got.arrayBuffer()).toString(), 'policy blob');
+  const anonPush = await fetch(`${reg.url}/v2/public/app/blobs/uploads/`, { method: 'POST', headers: bearer(anon.token) });
+  t.is(anonPush.status, 401);
+  t.regex(anonPush.headers.get('www-authenticate') ?? '', /error="insufficient_scope"/);
+  t.is((await fetch(`${reg.url}/v2/alice/app/blobs/${digest}`, { method: 'HEAD', headers: bearer(anon.token) })).status, 401);
+
+  // The public namespace is configurable ('' = none).
+  ts.publicNamespace = '';
+  t.deepEqual((await token(ts, ['repository:public/app:pull'])).access, [{ type: 'repository', name: 'public/app', actions: [] }]);
+
+  // Counts per scope (as requested).
+  t.is(ts.countIssued('repository:alice/app:pull,push'), 2);
+  t.is(ts.countIssued('repository:public/app:pull'), 1);
+  t.is(ts.countIssued(/^repository:bob\/app:/), 3);
+  t.is(ts.tokensPerScope()['registry:catalog:*'], 1);
+  t.is(ts.issued.length, ts.issuedTokens.length);
+  t.is(ts.issued.at(-1)!.sub, '');
+  t.is(ts.issued.find((i) => i.sub === 'alice')!.expiresIn, 300);
+});
+
+test('token: setPassword rotates a password at run time; old one refused, new one accepted, tokens already issued keep working', async (t) => {
+  const reg = await startRegistry(t, { flavour: 'token' });
+  const ts = reg.tokenServer!;
+  const old = reg.password!;
+  const before = await token(ts, ['repository:rot/app:pull,push'], [TEST_USERNAME, old]);
+  t.is(before.status, 200);
+  const fresh = 'rotated-' + Math.random().toString(36).slice(2);
+  ts.setPassword(TEST_USERNAME, fresh);
+  t.is(reg.password, fresh, 'reg.password follows the rotation');
+  t.is((await token(ts, ['repository:rot/app:pull'], [TEST_USERNAME, old])).status, 401);
+  const after = await token(ts, ['repository:rot/app:pull,push'], [TEST_USERNAME, fresh]);
+  t.is(after.status, 200);
+  t.deepEqual(after.access, [{ type: 'repository', name: 'rot/app', actions: ['pull', 'push'] }]);
+  await pushBlob(reg, 'rot/app', Buffer.from('rotated'), bearer(after.token));
+  await pushBlob(reg, 'rot/app', Buffer.from('still valid'), bearer(before.token));
+  // The OAuth2 password grant follows the rotation too.
+  const form = (pw: string): RequestInit => ({
+    method: 'POST',
+    headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({ grant_type: 'password', service: 'regfs-test-registry', client_id: 'x', username: TEST_USERNAME, password: pw, scope: 'repository:rot/app:pull' }).toString(),
+  });
+  t.is((await fetch(ts.url, form(old))).status, 401);
+  t.is((await fetch(ts.url, form(fresh))).status, 200);
+  // Token lifetime is per test: a 1 s token is refused by the registry once expired (exp is written early by the leeway distribution adds).
+  ts.tokenLifetimeSeconds = 1;
+  const short = await token(ts, ['repository:rot/app:pull'], [TEST_USERNAME, fresh]);
+  t.is((await fetch(`${reg.url}/v2/rot/app/blobs/${sha256(Buffer.from('rotated'))}`, { method: 'HEAD', headers: bearer(short.token) })).status, 200);
+  await new Promise((r) => setTimeout(r, 2100));
+  t.is((await fetch(`${reg.url}/v2/rot/app/blobs/${sha256(Buffer.from('rotated'))}`, { method: 'HEAD', headers: bearer(short.token) })).status, 401);
+});
+
+test('redirect: blob GET and HEAD answer 307 to nginx on another port, which serves Range (206) and sees no Authorization', async (t) => {
+  const reg = await startRegistry(t, { flavour: 'token', redirect: true });
+  const ts = reg.tokenServer!;
+  const bh = reg.blobHost!;
+  t.truthy(bh);
+  t.not(bh.host, reg.host);
+  t.true(isAlive(bh.pid));
+  const body = Buffer.alloc(3 * 1024 * 1024 + 17);
+  for (let i = 0; i < body.length; i++) body[i] = (i * 31 + (i >> 12)) & 0xff;
+  const tok = await token(ts, ['repository:redir/app:pull,push'], [reg.username!, reg.password!]);
+  const digest = await pushBlob(reg, 'redir/app', body, bearer(tok.token));
+
+  // Without a token the registry still refuses: the redirect comes only after authorization.
+  t.is((await fetch(`${reg.url}/v2/redir/app/blobs/${digest}`, { redirect: 'manual' })).status, 401);
+  const get = await fetch(`${reg.url}/v2/redir/app/blobs/${digest}`, { headers: bearer(tok.token), redirect: 'manual' });
+  t.is(get.status, 307);
+  await get.arrayBuffer();
+  const location = get.headers.get('location')!;
+  t.is(location, `http://${bh.host}${bh.blobPath(digest)}`);
+  const head = await fetch(`${reg.url}/v2/redir/app/blobs/${digest}`, { method: 'HEAD', headers: bearer(tok.token), redirect: 'manual' });
+  t.is(head.status, 307);
+  t.is(head.headers.get('location'), location);
+
+  // What a careful client does: follow to the storage host with Range and without credentials.
+  const part = await fetch(location, { headers: { Range: 'bytes=1048570-1048600' } });
+  t.is(part.status, 206);
+  t.is(part.headers.get('content-range'), `bytes 1048570-1048600/${body.length}`);
+  t.true(Buffer.from(await part.arrayBuffer()).equals(body.subarray(1048570, 1048601)));
+  const tail = await fetch(location, { headers: { Range: 'bytes=-17' } });
+  t.is(tail.status, 206);
+  t.true(Buffer.from(await tail.arrayBuffer()).equals(body.subarray(body.length - 17)));
+  const whole = await fetch(location);
+  t.is(whole.status, 200);
+  t.is(sha256(Buffer.from(await whole.arrayBuffer())), digest);
+  t.is((await fetch(location, { method: 'HEAD' })).headers.get('content-length'), String(body.length));
+  // Only blob data is served: the rest of the storage root is not.
+  t.is((await fetch(`http://${bh.host}/docker/registry/v2/repositories/redir/app/_layers/`)).status, 404);
+  t.is((await fetch(`http://${bh.host}/docker/registry/v2/blobs/sha256/00/${'0'.repeat(64)}/data`)).status, 404);
+  // A client that leaks the header is visible in the log (as a boolean).
+  await (await fetch(location, { headers: { Range: 'bytes=0-0', Authorization: bearer(tok.token).Authorization! } })).arrayBuffer();
+
+  const log = await bh.requests();
+  const blobGets = log.filter((r) => r.path === bh.blobPath(digest));
+  t.deepEqual(blobGets.map((r) => [r.method, r.range ?? '', r.status, r.authorization]), [
+    ['GET', 'bytes=1048570-1048600', 206, false],
+    ['GET', 'bytes=-17', 206, false],
+    ['GET', '', 200, false],
+    ['HEAD', '', 200, false],
+    ['GET', 'bytes=0-0', 206, true],
+  ]);
+  t.is(blobGets[0]!.bytes, 31);
+  const logText = await readFile(`${reg.dir}/nginx/access.log`, 'utf8');
+  t.false(logText.includes(tok.token), 'the access log never holds a credential');
+
+  // restart keeps nginx; stop ends it.
+  await reg.restart();
+  t.is((await fetch(location, { method: 'HEAD' })).status, 200);
+  const pid = bh.pid;
+  await reg.stop();
+  t.false(isAlive(pid));
+});
+
+test('redirect on a plain registry: fetch following the 307 gets the bytes from nginx', async (t) => {
+  const reg = await startRegistry(t, { redirect: true });
+  const body = Buffer.from('plain and redirected');
+  const digest = await pushBlob(reg, 'p/app', body);
+  const r = await fetch(`${reg.url}/v2/p/app/blobs/${digest}`, { headers: { Range: 'bytes=6-8' } });
+  t.is(r.status, 206);
+  t.is(r.url, `http://${reg.blobHost!.host}${reg.blobHost!.blobPath(digest)}`);
+  t.is(Buffer.from(await r.arrayBuffer()).toString(), 'and');
+  t.like((await reg.blobHost!.requests())[0], { method: 'GET', range: 'bytes=6-8', status: 206, authorization: false });
 });
 
 test('tls: https with the CA works, without it fails with a certificate error', async (t) => {

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { CredentialStore } from '../../registry/credentials.js';
 import { RegfsError } from '../../util/errors.js';
-import { parseRegistryHost } from '../../registry/reference.js';
+import { parseRegistryHost, registryApiHost } from '../../registry/reference.js';
 import { RemoteRegistry } from '../../registry/remote.js';
 import { addRemoteOptions } from '../context.js';
 import { action } from '../run.js';
@@ -34,7 +34,7 @@ export function registerLogin(program: Command): void {
         throw new RegfsError('INVALID_ARGUMENT', 'login needs -u USER with -p PASS or --password-stdin (or --identity-token)');
       }
       const cred = o.identityToken ? { refreshToken: o.identityToken } : { username: o.username!, password: password! };
-      const reg = new RemoteRegistry(host, {
+      const reg = new RemoteRegistry(registryApiHost(host), {
         plainHttp: o.plainHttp,
         insecure: o.insecure,
         caFile: o.caFile,
