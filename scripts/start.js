@@ -1,6 +1,6 @@
 // `npm start`: the main job on the embedded default store. It creates an OCI layout store holding the
 // sample artifact of the Azure walk-through (samples/artifact:1.0) and runs the daemon in the
-// foreground with that store mounted at ./mnt and staging at ./staging, then prints what to try.
+// foreground with that store mounted at ./mnt and its staging folder at ./publish, then prints what to try.
 // Ctrl-C unmounts. `npm start -- --source HOST` uses a real registry instead.
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -29,7 +29,7 @@ if (at < 0 && !existsSync(path.join(store, 'samples/artifact/index.json'))) {
 }
 mkdirSync(mnt, { recursive: true });
 
-const staging = path.join(root, 'staging');
+const staging = path.join(root, 'publish');
 mkdirSync(staging, { recursive: true });
 const child = spawn(
   process.execPath,
