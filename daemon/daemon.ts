@@ -5,6 +5,7 @@ import path from 'node:path';
 import { BlobCache } from '../cache/blob-cache.js';
 import { MetadataCache } from '../cache/metadata-cache.js';
 import { RegfsError } from '../util/errors.js';
+import { invalidateCredentials } from '../registry/credentials.js';
 import { openSource } from '../registry/open.js';
 import type { Registry } from '../registry/storage.js';
 import { serveMount, type RunningMount } from '../mount/serve.js';
@@ -325,9 +326,11 @@ export class Daemon {
     };
   }
 
-  /** reload re-reads the config file (adding and removing mounts) and drops listings (SIGHUP). */
+  /** reload re-reads the config file (adding and removing mounts), drops listings and has credentials read again (SIGHUP). */
   async reload(): Promise<void> {
     this.metadata.dropListings();
+    // A `regfs login` since the credentials were read takes effect now.
+    invalidateCredentials();
     if (!this.configFile) {
       this.log.info('SIGHUP: dropped cached listings');
       return;
@@ -371,7 +374,11 @@ export class Daemon {
       },
       'POST /refresh': async (b) => ({ refreshed: this.refresh(typeof body(b).path === 'string' ? (body(b).path as string) : undefined) }),
       'POST /rescan': async () => ({ queued: await this.rescan() }),
-      'POST /retry': async () => ({ requeued: await this.queue.retry() }),
+      'POST /retry': async () => {
+        // Pushes that failed for want of a login succeed after `regfs login` without a restart.
+        invalidateCredentials();
+        return { requeued: await this.queue.retry() };
+      },
       'GET /syncs': async () => ({ syncs: this.sync.status() }),
       'POST /syncs': async (b) => {
         const sc = validateSync(b, 'sync', process.cwd());

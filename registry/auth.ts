@@ -1,6 +1,6 @@
 import type { Dispatcher } from 'undici';
 import { request } from 'undici';
-import type { Credential, CredentialProvider } from './credentials.js';
+import { credentialGeneration, type Credential, type CredentialProvider } from './credentials.js';
 import { RegfsError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 
@@ -37,16 +37,31 @@ interface CachedToken {
   expiresAt: number;
 }
 
+/** AuthStats counts what an Authorizer did: token requests sent and credential reads. */
+export interface AuthStats {
+  /** tokenRequests is how many times the token service was asked for a token. */
+  tokenRequests: number;
+  /** credentialReads is how many times the credential provider was asked (the first read and every re-read). */
+  credentialReads: number;
+}
+
 /**
  * Authorizer decides the Authorization header for a request to one registry, answering Basic and
- * Bearer challenges and caching bearer tokens per scope until shortly before they expire.
+ * Bearer challenges and caching bearer tokens per (realm, service, scope set) until shortly before
+ * they expire. It reads the credential once, and again when the registry or its token service
+ * refuses it (a `regfs login` meanwhile), when forget() is called, or after invalidateCredentials().
  */
 export class Authorizer {
-  private scheme: 'basic' | 'bearer' | undefined;
-  private bearer: Challenge | undefined;
+  /** fallback is the challenge of repository and /v2/ requests, used for scope sets without their own. */
+  private fallback: Challenge | undefined;
+  /** challenges holds the challenge seen per scope set, so a catalog refused with another realm stays with the catalog. */
+  private readonly challenges = new Map<string, Challenge>();
   private readonly tokens = new Map<string, CachedToken>();
   private readonly inflight = new Map<string, Promise<string>>();
   private credential: Promise<Credential | undefined> | undefined;
+  private generation: string;
+  /** stats counts token requests and credential reads. */
+  readonly stats: AuthStats = { tokenRequests: 0, credentialReads: 0 };
 
   constructor(
     private readonly host: string,
@@ -54,23 +69,63 @@ export class Authorizer {
     private readonly dispatcher: Dispatcher,
     private readonly log: Logger,
     private readonly timeoutMs: number,
-  ) {}
+  ) {
+    this.generation = credentialGeneration(host);
+  }
 
+  /** forget drops the credential read and every token got with it; the next request reads the credential again. */
+  forget(): void {
+    this.credential = undefined;
+    this.tokens.clear();
+  }
+
+  private checkGeneration(): void {
+    const gen = credentialGeneration(this.host);
+    if (gen !== this.generation) {
+      this.generation = gen;
+      this.forget();
+    }
+  }
+
+  /** cred returns the credential promise, reading the provider when none is held (a failed read is not kept). */
   private cred(): Promise<Credential | undefined> {
-    this.credential ??= this.credentials(this.host);
+    this.checkGeneration();
+    if (!this.credential) {
+      this.stats.credentialReads++;
+      const p = this.credentials(this.host);
+      this.credential = p;
+      p.catch(() => {
+        if (this.credential === p) this.credential = undefined;
+      });
+    }
     return this.credential;
+  }
+
+  /** reread reads the credential again after `used` (read as `was`) was refused; it tells whether the new one differs. */
+  private async reread(used: Promise<Credential | undefined>, was: Credential | undefined): Promise<boolean> {
+    if (this.credential === used) this.credential = undefined;
+    const now = await this.cred();
+    const changed = !sameCredential(was, now);
+    this.log.info(`${this.host} refused the stored credentials; read them again`, { changed });
+    return changed;
+  }
+
+  private record(scopes: string[], ch: Challenge): void {
+    this.challenges.set(scopeKey(scopes), ch);
+    if (!scopes.includes(CATALOG_SCOPE)) this.fallback = ch;
   }
 
   /** header returns the Authorization value to send pre-emptively for these scopes, if one is known. */
   async header(scopes: string[]): Promise<string | undefined> {
-    if (this.scheme === 'basic') return basicHeader(await this.cred());
-    if (this.scheme === 'bearer') {
-      const t = this.tokens.get(scopeKey(scopes));
-      if (t && t.expiresAt > Date.now()) return `Bearer ${t.token}`;
-      if (t) this.tokens.delete(scopeKey(scopes));
-      return this.fetchToken(scopes);
-    }
-    return undefined;
+    this.checkGeneration();
+    const ch = this.challenges.get(scopeKey(scopes)) ?? this.fallback;
+    if (!ch) return undefined;
+    if (ch.scheme === 'basic') return basicHeader(await this.cred());
+    const key = tokenKey(ch, scopes);
+    const t = this.tokens.get(key);
+    if (t && t.expiresAt > Date.now()) return `Bearer ${t.token}`;
+    if (t) this.tokens.delete(key);
+    return this.fetchToken(ch, scopes, scopes);
   }
 
   /** answer handles a 401's challenge and returns the header to retry with; it throws UNAUTHORIZED when nothing can satisfy it. */
@@ -78,42 +133,54 @@ export class Authorizer {
     const ch = wwwAuthenticate ? parseChallenge(wwwAuthenticate) : undefined;
     if (!ch) throw new RegfsError('UNAUTHORIZED', `${this.host} requires authentication but sent no usable challenge`, { status: 401 });
     if (ch.scheme === 'basic') {
-      const h = basicHeader(await this.cred());
+      this.record(scopes, ch);
+      const used = this.cred();
+      const cred = await used;
+      let h = basicHeader(cred);
+      if (h && sent === h && (await this.reread(used, cred))) h = basicHeader(await this.cred());
       if (!h) throw new RegfsError('UNAUTHORIZED', `${this.host} requires a login: run regfs login ${this.host}`, { status: 401 });
       if (sent === h) throw new RegfsError('UNAUTHORIZED', `${this.host} rejected the username or password: run regfs login ${this.host}`, { status: 401 });
-      this.scheme = 'basic';
       return h;
     }
     if (ch.scheme !== 'bearer' || !ch.params.realm) {
       throw new RegfsError('UNAUTHORIZED', `${this.host} asks for unsupported authentication scheme ${ch.scheme}`, { status: 401 });
     }
-    this.scheme = 'bearer';
-    this.bearer = ch;
+    this.record(scopes, ch);
     const all = [...new Set([...scopes, ...(ch.params.scope ? ch.params.scope.split(' ') : [])])];
     if (sent?.startsWith('Bearer ')) {
-      // The token we sent was refused: drop it and get a fresh one, once.
-      this.tokens.delete(scopeKey(scopes));
-      const fresh = await this.fetchToken(all, scopes);
+      // The token we sent was refused (expired, or not enough): drop it and get a fresh one, once.
+      this.tokens.delete(tokenKey(ch, scopes));
+      const fresh = await this.fetchToken(ch, all, scopes);
       if (fresh === sent) throw new RegfsError('DENIED', `${this.host} refused access for ${all.join(' ')}`, { status: 401 });
       return fresh;
     }
-    return this.fetchToken(all, scopes);
+    return this.fetchToken(ch, all, scopes);
   }
 
-  /** fetchToken asks the token service once per scope set, however many requests wait for it. */
-  private fetchToken(scopes: string[], cacheAs: string[] = scopes): Promise<string> {
-    const key = scopeKey(cacheAs);
+  /** fetchToken asks the token service once per (realm, service, scope set), however many requests wait for it. */
+  private fetchToken(ch: Challenge, scopes: string[], cacheAs: string[]): Promise<string> {
+    const key = tokenKey(ch, cacheAs);
     let p = this.inflight.get(key);
     if (!p) {
-      p = this.requestToken(scopes, cacheAs).finally(() => this.inflight.delete(key));
+      p = this.requestToken(ch, scopes, key).finally(() => this.inflight.delete(key));
       this.inflight.set(key, p);
     }
     return p;
   }
 
-  private async requestToken(scopes: string[], cacheAs: string[]): Promise<string> {
-    const ch = this.bearer;
-    if (!ch) throw new RegfsError('UNAUTHORIZED', `${this.host}: no bearer challenge seen yet`);
+  /** requestToken gets a token with the held credential; when the token service refuses it, the credential is read again once. */
+  private async requestToken(ch: Challenge, scopes: string[], key: string): Promise<string> {
+    const used = this.cred();
+    const cred = await used;
+    try {
+      return await this.tokenWith(ch, scopes, key, cred);
+    } catch (err) {
+      if (!(err instanceof TokenRefused) || !(await this.reread(used, cred))) throw err;
+      return this.tokenWith(ch, scopes, key, await this.cred());
+    }
+  }
+
+  private async tokenWith(ch: Challenge, scopes: string[], key: string, cred: Credential | undefined): Promise<string> {
     const realm = ch.params.realm!;
     let realmUrl: URL;
     try {
@@ -122,8 +189,8 @@ export class Authorizer {
       throw new RegfsError('UNAUTHORIZED', `${this.host} sent an invalid token realm`);
     }
     if (realmUrl.protocol !== 'https:' && realmUrl.protocol !== 'http:') throw new RegfsError('UNAUTHORIZED', `${this.host} sent a token realm that is not http(s)`);
-    const cred = await this.cred();
     const service = ch.params.service;
+    this.stats.tokenRequests++;
     let res: Dispatcher.ResponseData;
     try {
       if (cred?.refreshToken) {
@@ -152,7 +219,7 @@ export class Authorizer {
     this.log.debug('token request', { realm: realmUrl.origin + realmUrl.pathname, status: res.statusCode, scopes: scopes.join(' ') });
     const text = await readCapped(res.body, 1024 * 1024);
     if (res.statusCode === 401 || res.statusCode === 403) {
-      throw new RegfsError('UNAUTHORIZED', `${this.host} rejected the credentials${cred ? '' : ' (none stored)'}: run regfs login ${this.host}`, { status: 401 });
+      throw new TokenRefused(`${this.host} rejected the credentials${cred ? '' : ' (none stored)'}: run regfs login ${this.host}`);
     }
     if (res.statusCode !== 200) {
       throw new RegfsError('REGISTRY_ERROR', `token service of ${this.host} answered HTTP ${res.statusCode}`, { status: res.statusCode });
@@ -168,9 +235,25 @@ export class Authorizer {
     const lifetime = typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : 60;
     // Renew a little before expiry so a request never goes out with a token about to lapse.
     const margin = Math.min(30, lifetime / 4);
-    this.tokens.set(scopeKey(cacheAs), { token, expiresAt: Date.now() + (lifetime - margin) * 1000 });
+    this.tokens.set(key, { token, expiresAt: Date.now() + (lifetime - margin) * 1000 });
     return `Bearer ${token}`;
   }
+}
+
+/** TokenRefused is the token service's 401/403: the credential was refused (an UNAUTHORIZED RegfsError). */
+class TokenRefused extends RegfsError {
+  constructor(message: string) {
+    super('UNAUTHORIZED', message, { status: 401 });
+  }
+}
+
+function sameCredential(a: Credential | undefined, b: Credential | undefined): boolean {
+  return a?.username === b?.username && a?.password === b?.password && a?.refreshToken === b?.refreshToken;
+}
+
+/** tokenKey names a cached token: the challenge's realm and service and the sorted scope set. */
+function tokenKey(ch: Challenge, scopes: string[]): string {
+  return `${ch.params.realm ?? ''}\n${ch.params.service ?? ''}\n${scopeKey(scopes)}`;
 }
 
 function scopeKey(scopes: string[]): string {

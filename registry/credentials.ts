@@ -17,6 +17,24 @@ export interface Credential {
 /** CredentialProvider returns the credential for a registry host, or undefined for anonymous access. */
 export type CredentialProvider = (host: string) => Promise<Credential | undefined>;
 
+let allGeneration = 0;
+const hostGeneration = new Map<string, number>();
+
+/**
+ * invalidateCredentials tells every transport of this process to read its credential again (and
+ * drop the tokens it got with the old one) before its next request: for one host, or for all.
+ * The daemon calls it on SIGHUP and on `regfs retry`, so a `regfs login` takes effect without a restart.
+ */
+export function invalidateCredentials(host?: string): void {
+  if (host === undefined) allGeneration++;
+  else hostGeneration.set(host, (hostGeneration.get(host) ?? 0) + 1);
+}
+
+/** credentialGeneration changes whenever invalidateCredentials covers host; an Authorizer compares it with the one its credential was read at. */
+export function credentialGeneration(host: string): string {
+  return `${allGeneration}.${hostGeneration.get(host) ?? 0}`;
+}
+
 /** ACR_TOKEN_USERNAME is the username under which ACR (`az acr login`) stores a refresh token. */
 export const ACR_TOKEN_USERNAME = '00000000-0000-0000-0000-000000000000';
 

@@ -113,6 +113,11 @@ export class RegistryTransport {
     this.userAgent = opts.userAgent ?? 'regfs/0.1';
   }
 
+  /** forgetCredentials makes the next request read the credential again and get fresh tokens. */
+  forgetCredentials(): void {
+    this.auth.forget();
+  }
+
   /** close releases the connection pool. */
   async close(): Promise<void> {
     await this.agent.close();

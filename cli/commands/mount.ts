@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import path from 'node:path';
+import { invalidateCredentials } from '../../registry/credentials.js';
 import { RegfsError } from '../../util/errors.js';
 import { createLogger } from '../../util/log.js';
 import { defaultPaths, parseSizeValue } from '../../daemon/settings.js';
@@ -72,7 +73,8 @@ export function registerMount(program: Command): void {
         process.on('SIGTERM', onSignal);
         process.on('SIGHUP', () => {
           running.metadata.dropListings();
-          log.info('SIGHUP: dropped cached listings');
+          invalidateCredentials();
+          log.info('SIGHUP: dropped cached listings; credentials are read again');
         });
         void running.done.then(resolve);
       });
