@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { request, type Dispatcher } from 'undici';
-import { Authorizer, readCapped } from './auth.js';
+import { Authorizer, parseChallenge, readCapped } from './auth.js';
 import type { CredentialProvider } from './credentials.js';
 import { RegfsError } from '../util/errors.js';
 import { OriginPools } from './origin-pools.js';
@@ -220,6 +220,11 @@ export class RegistryTransport {
 
   /** fail turns an unexpected response into a typed error carrying the registry's code and message. */
   async fail(res: Response, what: string): Promise<never> {
+    const denied = insufficientScope(res, what, this.host);
+    if (denied) {
+      await res.body.dump().catch(() => undefined);
+      throw denied;
+    }
     let text = '';
     try {
       text = res.status === 204 || res.body === undefined ? '' : await readCapped(res.body, 64 * 1024);
@@ -228,6 +233,19 @@ export class RegistryTransport {
     }
     throw errorFromBody(res.status, text, what);
   }
+}
+
+/**
+ * insufficientScope recognises a 401 whose challenge says `error="insufficient_scope"` (or a 403
+ * DENIED of a token-scoped request): the login works but may not do this. It returns a one-line
+ * DENIED error naming the scope, or undefined for any other answer.
+ */
+export function insufficientScope(res: { status: number; headers: Record<string, string | string[] | undefined> }, what: string, host: string): RegfsError | undefined {
+  if (res.status !== 401) return undefined;
+  const ch = parseChallenge(header(res, 'www-authenticate') ?? '');
+  if (ch?.params.error !== 'insufficient_scope') return undefined;
+  const scope = ch.params.scope ? ` (${ch.params.scope})` : '';
+  return new RegfsError('DENIED', `${what}: ${host} refused access${scope}: insufficient_scope; the login for ${host} is not allowed to do this (check its permissions, or run regfs login ${host} as another user)`, { status: 401, registryCode: 'insufficient_scope' });
 }
 
 /** errorFromBody maps a registry error response to a RegfsError with a clear sentence. */
