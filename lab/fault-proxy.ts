@@ -66,6 +66,8 @@ export interface FaultRule {
   chunked?: boolean;
   /** delayResponseMs forwards the request at once but holds upstream's answer this long (the request has landed). */
   delayResponseMs?: number;
+  /** bytesPerSecond paces the forwarded body of each matching answer to about this rate (a slow link). */
+  bytesPerSecond?: number;
 }
 
 /** RequestRecord is one request seen by the proxy; status and bytesOut are updated as it progresses. */
@@ -340,6 +342,7 @@ export async function startFaultProxy(
 
     let offset = 0;
     let done = false;
+    const started = Date.now();
     const onData = (chunk: Buffer): void => {
       if (done) return;
       let c = chunk;
@@ -362,7 +365,18 @@ export async function startFaultProxy(
         closeAfterFlush(res.socket);
         return;
       }
-      if (!ok) {
+      const rate = rule?.bytesPerSecond;
+      const ahead = rate ? (offset / rate) * 1000 - (Date.now() - started) : 0;
+      if (ahead > 5) {
+        // Ahead of the paced schedule: hold upstream until the link "has sent" what went out.
+        upRes.pause();
+        const timer = setTimeout(() => {
+          timers.delete(timer);
+          if (res.writableNeedDrain) res.once('drain', () => upRes.resume());
+          else upRes.resume();
+        }, ahead);
+        timers.add(timer);
+      } else if (!ok) {
         upRes.pause();
         res.once('drain', () => upRes.resume());
       }
