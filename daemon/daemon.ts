@@ -317,7 +317,7 @@ export class Daemon {
       socket: this.config.socket,
       cacheDir: this.config.cacheDir,
       stateDir: this.config.stateDir,
-      mounts: [...this.mounts.values()].map((m) => ({ source: m.config.source, mountpoint: m.running.mountpoint, staging: m.config.staging ?? null, allowDelete: m.config.allowDelete === true })),
+      mounts: [...this.mounts.values()].map((m) => ({ source: m.config.source, mountpoint: m.running.mountpoint, staging: m.config.staging ?? null, allowDelete: m.config.allowDelete === true, registry: m.registry.stats?.() ?? null })),
       cache: this.blobs.stats(),
       metadata: this.metadata.stats(),
       queue: this.queue.status(),

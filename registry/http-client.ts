@@ -49,6 +49,22 @@ export interface RequestSpec {
   timeoutMs?: number;
 }
 
+/** TransportStats counts what a transport did since it was opened, for `regfs status`. */
+export interface TransportStats {
+  /** requests is the number of HTTP attempts sent to the registry (retries and redirects included). */
+  requests: number;
+  /** retries is the number of attempts repeated after a connection error or a retryable status. */
+  retries: number;
+  /** rateLimited is the number of 429 answers. */
+  rateLimited: number;
+  /** unavailable is the number of 503 answers. */
+  unavailable: number;
+  /** retryWaitMs is the total time spent waiting before retries (Retry-After or backoff). */
+  retryWaitMs: number;
+  /** tokenRequests is the number of requests to the token service. */
+  tokenRequests: number;
+}
+
 /** Response is an HTTP response whose body the caller must consume or dump. */
 export interface Response {
   status: number;
@@ -82,6 +98,7 @@ export class RegistryTransport {
   private readonly timeoutMs: number;
   private readonly baseDelayMs: number;
   private readonly userAgent: string;
+  private readonly counts = { requests: 0, retries: 0, rateLimited: 0, unavailable: 0, retryWaitMs: 0 };
 
   constructor(readonly host: string, opts: TransportOptions = {}) {
     const tlsAsked = Boolean(opts.caFile || opts.insecure);
@@ -118,6 +135,11 @@ export class RegistryTransport {
     this.auth.forget();
   }
 
+  /** stats returns the counters of this transport (a copy). */
+  stats(): TransportStats {
+    return { ...this.counts, tokenRequests: this.auth.stats.tokenRequests };
+  }
+
   /** close releases the connection pool. */
   async close(): Promise<void> {
     await this.agent.close();
@@ -140,6 +162,8 @@ export class RegistryTransport {
         const delay = this.backoff(attempt);
         if (!canRetry || attempt >= this.retries || Date.now() - started + delay > this.budgetMs) throw err;
         this.log.debug('retrying after connection error', { what: spec.what, attempt: attempt + 1, error: (err as Error).message });
+        this.counts.retries++;
+        this.counts.retryWaitMs += delay;
         await pause(delay, spec.signal);
         attempt++;
         continue;
@@ -150,12 +174,16 @@ export class RegistryTransport {
         reauthed = true;
         continue;
       }
+      if (res.status === 429) this.counts.rateLimited++;
+      if (res.status === 503) this.counts.unavailable++;
       if (canRetry && RETRY_STATUS.has(res.status)) {
         const retryAfter = parseRetryAfter(header(res, 'retry-after'));
         const delay = retryAfter ?? this.backoff(attempt);
         if (attempt < this.retries && Date.now() - started + delay <= this.budgetMs) {
           await res.body.dump();
           this.log.debug('retrying after HTTP status', { what: spec.what, status: res.status, attempt: attempt + 1, delayMs: delay });
+          this.counts.retries++;
+          this.counts.retryWaitMs += delay;
           await pause(delay, spec.signal);
           attempt++;
           continue;
@@ -184,6 +212,7 @@ export class RegistryTransport {
       const headers: Record<string, string> = { 'user-agent': this.userAgent, ...spec.headers };
       if (authHeader && url.origin === this.base.origin) headers.authorization = authHeader;
       let r: Dispatcher.ResponseData;
+      this.counts.requests++;
       try {
         r = await request(url, {
           method: method as Dispatcher.HttpMethod,

@@ -4,7 +4,7 @@ import { hashing, verifying } from './blob-io.js';
 import { digestAlgorithm, digestOf, isDigest, parseDigest, type Digest } from './digest.js';
 import type { Descriptor } from './descriptor.js';
 import { RegfsError } from '../util/errors.js';
-import { errorFromBody, header, RegistryTransport, type TransportOptions } from './http-client.js';
+import { errorFromBody, header, RegistryTransport, type TransportOptions, type TransportStats } from './http-client.js';
 import { parseManifest, normaliseContentType } from './manifest.js';
 import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, MediaType } from './media-types.js';
 import type { BlobSource, ByteRange, FetchedManifest, ListOptions, PushResult, Registry, Repository } from './storage.js';
@@ -49,6 +49,11 @@ export class RemoteRegistry implements Registry {
 
   repository(name: string): RemoteRepository {
     return new RemoteRepository(this, name, this.opts);
+  }
+
+  /** stats returns the counters of the shared transport. */
+  stats(): TransportStats {
+    return this.transport.stats();
   }
 
   async close(): Promise<void> {

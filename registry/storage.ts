@@ -1,3 +1,4 @@
+import type { TransportStats } from './http-client.js';
 import type { Readable } from 'node:stream';
 import type { Digest } from './digest.js';
 import type { Descriptor } from './descriptor.js';
@@ -89,4 +90,6 @@ export interface Registry {
   repository(name: string): Repository;
   /** close releases connections. */
   close(): Promise<void>;
+  /** stats returns the transport's counters (requests, 429s, 503s, time waited), for a registry reached over HTTP. */
+  stats?(): TransportStats;
 }

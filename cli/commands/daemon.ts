@@ -104,7 +104,9 @@ export interface SyncPairView {
   syncedTags: number;
   conflicts: Array<{ tag: string; kept: string; at: string }>;
 }
-interface Status { pid: number; mounts: Array<{ source: string; mountpoint: string; staging: string | null }>; cache: Record<string, number>; queue: QueueItem[]; sync?: SyncPairView[]; recentErrors: Array<{ time: string; level: string; msg: string }> }
+/** RegistryCounters are a mount's transport counters as the daemon reports them. */
+interface RegistryCounters { requests: number; retries: number; rateLimited: number; unavailable: number; retryWaitMs: number; tokenRequests: number }
+interface Status { pid: number; mounts: Array<{ source: string; mountpoint: string; staging: string | null; registry?: RegistryCounters | null }>; cache: Record<string, number>; queue: QueueItem[]; sync?: SyncPairView[]; recentErrors: Array<{ time: string; level: string; msg: string }> }
 
 /** renderSyncPair is one pair in text: its settings, then its last round and recent conflicts, indented. */
 export function renderSyncPair(p: SyncPairView, indent = '  '): string[] {
@@ -116,7 +118,11 @@ export function renderSyncPair(p: SyncPairView, indent = '  '): string[] {
 
 function renderStatus(s: Status): string[] {
   const lines = [`regfs daemon pid ${s.pid}`, 'Mounts:'];
-  for (const m of s.mounts) lines.push(`  ${m.source} -> ${m.mountpoint}${m.staging ? `  (staging ${m.staging})` : ''}`);
+  for (const m of s.mounts) {
+    lines.push(`  ${m.source} -> ${m.mountpoint}${m.staging ? `  (staging ${m.staging})` : ''}`);
+    const r = m.registry;
+    if (r) lines.push(`    registry: ${r.requests} requests, ${r.tokenRequests} token requests; 429: ${r.rateLimited}, 503: ${r.unavailable}; ${r.retries} retries, waited ${(r.retryWaitMs / 1000).toFixed(1)} s`);
+  }
   if (!s.mounts.length) lines.push('  (none)');
   const c = s.cache;
   lines.push(`Cache: ${c.blobs ?? 0} blobs, ${humanBytes(c.bytesOnDisk ?? 0)} on disk; hits ${c.hits ?? 0}, misses ${c.misses ?? 0}, fetched ${humanBytes(c.bytesFetched ?? 0)}, served ${humanBytes(c.bytesServed ?? 0)}, evictions ${c.evictions ?? 0}`);
