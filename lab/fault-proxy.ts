@@ -104,7 +104,9 @@ export interface FaultProxy {
   bytesOut(): number;
   /** count returns how many recorded requests match the method (case-insensitive) and path regexp. */
   count(method?: string, path?: RegExp): number;
-  /** reset clears the request records and the bytesOut total (rules are kept, as are `times` used). */
+  /** peakInFlight is the most requests the proxy held at once, from arrival until their answer was finished or abandoned (since start or reset()). */
+  peakInFlight(): number;
+  /** reset clears the request records, the bytesOut total and the in-flight peak (rules are kept, as are `times` used). */
   reset(): void;
   /** close stops the server and destroys every open socket (stalled ones too); idempotent. */
   close(): Promise<void>;
@@ -495,7 +497,12 @@ export async function startFaultProxy(
     forward(req, res, rec, rule);
   };
 
+  let inFlight = 0;
+  let peak = 0;
   const server = http.createServer({ requestTimeout: 0 }, (req, res) => {
+    inFlight++;
+    peak = Math.max(peak, inFlight);
+    res.once('close', () => inFlight--);
     const method = req.method ?? 'GET';
     const p = req.url ?? '/';
     const rec: RequestRecord = { method, path: p, headers: { ...req.headers }, status: 0, bytesOut: 0, time: Date.now(), connection: connectionIds.get(req.socket) ?? 0 };
@@ -549,9 +556,11 @@ export async function startFaultProxy(
     count(method?: string, path?: RegExp): number {
       return requests.filter((r) => matches(method, r.method, true) && matches(path, r.path, false)).length;
     },
+    peakInFlight: () => peak,
     reset(): void {
       requests.length = 0;
       total = 0;
+      peak = inFlight;
     },
     close(): Promise<void> {
       closed ??= new Promise<void>((resolve) => {

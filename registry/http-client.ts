@@ -8,6 +8,7 @@ import { RegfsError } from '../util/errors.js';
 import { OriginPools } from './origin-pools.js';
 import { isLoopbackHost } from './reference.js';
 import { nullLogger, redactText, type Logger } from '../util/log.js';
+import { Semaphore } from '../util/limit.js';
 import { sleep } from '../util/sleep.js';
 
 /** TransportOptions say how to reach a registry: TLS, retries, deadlines, credentials. */
@@ -29,6 +30,11 @@ export interface TransportOptions {
   baseDelayMs?: number;
   userAgent?: string;
   log?: Logger;
+  /**
+   * maxConcurrentRequests bounds the requests to this registry waiting for an answer at once
+   * (default 16), so a big `ls -lR` cannot trip a rate limit by itself; more wait their turn.
+   */
+  maxConcurrentRequests?: number;
 }
 
 /** RequestSpec is one registry API call. */
@@ -98,6 +104,7 @@ export class RegistryTransport {
   private readonly timeoutMs: number;
   private readonly baseDelayMs: number;
   private readonly userAgent: string;
+  private readonly slots: Semaphore;
   private readonly counts = { requests: 0, retries: 0, rateLimited: 0, unavailable: 0, retryWaitMs: 0 };
 
   constructor(readonly host: string, opts: TransportOptions = {}) {
@@ -128,6 +135,7 @@ export class RegistryTransport {
     this.budgetMs = opts.retryBudgetMs ?? 30_000;
     this.baseDelayMs = opts.baseDelayMs ?? 200;
     this.userAgent = opts.userAgent ?? 'regfs/0.1';
+    this.slots = new Semaphore(opts.maxConcurrentRequests ?? 16);
   }
 
   /** forgetCredentials makes the next request read the credential again and get fresh tokens. */
@@ -155,7 +163,7 @@ export class RegistryTransport {
     for (;;) {
       let res: Response;
       try {
-        res = await this.once(spec, authHeader);
+        res = await this.limited(spec, authHeader);
       } catch (err) {
         if (err instanceof RegfsError && err.code !== 'NETWORK' && err.code !== 'TIMEOUT') throw err;
         if (spec.signal?.aborted) throw err;
@@ -190,6 +198,18 @@ export class RegistryTransport {
         }
       }
       return res;
+    }
+  }
+
+  /** limited sends one attempt holding a slot of the registry's concurrency limit until its answer's headers arrive. */
+  private async limited(spec: RequestSpec, authHeader: string | undefined): Promise<Response> {
+    const release = await this.slots.acquire(spec.signal).catch((err: unknown) => {
+      throw new RegfsError('TIMEOUT', `${spec.what}: aborted`, { cause: err });
+    });
+    try {
+      return await this.once(spec, authHeader);
+    } finally {
+      release();
     }
   }
 
