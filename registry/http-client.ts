@@ -5,7 +5,7 @@ import { request, type Dispatcher } from 'undici';
 import { Authorizer, parseChallenge, readCapped } from './auth.js';
 import type { CredentialProvider } from './credentials.js';
 import { RegfsError } from '../util/errors.js';
-import { OriginPools } from './origin-pools.js';
+import { registryDispatcher } from './origin-pools.js';
 import { isLoopbackHost } from './reference.js';
 import { nullLogger, redactText, type Logger } from '../util/log.js';
 import { Semaphore } from '../util/limit.js';
@@ -96,7 +96,7 @@ export function header(res: { headers: Record<string, string | string[] | undefi
 export class RegistryTransport {
   /** base is the registry's origin, e.g. http://127.0.0.1:5000. */
   readonly base: URL;
-  private readonly agent: OriginPools;
+  private readonly agent: Dispatcher;
   private readonly auth: Authorizer;
   private readonly log: Logger;
   private readonly retries: number;
@@ -120,7 +120,7 @@ export class RegistryTransport {
       }
     }
     this.timeoutMs = opts.timeoutMs ?? 30_000;
-    this.agent = new OriginPools({
+    this.agent = registryDispatcher({
       keepAliveTimeout: 30_000,
       connections: 16,
       connectTimeout: Math.min(this.timeoutMs, 10_000),

@@ -1,4 +1,5 @@
-import { Dispatcher, Pool } from 'undici';
+import type { ConnectionOptions } from 'node:tls';
+import { Dispatcher, EnvHttpProxyAgent, Pool } from 'undici';
 
 /**
  * OriginPools is an undici dispatcher holding one keep-alive Pool per origin for the life of a
@@ -50,4 +51,20 @@ function settle(p: Promise<unknown>, callback?: () => void): Promise<void> | voi
   const done = p.then(() => undefined);
   if (!callback) return done;
   done.then(callback, callback);
+}
+
+/** proxyConfigured tells whether HTTP_PROXY or HTTPS_PROXY (either case, as curl and undici read them) names a proxy. */
+export function proxyConfigured(env: NodeJS.ProcessEnv = process.env): boolean {
+  return Boolean(env.http_proxy || env.HTTP_PROXY || env.https_proxy || env.HTTPS_PROXY);
+}
+
+/**
+ * registryDispatcher returns the dispatcher of one transport: per-origin keep-alive pools, or, when
+ * HTTP_PROXY / HTTPS_PROXY is set, undici's EnvHttpProxyAgent (which also honours NO_PROXY), with the
+ * same TLS settings for the registry's connections inside the proxy tunnel.
+ */
+export function registryDispatcher(opts: Pool.Options & { connect: ConnectionOptions }): Dispatcher {
+  if (!proxyConfigured()) return new OriginPools(opts);
+  const { connect, ...rest } = opts;
+  return new EnvHttpProxyAgent({ ...rest, connect, requestTls: connect });
 }
