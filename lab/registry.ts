@@ -68,6 +68,11 @@ export interface StartOptions {
    * 307 to an nginx on another loopback port serving the storage root (combinable with every flavour).
    */
   redirect?: boolean;
+  /**
+   * blobHostFront puts something in front of the redirect flavour's nginx: it gets nginx's URL and
+   * returns the base URL the registry redirects to instead (e.g. a fault proxy's URL + "/").
+   */
+  blobHostFront?: (blobHostUrl: string) => Promise<string>;
 }
 
 const REGISTRY_BIN = '/usr/bin/docker-registry';
@@ -243,6 +248,7 @@ export async function startRegistry(
   let auth: string | undefined;
   let tls: { cert: string; key: string } | undefined;
   let blobHost: BlobHost | undefined;
+  let redirectBaseUrl: string | undefined;
 
   try {
     if (flavour === 'basic' || flavour === 'token') {
@@ -303,6 +309,7 @@ export async function startRegistry(
       tls = { cert: srvCert, key: srvKey };
     }
     if (opts.redirect) blobHost = await startBlobHostRetrying(path.join(dir, 'nginx'), path.join(dir, 'data'));
+    if (blobHost) redirectBaseUrl = opts.blobHostFront ? await opts.blobHostFront(blobHost.url) : blobHost.url;
   } catch (e) {
     await blobHost?.stop();
     await tokenHandle?.close();
@@ -332,7 +339,7 @@ export async function startRegistry(
 
   /** Spawn the registry on `port` and wait for readiness; rejects (and reaps) if it dies first. */
   const launch = async (): Promise<void> => {
-    await fsp.writeFile(configFile, buildConfig({ dir, port, deleteEnabled, auth, tls, redirectBaseUrl: blobHost?.url }));
+    await fsp.writeFile(configFile, buildConfig({ dir, port, deleteEnabled, auth, tls, redirectBaseUrl }));
     const c = spawn(REGISTRY_BIN, ['serve', configFile], {
       cwd: dir,
       env,

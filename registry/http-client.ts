@@ -225,9 +225,11 @@ export class RegistryTransport {
       // An absolute URL from the registry (an upload Location) on another origin: no credentials there.
       authHeader = undefined;
     }
+    const first = url;
     let method: string = spec.method;
     let body = typeof spec.body === 'function' ? spec.body() : spec.body;
     const timeout = spec.timeoutMs ?? this.timeoutMs;
+    let askedAgain = false;
     for (let hop = 0; ; hop++) {
       const headers: Record<string, string> = { 'user-agent': this.userAgent, ...spec.headers };
       if (authHeader && url.origin === this.base.origin) headers.authorization = authHeader;
@@ -250,6 +252,15 @@ export class RegistryTransport {
         throw networkError(err, spec.what, url);
       }
       this.log.debug('http', { method, url: redactText(url.toString()), status: r.statusCode });
+      if ((r.statusCode === 403 || r.statusCode === 401) && hop > 0 && url.origin !== first.origin && !askedAgain && (method === 'GET' || method === 'HEAD')) {
+        // The storage host the registry redirected to refused (an expired signed URL): ask the registry
+        // for a fresh redirect, once.
+        await r.body.dump();
+        this.log.debug('storage host refused a redirected request; asking the registry again', { what: spec.what, status: r.statusCode });
+        askedAgain = true;
+        url = first;
+        continue;
+      }
       const loc = header({ headers: r.headers }, 'location');
       if (r.statusCode >= 300 && r.statusCode < 400 && r.statusCode !== 304 && loc && (method === 'GET' || method === 'HEAD')) {
         await r.body.dump();
