@@ -291,7 +291,7 @@ export async function startRegistry(
           'basicConstraints=critical,CA:FALSE',
           'keyUsage=critical,digitalSignature,keyEncipherment',
           'extendedKeyUsage=serverAuth',
-          'subjectAltName=IP:127.0.0.1,DNS:localhost',
+          'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:registry.invalid',
           '',
         ].join('\n'),
       );

@@ -59,12 +59,22 @@ export function proxyConfigured(env: NodeJS.ProcessEnv = process.env): boolean {
 }
 
 /**
+ * noProxyList is NO_PROXY (or no_proxy) plus the loopback names, which are never proxied (as Go's
+ * proxy rules do for docker, skopeo and oras); `*` stays `*`.
+ */
+export function noProxyList(env: NodeJS.ProcessEnv = process.env): string {
+  const given = (env.no_proxy ?? env.NO_PROXY ?? '').trim();
+  if (given === '*') return '*';
+  return [given, 'localhost', '127.0.0.1', '::1', '[::1]'].filter(Boolean).join(',');
+}
+
+/**
  * registryDispatcher returns the dispatcher of one transport: per-origin keep-alive pools, or, when
- * HTTP_PROXY / HTTPS_PROXY is set, undici's EnvHttpProxyAgent (which also honours NO_PROXY), with the
- * same TLS settings for the registry's connections inside the proxy tunnel.
+ * HTTP_PROXY / HTTPS_PROXY is set, undici's EnvHttpProxyAgent (NO_PROXY and loopback bypass it), with
+ * the same TLS settings for the registry's connections inside the proxy tunnel.
  */
 export function registryDispatcher(opts: Pool.Options & { connect: ConnectionOptions }): Dispatcher {
   if (!proxyConfigured()) return new OriginPools(opts);
   const { connect, ...rest } = opts;
-  return new EnvHttpProxyAgent({ ...rest, connect, requestTls: connect });
+  return new EnvHttpProxyAgent({ ...rest, connect, requestTls: connect, noProxy: noProxyList() });
 }

@@ -26,12 +26,16 @@ test('HTTP_PROXY reaches a registry name only the proxy resolves; NO_PROXY bypas
   const direct = await runCli(['pull', `registry.invalid:${port}/team/app:v1`, '-o', await tempDir(t), '--plain-http'], { env });
   t.not(direct.code, 0);
 
-  // NO_PROXY: the loopback registry is reached directly, the proxy sees nothing.
+  // Loopback is never proxied (as Go clients do); NO_PROXY names bypass the proxy too.
   const before = fwd.requests.length;
   const out2 = await tempDir(t);
-  const bypass = await runCli(['pull', `${reg.host}/team/app:v1`, '-o', out2], { env: { ...proxied, NO_PROXY: '127.0.0.1' } });
-  t.is(bypass.code, 0, bypass.stderr);
+  const loop = await runCli(['pull', `${reg.host}/team/app:v1`, '-o', out2], { env: proxied });
+  t.is(loop.code, 0, loop.stderr);
   t.is(await readFile(path.join(out2, 'a.txt'), 'utf8'), 'through the proxy');
+  t.is(fwd.requests.length, before);
+  const bypass = await runCli(['pull', `registry.invalid:${port}/team/app:v1`, '-o', await tempDir(t), '--plain-http'], { env: { ...proxied, NO_PROXY: '.invalid' } });
+  t.not(bypass.code, 0, 'bypassing the proxy, the name does not resolve');
+  t.regex(bypass.stderr, /cannot reach registry\.invalid/);
   t.is(fwd.requests.length, before);
 });
 
@@ -39,16 +43,16 @@ test('HTTPS_PROXY tunnels TLS to the registry; the registry certificate is still
   const reg = await startRegistry(t, { flavour: 'tls' });
   const { env } = await cliEnv(t);
   const port = reg.host.split(':')[1]!;
-  const fwd = await startForwardProxy(t);
+  const fwd = await startForwardProxy(t, { hosts: { 'registry.invalid': '127.0.0.1' } });
   const proxied = { ...env, HTTPS_PROXY: fwd.url, NO_PROXY: '' };
   const src = await tempDir(t);
   await writeFile(path.join(src, 'b.txt'), 'tunnelled');
-  const push = await runCli(['push', `localhost:${port}/team/tls:v1`, 'b.txt', '--ca-file', reg.caFile!], { cwd: src, env: proxied });
+  const push = await runCli(['push', `registry.invalid:${port}/team/tls:v1`, 'b.txt', '--ca-file', reg.caFile!], { cwd: src, env: proxied });
   t.is(push.code, 0, push.stderr);
-  t.true(fwd.requests.some((r) => r.kind === 'connect' && r.target === `localhost:${port}` && r.status === 200), JSON.stringify(fwd.requests));
+  t.true(fwd.requests.some((r) => r.kind === 'connect' && r.target === `registry.invalid:${port}` && r.status === 200), JSON.stringify(fwd.requests));
   const before = fwd.requests.length;
-  const untrusted = await runCli(['pull', `localhost:${port}/team/tls:v1`, '-o', await tempDir(t), '--ca-file', '/etc/ssl/certs/ca-certificates.crt'], { env: proxied });
+  const untrusted = await runCli(['pull', `registry.invalid:${port}/team/tls:v1`, '-o', await tempDir(t), '--ca-file', '/etc/ssl/certs/ca-certificates.crt'], { env: proxied });
   t.not(untrusted.code, 0);
-  t.regex(untrusted.stderr, /certificate of localhost:\d+ is not trusted/);
+  t.regex(untrusted.stderr, /certificate of registry\.invalid:\d+ is not trusted/);
   t.true(fwd.requests.length > before, 'that attempt went through the proxy too');
 });
