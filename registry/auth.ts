@@ -106,7 +106,8 @@ export class Authorizer {
     if (this.credential === used) this.credential = undefined;
     const now = await this.cred();
     const changed = !sameCredential(was, now);
-    this.log.info(`${this.host} refused the stored credentials; read them again`, { changed });
+    if (changed) this.log.info(`${this.host} refused the credentials read earlier; using the ones stored since`);
+    else this.log.debug(`${this.host} refused the stored credentials; they have not changed`);
     return changed;
   }
 
