@@ -68,7 +68,12 @@ export class Authorizer {
       const t = this.tokens.get(scopeKey(scopes));
       if (t && t.expiresAt > Date.now()) return `Bearer ${t.token}`;
       if (t) this.tokens.delete(scopeKey(scopes));
-      return this.fetchToken(scopes);
+      // Pre-emptive only: when the token service fails, send the request as is and let the registry
+      // challenge it (a registry may challenge one route, e.g. the catalog, with a realm others never use).
+      return this.fetchToken(scopes).catch((err: unknown) => {
+        this.log.debug('pre-emptive token request failed; sending without', { error: (err as Error).message });
+        return undefined;
+      });
     }
     return undefined;
   }
