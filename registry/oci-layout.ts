@@ -1,7 +1,7 @@
 import { existsSync, promises as fsp, constants as C, type Stats } from 'node:fs';
 import path from 'node:path';
 import { Readable, addAbortSignal } from 'node:stream';
-import { hashing, tempPathFor, verifying, writeStreamAtomic } from './blob-io.js';
+import { hashing, verifying } from './blob-io.js';
 import { parseDescriptor, type Descriptor } from './descriptor.js';
 import { Verifier, digestAlgorithm, digestHex, digestOf, isDigest, parseDigest, type Digest } from './digest.js';
 import { RegfsError } from '../util/errors.js';
@@ -9,7 +9,7 @@ import { artifactTypeOf, parseManifest } from './manifest.js';
 import { MAX_MANIFEST_BYTES, MediaType } from './media-types.js';
 import { isRepositoryName, isTag } from './reference.js';
 import type { BlobSource, ByteRange, FetchedManifest, ListOptions, PushResult, Registry, Repository } from './storage.js';
-import { fsyncDir, writeFileAtomic } from '../util/fs-atomic.js';
+import { fsyncDir, tempPathFor, writeFileAtomic, writeStreamAtomic } from '../util/fs-atomic.js';
 import { errnoOf, ioError } from '../util/errors.js';
 import { sleep } from '../util/sleep.js';
 

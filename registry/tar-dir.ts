@@ -7,7 +7,7 @@ import tar from 'tar-stream';
 import { digestAlgorithm, type Digest } from './digest.js';
 import { RegfsError, isRegfsError } from '../util/errors.js';
 import { checkTitle, mkdirInside, resolveInside } from './safe-path.js';
-import { fsyncDir } from '../util/fs-atomic.js';
+import { fsyncDir, tempPathFor, writeAll, writeAtomic } from '../util/fs-atomic.js';
 import { ioError } from '../util/errors.js';
 
 /*
@@ -288,33 +288,17 @@ async function drain(entry: AsyncIterable<unknown>): Promise<void> {
   }
 }
 
-async function writeAll(fh: fsp.FileHandle, chunk: Buffer): Promise<void> {
-  let off = 0;
-  while (off < chunk.length) {
-    const { bytesWritten } = await fh.write(chunk, off, chunk.length - off);
-    off += bytesWritten;
-  }
-}
-
-function tempBeside(abs: string): string {
-  return path.join(path.dirname(abs), `.${path.basename(abs)}.${randomBytes(6).toString('hex')}.part`);
-}
-
-/** placeFile writes a new regular file at abs: exclusive, no-follow temp file beside it, then rename. */
+/** placeFile writes a new regular file at abs: exclusive, no-follow temp file beside it, then rename (not fsynced: extractTarAtomic syncs the directory once). */
 async function placeFile(abs: string, mode: number, mtime: Date | undefined, fill: (fh: fsp.FileHandle) => Promise<void>): Promise<void> {
-  const tmp = tempBeside(abs);
-  const fh = await fsp.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
-  try {
-    await fill(fh);
-    await fh.chmod(mode & 0o777);
-    if (mtime) await fh.utimes(mtime, mtime).catch(() => undefined);
-    await fh.close();
-    await fsp.rename(tmp, abs);
-  } catch (err) {
-    await fh.close().catch(() => undefined);
-    await fsp.rm(tmp, { force: true });
-    throw err;
-  }
+  await writeAtomic(
+    abs,
+    async (fh) => {
+      await fill(fh);
+      await fh.chmod(mode & 0o777);
+      if (mtime) await fh.utimes(mtime, mtime).catch(() => undefined);
+    },
+    { durable: false },
+  );
 }
 
 /**
@@ -502,7 +486,7 @@ export async function extractTarAtomic(src: Readable, target: string, opts: Extr
   const abs = path.resolve(target);
   const parent = path.dirname(abs);
   const name = path.basename(abs);
-  const tmp = path.join(parent, `.${name}.${randomBytes(6).toString('hex')}.part`);
+  const tmp = tempPathFor(abs);
   try {
     await fsp.mkdir(tmp);
   } catch (err) {

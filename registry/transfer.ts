@@ -8,7 +8,8 @@ import { Annotation, MediaType } from './media-types.js';
 import type { PackedArtifact, PreparedBlob } from './pack.js';
 import { checkTitle, mkdirInside, resolveInside } from './safe-path.js';
 import type { FetchedManifest, ReadableRepository, Repository } from './storage.js';
-import { passThrough, writeStreamAtomic } from './blob-io.js';
+import { passThrough } from './blob-io.js';
+import { writeStreamAtomic } from '../util/fs-atomic.js';
 import { extractTarAtomic } from './tar-dir.js';
 import { runLimited } from '../util/limit.js';
 
