@@ -40,6 +40,11 @@ function tarMtime(st: Stats): Date {
   return new Date(secs * 1000);
 }
 
+/** commonHeader is what every packed entry's header shares: name, mode & 0o7777, whole-second mtime, no owner. */
+function commonHeader(name: string, st: Stats): { name: string; mode: number; mtime: Date; uid: number; gid: number; uname: string; gname: string } {
+  return { name, mode: st.mode & 0o7777, mtime: tarMtime(st), uid: 0, gid: 0, uname: '', gname: '' };
+}
+
 /** waitDrain resolves once w drains, and rejects if it errors or closes first. */
 function waitDrain(w: Sink): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -84,17 +89,7 @@ async function addFile(pack: tar.Pack, abs: string, name: string): Promise<void>
   try {
     const st = await fh.stat();
     if (!st.isFile()) return; // replaced since the walk saw it
-    const header: HeaderArg = {
-      name,
-      type: 'file',
-      size: st.size,
-      mode: st.mode & 0o7777,
-      mtime: tarMtime(st),
-      uid: 0,
-      gid: 0,
-      uname: '',
-      gname: '',
-    };
+    const header: HeaderArg = { ...commonHeader(name, st), type: 'file', size: st.size };
     let sink!: Sink;
     const done = new Promise<void>((resolve, reject) => {
       sink = pack.entry(header, (err) => (err ? reject(err) : resolve()));
@@ -130,7 +125,7 @@ async function walk(pack: tar.Pack, absDir: string, nameDir: string): Promise<vo
     } catch (err) {
       throw ioError(`cannot pack ${JSON.stringify(abs)}`, err);
     }
-    const common = { name, mode: st.mode & 0o7777, mtime: tarMtime(st), uid: 0, gid: 0, uname: '', gname: '' };
+    const common = commonHeader(name, st);
     if (st.isDirectory()) {
       await addEntry(pack, { ...common, type: 'directory', size: 0 });
       await walk(pack, abs, name);
@@ -161,17 +156,7 @@ export function packDirectory(dir: string, opts: PackOptions = {}): Readable {
     const prefix = checkTitle(opts.prefix ?? path.basename(root));
     const st = await fsp.stat(root);
     if (!st.isDirectory()) throw new RegfsError('INVALID_ARGUMENT', `cannot pack ${JSON.stringify(dir)}: not a directory`);
-    await addEntry(pack, {
-      name: prefix,
-      type: 'directory',
-      size: 0,
-      mode: st.mode & 0o7777,
-      mtime: tarMtime(st),
-      uid: 0,
-      gid: 0,
-      uname: '',
-      gname: '',
-    });
+    await addEntry(pack, { ...commonHeader(prefix, st), type: 'directory', size: 0 });
     await walk(pack, root, prefix);
     pack.finalize();
   };
