@@ -10,7 +10,7 @@ import { Annotation, EMPTY_CONFIG, MediaType } from '../registry/media-types.js'
 import { isRepositoryName, isTag } from '../registry/reference.js';
 import { checkTitle } from '../registry/safe-path.js';
 import type { FetchedManifest, Registry } from '../registry/storage.js';
-import { extractTar } from '../registry/tar-dir.js';
+import { extractTar } from '../registry/tar-extract.js';
 import { runLimited } from '../util/limit.js';
 import { nullLogger, type Logger } from '../util/log.js';
 import { Errno, MountError, toErrno } from './errno.js';

@@ -7,7 +7,7 @@ import { Annotation } from '../registry/media-types.js';
 import { isRepositoryName, isTag } from '../registry/reference.js';
 import { checkTitle, resolveInside } from '../registry/safe-path.js';
 import type { FetchedManifest, ReadableRepository, Registry } from '../registry/storage.js';
-import { extractTarAtomic } from '../registry/tar-dir.js';
+import { extractTarAtomic } from '../registry/tar-extract.js';
 import { createReadStream } from 'node:fs';
 import type { MountRoot } from '../registry/open-mount.js';
 import { RegfsError } from '../util/errors.js';

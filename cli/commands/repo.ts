@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { writeStreamAtomic } from '../../registry/blob-io.js';
+import { writeStreamAtomic } from '../../util/fs-atomic.js';
 import { RegfsError } from '../../util/errors.js';
 import { Annotation } from '../../registry/media-types.js';
 import { artifactTypeOf } from '../../registry/manifest.js';
