@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { RegfsError } from '../util/errors.js';
-import { OciLayoutStore } from './oci-layout.js';
+import { OciLayoutStore } from './oci-layout-store.js';
 import { openSource, type SourceOptions } from './open.js';
 import { isRepositoryName, parseMountSource, type MountSource } from './reference.js';
 import type { Registry } from './storage.js';
