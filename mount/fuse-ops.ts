@@ -5,7 +5,7 @@ import type { Descriptor } from '../registry/descriptor.js';
 import type { ReadableRepository } from '../registry/storage.js';
 import type { Logger } from '../util/log.js';
 import { Errno, toErrno } from './errno.js';
-import type { StagingTree, WriteHandle } from './staging-tree.js';
+import type { OverlayTree, WriteHandle } from './overlay-tree.js';
 import { openFlagsWritable, type Attr, type BlobSource, type Tree } from './vfs.js';
 
 type Cb<T = undefined> = (err: number, value?: T) => void;
@@ -35,7 +35,7 @@ export interface HandlerOptions {
   statfsPath: string;
   log: Logger;
   /** writer, when given, makes the mount writable through its staging folder; without it every change is EROFS. */
-  writer?: StagingTree;
+  writer?: OverlayTree;
 }
 
 /**

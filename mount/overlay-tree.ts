@@ -40,8 +40,8 @@ export interface StagingOptions {
   hooks: StagingHooks;
 }
 
-/** StagingTreeOptions wire a StagingTree to the registry's tree and caches. */
-export interface StagingTreeOptions {
+/** OverlayTreeOptions wire an OverlayTree to the registry's tree and caches. */
+export interface OverlayTreeOptions {
   vfs: Vfs;
   registry: Registry;
   metadata: MetadataSource;
@@ -100,13 +100,13 @@ const rand = (): string => randomBytes(8).toString('hex');
 const fail = (errno: number, msg: string): MountError => new MountError(errno, msg);
 
 /**
- * StagingTree is a mount's tree with writes: the registry's tree (Vfs) overlaid with the mount's
+ * OverlayTree is a mount's tree with writes: the registry's tree (Vfs) overlaid with the mount's
  * staging folder. Writes go to `<staging>/<repository>/<tag>/...` (through a temp file renamed into
  * place when closed); the daemon pushes each tag folder once it is quiet. A tag folder is shown from
  * staging while it differs from what was last pushed ("overlaid"), and from the registry once the push
  * has landed. Semantics and errnos: docs/mount.md.
  */
-export class StagingTree implements Tree {
+export class OverlayTree implements Tree {
   private readonly root: string;
   private readonly tmpRoot: string;
   private readonly log: Logger;
@@ -120,7 +120,7 @@ export class StagingTree implements Tree {
   private readonly landedMemo = new Map<string, { at: number; value: Promise<boolean> }>();
   private readonly warned = new Set<string>();
 
-  constructor(private readonly o: StagingTreeOptions) {
+  constructor(private readonly o: OverlayTreeOptions) {
     this.root = path.resolve(o.staging.dir);
     this.tmpRoot = path.join(this.root, WRITES_DIR);
     this.log = o.log ?? nullLogger;
