@@ -2,7 +2,9 @@ import { randomBytes } from 'node:crypto';
 import { constants as C, createReadStream, promises as fsp, type Dirent } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
+import type { StagingHooks } from '../staging/hooks.js';
 import { fingerprint, isIgnoredName, isTagFolderListing, scanTagDir, TAG_MARKER, WRITES_DIR } from '../staging/layout.js';
+import { TagLocks } from '../staging/tag-lock.js';
 import { isDigest } from '../registry/digest.js';
 import type { Descriptor } from '../registry/descriptor.js';
 import { isRegfsError } from '../util/errors.js';
@@ -10,27 +12,12 @@ import { Annotation, EMPTY_CONFIG, MediaType } from '../registry/media-types.js'
 import { isRepositoryName, isTag } from '../registry/reference.js';
 import { checkTitle } from '../registry/safe-path.js';
 import type { FetchedManifest, Registry } from '../registry/storage.js';
+import { deleteTagAlone } from '../registry/tag-ops.js';
 import { extractTar } from '../registry/tar-dir.js';
-import { runLimited } from '../util/limit.js';
 import { nullLogger, type Logger } from '../util/log.js';
 import { Errno, MountError, toErrno } from './errno.js';
 import { buildManifestTree } from './manifest-tree.js';
 import { makeAttr, type BlobSource, type MetadataSource, type Resolved, type Tree, type Vfs } from './vfs.js';
-
-/** StagingHooks connect a writable mount to the daemon's push queue. */
-export interface StagingHooks {
-  /** landed tells whether a tag folder with this fingerprint is what was last pushed (or recorded) for repository:tag. */
-  landed(repository: string, tag: string, fingerprint: string): boolean;
-  /** recordPublished notes that a tag folder (by fingerprint) matches the registry's manifest `digest`, so it is not pushed as is. */
-  recordPublished(repository: string, tag: string, fingerprint: string, digest: string): Promise<void>;
-  /** touched is called with the staging folder of every change through the mount: pushes near it wait another quiet period. */
-  touched(stagingPath: string): void;
-  /**
-   * changed asks for a rescan of the staging folder soon (a file landed, a folder came or went); with
-   * tagDir, the change was in that tag folder, so queued pushes of folders below it are stale.
-   */
-  changed(tagDir?: string): void;
-}
 
 /** StagingOptions make a mount writable: writes land in the staging folder `dir`, which the daemon pushes. */
 export interface StagingOptions {
@@ -113,8 +100,7 @@ export class OverlayTree implements Tree {
   /** writers: per path, the handle whose bytes are not in place yet (changed, not flushed); opened: every handle open for writing. */
   private readonly writers = new Map<string, WriteHandle>();
   private readonly opened = new Map<string, Set<WriteHandle>>();
-  private readonly holds = new Map<string, number>();
-  private readonly locks = new Map<string, Promise<unknown>>();
+  private readonly tags = new TagLocks();
   /** fsMemo caches staging folder facts (is a folder, is a tag folder); landedMemo whether a tag folder landed. */
   private readonly fsMemo = new Map<string, { at: number; value: Promise<boolean> }>();
   private readonly landedMemo = new Map<string, { at: number; value: Promise<boolean> }>();
@@ -249,7 +235,7 @@ export class OverlayTree implements Tree {
 
   /** overlaid: the mount shows this tag from staging (being changed, or not pushed yet). */
   private async overlaid(T: TagFolder): Promise<boolean> {
-    return (this.holds.get(T.dir) ?? 0) > 0 || !(await this.landed(T));
+    return this.tags.held(T.dir) || !(await this.landed(T));
   }
 
   private writable(r: Resolved): Resolved {
@@ -307,45 +293,23 @@ export class OverlayTree implements Tree {
 
   // ---- preparing a tag for a change -----------------------------------------------------------
 
-  private locked<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.locks.get(key) ?? Promise.resolve();
-    const next = prev.then(fn, fn);
-    const tail = next.catch(() => undefined);
-    this.locks.set(key, tail);
-    void tail.then(() => {
-      if (this.locks.get(key) === tail) this.locks.delete(key);
-    });
-    return next;
-  }
-
   /**
    * hold makes a tag folder ready for a change and keeps it overlaid until the returned release is
    * called: a tag that is not in staging, or whose staged copy already landed, is first copied from the
    * registry (so the next manifest = the registry's files + this change).
    */
   private hold(T: TagFolder): Promise<() => void> {
-    return this.locked(T.dir, async () => {
-      if (!this.holds.get(T.dir)) {
-        this.invalidate();
-        const staged = await this.isTagFolderDir(T.dir);
-        if (!staged) {
-          if (T.remote) await this.materialise(T);
-          else await fsp.mkdir(T.dir, { recursive: true });
-        } else if ((await this.landed(T)) && (await this.remoteHasTag(T))) {
-          await this.materialise(T);
-        }
+    const prepare = async (): Promise<void> => {
+      this.invalidate();
+      const staged = await this.isTagFolderDir(T.dir);
+      if (!staged) {
+        if (T.remote) await this.materialise(T);
+        else await fsp.mkdir(T.dir, { recursive: true });
+      } else if ((await this.landed(T)) && (await this.remoteHasTag(T))) {
+        await this.materialise(T);
       }
-      this.holds.set(T.dir, (this.holds.get(T.dir) ?? 0) + 1);
-      let released = false;
-      return () => {
-        if (released) return;
-        released = true;
-        const n = (this.holds.get(T.dir) ?? 1) - 1;
-        if (n > 0) this.holds.set(T.dir, n);
-        else this.holds.delete(T.dir);
-        this.invalidate();
-      };
-    });
+    };
+    return this.tags.hold(T.dir, prepare, () => this.invalidate());
   }
 
   private async remoteHasTag(T: TagFolder): Promise<boolean> {
@@ -788,7 +752,7 @@ export class OverlayTree implements Tree {
     if (T && comps.length > T.depth) {
       await this.withHold(T, () => fsp.rmdir(this.staged(comps)));
     } else if (T && comps.length === T.depth) {
-      await this.locked(T.dir, async () => {
+      await this.tags.locked(T.dir, async () => {
         if (published) await this.deleteTag(T);
         await fsp.rm(T.dir, { recursive: true, force: true });
       });
@@ -801,18 +765,11 @@ export class OverlayTree implements Tree {
 
   /** deleteTag deletes a tag's manifest, unless other tags point at the same manifest (the API deletes manifests, not tags). */
   private async deleteTag(T: TagFolder): Promise<void> {
-    const repo = this.o.registry.repository(T.repository);
-    const desc = await repo.resolve(T.tag);
-    const others: string[] = [];
-    const tags = (await repo.listTags()).filter((t) => t !== T.tag);
-    await runLimited(tags, 4, async (t) => {
-      const d = await repo.resolve(t).catch(() => undefined);
-      if (d?.digest === desc.digest) others.push(t);
-    });
-    if (others.length) {
-      throw fail(Errno.EPERM, `cannot delete ${T.repository}:${T.tag} alone: tag(s) ${others.sort().join(', ')} point at the same manifest ${desc.digest}, and a registry deletes manifests, not tags`);
+    const done = await deleteTagAlone(this.o.registry.repository(T.repository), T.tag);
+    const desc = done.descriptor;
+    if (!done.deleted) {
+      throw fail(Errno.EPERM, `cannot delete ${T.repository}:${T.tag} alone: tag(s) ${done.sharedWith.join(', ')} point at the same manifest ${desc.digest}, and a registry deletes manifests, not tags`);
     }
-    await repo.deleteManifest(desc);
     this.o.dropListings(T.repository);
     this.log.info(`deleted ${T.repository}:${T.tag} (${desc.digest}) in ${this.o.registry.display}: rmdir through the mount`);
   }
