@@ -1,9 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { constants as C, createReadStream, promises as fsp, type Dirent } from 'node:fs';
+import { constants as C, promises as fsp, type Dirent } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import type { StagingHooks } from '../staging/hooks.js';
 import { fingerprint, isIgnoredName, isTagFolderListing, scanTagDir, TAG_MARKER, WRITES_DIR } from '../staging/layout.js';
+import { materialiseTag } from '../staging/materialise.js';
 import { TagLocks } from '../staging/tag-lock.js';
 import { isDigest } from '../registry/digest.js';
 import type { Descriptor } from '../registry/descriptor.js';
@@ -13,7 +14,6 @@ import { isRepositoryName, isTag } from '../registry/reference.js';
 import { checkTitle } from '../registry/safe-path.js';
 import type { FetchedManifest, Registry } from '../registry/storage.js';
 import { deleteTagAlone } from '../registry/tag-ops.js';
-import { extractTar } from '../registry/tar-dir.js';
 import { nullLogger, type Logger } from '../util/log.js';
 import { Errno, MountError, toErrno } from './errno.js';
 import { buildManifestTree } from './manifest-tree.js';
@@ -351,40 +351,7 @@ export class OverlayTree implements Tree {
     const repo = this.o.registry.repository(T.repository);
     const fm = await this.o.metadata.manifestByTag(repo, T.tag);
     const layers = this.rebuildable(T, fm);
-    const work = path.join(this.tmpRoot, `tag-${rand()}`);
-    const aside = path.join(this.tmpRoot, `old-${rand()}`);
-    let movedAside = false;
-    await fsp.mkdir(work);
-    try {
-      for (const { layer, title } of layers) {
-        const dest = path.join(work, ...title.split('/'));
-        await fsp.mkdir(path.dirname(dest), { recursive: true });
-        this.o.blobs.pin(layer.digest);
-        try {
-          const blob = await this.o.blobs.ensureBlob(repo, layer);
-          if (layer.annotations?.[Annotation.unpack] === 'true') {
-            await fsp.mkdir(dest);
-            await extractTar(createReadStream(blob), dest, { gzip: layer.mediaType.endsWith('gzip'), stripPrefix: title });
-          } else {
-            await fsp.copyFile(blob, dest, C.COPYFILE_FICLONE);
-          }
-        } finally {
-          this.o.blobs.unpin(layer.digest);
-        }
-      }
-      await fsp.writeFile(path.join(work, TAG_MARKER), '');
-      await fsp.mkdir(path.dirname(T.dir), { recursive: true });
-      movedAside = await fsp.rename(T.dir, aside).then(() => true, (e: NodeJS.ErrnoException) => {
-        if (e.code === 'ENOENT') return false;
-        throw e;
-      });
-      await fsp.rename(work, T.dir);
-    } catch (err) {
-      if (movedAside) await fsp.rename(aside, T.dir).catch(() => undefined);
-      await fsp.rm(work, { recursive: true, force: true });
-      throw err;
-    }
-    if (movedAside) await fsp.rm(aside, { recursive: true, force: true });
+    await materialiseTag({ repo, layers, dir: T.dir, workRoot: this.tmpRoot, blobs: this.o.blobs });
     this.invalidate();
     this.landedMemo.delete(T.dir);
     await this.o.staging.hooks.recordPublished(T.repository, T.tag, fingerprint(await scanTagDir(T.dir)), fm.descriptor.digest);
