@@ -5,7 +5,8 @@ import type { Descriptor } from '../registry/descriptor.js';
 import type { ReadableRepository } from '../registry/storage.js';
 import type { Logger } from '../util/log.js';
 import { Errno, toErrno } from './errno.js';
-import type { OverlayTree, WriteHandle } from './overlay-tree.js';
+import type { OverlayTree } from './overlay-tree.js';
+import type { WriteHandle } from './write-handle.js';
 import { openFlagsWritable, type Attr, type BlobSource, type Tree } from './vfs.js';
 
 type Cb<T = undefined> = (err: number, value?: T) => void;

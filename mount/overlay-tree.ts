@@ -1,6 +1,4 @@
-import { randomBytes } from 'node:crypto';
 import { constants as C, promises as fsp, type Dirent } from 'node:fs';
-import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import type { StagingHooks } from '../staging/hooks.js';
 import { fingerprint, isIgnoredName, isTagFolderListing, scanTagDir, TAG_MARKER, WRITES_DIR } from '../staging/layout.js';
@@ -17,6 +15,7 @@ import { deleteTagAlone } from '../registry/tag-ops.js';
 import { nullLogger, type Logger } from '../util/log.js';
 import { Errno, MountError, toErrno } from './errno.js';
 import { buildManifestTree } from './manifest-tree.js';
+import { FILE_W, tempFile, WriteHandles, type WriteHandle, type WriteTarget } from './write-handle.js';
 import { makeAttr, type BlobSource, type MetadataSource, type Resolved, type Tree, type Vfs } from './vfs.js';
 
 /** StagingOptions make a mount writable: writes land in the staging folder `dir`, which the daemon pushes. */
@@ -49,41 +48,13 @@ interface TagFolder {
   remote?: boolean;
 }
 
-interface ActiveWrite {
-  /** tmp is where the bytes go (`<staging>/.regfs-writes/<random>`); renamed to final at the first flush. */
-  tmp: string;
-  final: string;
-  fh: FileHandle;
-  /** base is the file's previous content, copied into tmp only if the writer appends to it. */
-  base?: string;
-  renamed: boolean;
-  unhold: () => void;
-}
-
-/** WriteHandle is one file opened for writing through the mount. */
-export interface WriteHandle {
-  readonly path: string;
-  readonly comps: string[];
-  readonly tag: TagFolder;
-  /** size is the file's size as the writer sees it. */
-  size: number;
-  /** source answers reads before the first change. */
-  source?: Resolved;
-  active?: ActiveWrite;
-  modified: boolean;
-  chain: Promise<unknown>;
-  lastTouch: number;
-}
-
 const DIR_W = 0o040755;
-const FILE_W = 0o100644;
 const MEMO_MS = 1000;
 
 const splitPath = (p: string): string[] => p.split('/').filter((c) => c.length > 0);
 const keyOf = (comps: string[]): string => `/${comps.join('/')}`;
 /** isFixedName: digest and `:tag` components address content read-only. */
 const isFixedName = (c: string): boolean => isDigest(c) || c.startsWith(':');
-const rand = (): string => randomBytes(8).toString('hex');
 const fail = (errno: number, msg: string): MountError => new MountError(errno, msg);
 
 /**
@@ -97,9 +68,7 @@ export class OverlayTree implements Tree {
   private readonly root: string;
   private readonly tmpRoot: string;
   private readonly log: Logger;
-  /** writers: per path, the handle whose bytes are not in place yet (changed, not flushed); opened: every handle open for writing. */
-  private readonly writers = new Map<string, WriteHandle>();
-  private readonly opened = new Map<string, Set<WriteHandle>>();
+  private readonly handles: WriteHandles;
   private readonly tags = new TagLocks();
   /** fsMemo caches staging folder facts (is a folder, is a tag folder); landedMemo whether a tag folder landed. */
   private readonly fsMemo = new Map<string, { at: number; value: Promise<boolean> }>();
@@ -110,6 +79,14 @@ export class OverlayTree implements Tree {
     this.root = path.resolve(o.staging.dir);
     this.tmpRoot = path.join(this.root, WRITES_DIR);
     this.log = o.log ?? nullLogger;
+    this.handles = new WriteHandles({
+      tmpRoot: this.tmpRoot,
+      blobs: o.blobs,
+      invalidate: () => this.invalidate(),
+      touch: (p) => this.touch(p),
+      changedNow: (comps) => this.changedNow(comps),
+      changed: () => o.staging.hooks.changed(),
+    });
   }
 
   /** init creates the staging folder and drops files a crash left half-written. */
@@ -127,8 +104,8 @@ export class OverlayTree implements Tree {
   async lookup(p: string): Promise<Resolved> {
     const comps = splitPath(p);
     if (this.isReserved(comps)) throw fail(Errno.ENOENT, `${p} is reserved`);
-    const w = this.writers.get(keyOf(comps));
-    if (w?.active) return this.writerResolved(w);
+    const w = this.handles.writing(keyOf(comps));
+    if (w) return this.handles.resolved(w);
     if (comps.some(isFixedName)) return this.o.vfs.lookup(p);
     const T = await this.stagedTag(comps);
     if (T) {
@@ -244,11 +221,6 @@ export class OverlayTree implements Tree {
     return r;
   }
 
-  private writerResolved(w: WriteHandle): Resolved {
-    const a = w.active!;
-    return { type: 'local-file', attr: makeAttr(FILE_W, w.size, new Date()), file: a.base ?? (a.renamed ? a.final : a.tmp), xattrs: {} };
-  }
-
   private async stagedResolved(comps: string[], T?: TagFolder): Promise<Resolved> {
     const file = this.staged(comps);
     const st = await fsp.lstat(file).catch(() => undefined);
@@ -284,10 +256,7 @@ export class OverlayTree implements Tree {
       }
       names.push(e.name);
     }
-    const here = keyOf(comps);
-    for (const w of this.writers.values()) {
-      if (w.active && keyOf(w.comps.slice(0, -1)) === here && !names.includes(w.comps[w.comps.length - 1]!)) names.push(w.comps[w.comps.length - 1]!);
-    }
+    for (const n of this.handles.namesIn(keyOf(comps))) if (!names.includes(n)) names.push(n);
     return names;
   }
 
@@ -474,18 +443,14 @@ export class OverlayTree implements Tree {
     if (T && comps.length <= T.depth) throw fail(Errno.EEXIST, `${p} exists`);
     T ??= await this.newTagFolder(comps.slice(0, -1), p);
     this.checkName(comps[comps.length - 1]!, p);
-    const w: WriteHandle = { path: keyOf(comps), comps, tag: T, size: 0, modified: true, chain: Promise.resolve(), lastTouch: 0 };
-    await this.activate(w);
-    this.track(w);
-    this.touch(this.staged(comps));
-    return w;
+    return this.handles.create(this.writeTarget(comps, T));
   }
 
   /** openWrite opens an existing file for writing; nothing changes until the first write or truncate. */
   async openWrite(p: string, flags: number): Promise<WriteHandle> {
     const comps = splitPath(p);
     this.checkMutable(comps, p);
-    if (this.writers.get(keyOf(comps))?.active) throw fail(Errno.EBUSY, `${p} is already open for writing`);
+    if (this.handles.writing(keyOf(comps))) throw fail(Errno.EBUSY, `${p} is already open for writing`);
     const r = await this.lookup(p);
     if (r.type === 'dir') throw fail(Errno.EISDIR, `${p} is a folder`);
     if (r.type === 'symlink') throw fail(Errno.EPERM, `${p} is a symbolic link`);
@@ -494,173 +459,48 @@ export class OverlayTree implements Tree {
     if (T.remote || !(await this.overlaid(T))) {
       if (await this.remoteHasTag(T)) this.rebuildable(T, await this.o.metadata.manifestByTag(this.o.registry.repository(T.repository), T.tag));
     }
-    const w: WriteHandle = { path: keyOf(comps), comps, tag: T, size: r.attr.size, source: r, modified: false, chain: Promise.resolve(), lastTouch: 0 };
-    if (r.type === 'file') this.o.blobs.pin(r.layer.digest);
-    this.track(w);
-    if (flags & C.O_TRUNC) await this.ftruncate(w, 0);
-    return w;
+    return this.handles.open(this.writeTarget(comps, T), r, flags);
   }
 
-  private track(w: WriteHandle): void {
-    let set = this.opened.get(w.path);
-    if (!set) this.opened.set(w.path, (set = new Set()));
-    set.add(w);
+  private writeTarget(comps: string[], T: TagFolder): WriteTarget {
+    return { path: keyOf(comps), comps, staged: this.staged(comps), holdTag: () => this.hold(T) };
   }
 
-  private untrack(w: WriteHandle): void {
-    const set = this.opened.get(w.path);
-    set?.delete(w);
-    if (set?.size === 0) this.opened.delete(w.path);
-  }
-
-  private serial<T>(w: WriteHandle, fn: () => Promise<T>): Promise<T> {
-    const next = w.chain.then(fn, fn);
-    w.chain = next.catch(() => undefined);
-    return next;
-  }
-
-  /** activate prepares the tag (copying it from the registry if needed) and opens the temp file. */
-  private async activate(w: WriteHandle): Promise<ActiveWrite> {
-    if (w.active) return w.active;
-    const other = this.writers.get(w.path);
-    if (other && other !== w) throw fail(Errno.EBUSY, `${w.path} is already open for writing`);
-    this.writers.set(w.path, w);
-    let unhold: (() => void) | undefined;
-    try {
-      unhold = await this.hold(w.tag);
-      const final = this.staged(w.comps);
-      if (!(await fsp.lstat(path.dirname(final)).catch(() => undefined))?.isDirectory()) throw fail(Errno.ENOENT, `no folder for ${w.path}`);
-      const st = await fsp.lstat(final).catch(() => undefined);
-      if (st && !st.isFile()) throw fail(Errno.EISDIR, `${w.path} is not a regular file`);
-      const tmp = path.join(this.tmpRoot, rand());
-      const fh = await fsp.open(tmp, 'wx+', 0o644);
-      w.size = st?.size ?? 0;
-      w.active = { tmp, final, fh, base: st ? final : undefined, renamed: false, unhold };
-      this.invalidate();
-      return w.active;
-    } catch (err) {
-      unhold?.();
-      if (this.writers.get(w.path) === w) this.writers.delete(w.path);
-      throw err;
-    }
-  }
-
-  /** takeBase copies the file's previous content into the temp file (appending keeps it). */
-  private async takeBase(a: ActiveWrite): Promise<void> {
-    if (!a.base) return;
-    await a.fh.close();
-    await fsp.copyFile(a.base, a.tmp, C.COPYFILE_FICLONE);
-    a.fh = await fsp.open(a.tmp, 'r+');
-    a.base = undefined;
-  }
-
-  /** write appends: a write must start at or after the current end of the file (EOPNOTSUPP otherwise). */
+  /** write appends to a file open for writing (see WriteHandles.write). */
   write(w: WriteHandle, buf: Buffer, len: number, pos: number): Promise<number> {
-    return this.serial(w, async () => {
-      if (pos < w.size) {
-        throw fail(Errno.ENOTSUP, `write at offset ${pos} into ${w.path}, which holds ${w.size} bytes: only sequential writes at the end are supported (truncate it first)`);
-      }
-      const a = await this.activate(w);
-      await this.takeBase(a);
-      let done = 0;
-      while (done < len) done += (await a.fh.write(buf, done, len - done, pos + done)).bytesWritten;
-      w.size = Math.max(w.size, pos + len);
-      w.modified = true;
-      if (Date.now() - w.lastTouch > 100) {
-        w.lastTouch = Date.now();
-        this.touch(a.final);
-      }
-      return len;
-    });
+    return this.handles.write(w, buf, len, pos);
   }
 
-  /** ftruncate sets the size of a file open for writing (0 drops the old content without copying it). */
+  /** ftruncate sets the size of a file open for writing. */
   ftruncate(w: WriteHandle, size: number): Promise<void> {
-    return this.serial(w, async () => {
-      if (!w.active && size === w.size) return;
-      const a = await this.activate(w);
-      if (a.base && size === 0) a.base = undefined;
-      else await this.takeBase(a);
-      await a.fh.truncate(size);
-      w.size = size;
-      w.modified = true;
-      this.touch(a.final);
-    });
+    return this.handles.ftruncate(w, size);
   }
 
   /** read serves reads of a file open for writing (its current bytes). */
   read(w: WriteHandle, buf: Buffer, len: number, pos: number): Promise<number> {
-    return this.serial(w, async () => {
-      const a = w.active;
-      const src = w.source;
-      if (a && !a.base) return (await a.fh.read(buf, 0, len, pos)).bytesRead;
-      if (src?.type === 'file' && !a) return this.o.blobs.read(src.repo, src.layer, buf, pos, len);
-      const file = a?.base ?? (src?.type === 'local-file' ? src.file : undefined);
-      if (!file) return 0;
-      const fh = await fsp.open(file, 'r');
-      try {
-        return (await fh.read(buf, 0, len, pos)).bytesRead;
-      } finally {
-        await fh.close();
-      }
-    });
+    return this.handles.read(w, buf, len, pos);
   }
 
-  private async flushNow(w: WriteHandle): Promise<void> {
-    const a = w.active;
-    if (!a || !w.modified) return;
-    await this.takeBase(a);
-    await a.fh.datasync();
-    if (!a.renamed) {
-      await fsp.rename(a.tmp, a.final);
-      a.renamed = true;
-      // The file is complete at its name: the next open of it (`close` returns before FUSE's release)
-      // starts from it. Writes through a dup of this descriptor still reach the same file.
-      if (this.writers.get(w.path) === w) this.writers.delete(w.path);
-      a.unhold();
-    }
-    w.modified = false;
-    await this.changedNow(w.comps);
-  }
-
-  /** flush (close) moves the written file into its tag folder: the staging scanner never sees half a file. */
+  /** flush (close) moves the written file into its tag folder. */
   flush(w: WriteHandle): Promise<void> {
-    return this.serial(w, () => this.flushNow(w));
+    return this.handles.flush(w);
   }
 
   /** fsync makes the written bytes durable. */
   fsync(w: WriteHandle): Promise<void> {
-    return this.serial(w, async () => {
-      await w.active?.fh.datasync();
-    });
+    return this.handles.fsync(w);
   }
 
-  /** release ends a write: flushes if needed, closes and forgets the handle (an unused temp file is removed). */
+  /** release ends a write: flushes if needed, closes and forgets the handle. */
   release(w: WriteHandle): Promise<void> {
-    return this.serial(w, async () => {
-      try {
-        await this.flushNow(w);
-      } finally {
-        const a = w.active;
-        if (a) {
-          await a.fh.close().catch(() => undefined);
-          if (!a.renamed) await fsp.rm(a.tmp, { force: true });
-          a.unhold();
-        }
-        if (this.writers.get(w.path) === w) this.writers.delete(w.path);
-        this.untrack(w);
-        if (w.source?.type === 'file') this.o.blobs.unpin(w.source.layer.digest);
-        this.invalidate();
-        if (a) this.o.staging.hooks.changed();
-      }
-    });
+    return this.handles.release(w);
   }
 
   /** truncate by path: on the file's open write handle if there is one (open with O_TRUNC), else through a temp file renamed over it. */
   async truncate(p: string, size: number): Promise<void> {
     const comps = splitPath(p);
     // The newest handle: `open(O_TRUNC)` arrives as open, then truncate (an older handle may await its release).
-    const w = [...(this.opened.get(keyOf(comps)) ?? [])].pop();
+    const w = this.handles.newest(keyOf(comps));
     if (w) return this.ftruncate(w, size);
     this.checkMutable(comps, p);
     const r = await this.lookup(p);
@@ -671,7 +511,7 @@ export class OverlayTree implements Tree {
     if (!T || comps.length <= T.depth) throw fail(Errno.EROFS, `${p} is not inside a tag folder`);
     await this.withHold(T, async () => {
       const final = this.staged(comps);
-      const tmp = path.join(this.tmpRoot, rand());
+      const tmp = tempFile(this.tmpRoot);
       try {
         if (size === 0) await fsp.writeFile(tmp, '');
         else {
@@ -691,7 +531,7 @@ export class OverlayTree implements Tree {
   async unlink(p: string): Promise<void> {
     const comps = splitPath(p);
     this.checkMutable(comps, p);
-    if (this.writers.get(keyOf(comps))?.active) throw fail(Errno.EBUSY, `${p} is open for writing`);
+    if (this.handles.writing(keyOf(comps))) throw fail(Errno.EBUSY, `${p} is open for writing`);
     const r = await this.lookup(p);
     if (r.type === 'dir') throw fail(Errno.EISDIR, `${p} is a folder`);
     const T = await this.tagOf(comps);
@@ -747,7 +587,7 @@ export class OverlayTree implements Tree {
     const b = splitPath(dst);
     this.checkMutable(a, src);
     this.checkMutable(b, dst);
-    if (this.writers.get(keyOf(a))?.active || this.writers.get(keyOf(b))?.active) throw fail(Errno.EBUSY, `${src} or ${dst} is open for writing`);
+    if (this.handles.writing(keyOf(a)) || this.handles.writing(keyOf(b))) throw fail(Errno.EBUSY, `${src} or ${dst} is open for writing`);
     const Ta = await this.tagOf(a);
     const Tb = await this.tagOf(b);
     if (!Ta || !Tb || Ta.dir !== Tb.dir || a.length <= Ta.depth || b.length <= Tb.depth) {
