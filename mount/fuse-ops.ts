@@ -5,7 +5,7 @@ import type { Descriptor } from '../registry/descriptor.js';
 import type { ReadableRepository } from '../registry/storage.js';
 import type { Logger } from '../util/log.js';
 import { Errno, toErrno } from './errno.js';
-import type { OverlayTree } from './overlay-tree.js';
+import type { WritableOverlay } from './writable-overlay.js';
 import type { WriteHandle } from './write-handle.js';
 import { openFlagsWritable, type Attr, type BlobSource, type Tree } from './vfs.js';
 
@@ -36,7 +36,7 @@ export interface HandlerOptions {
   statfsPath: string;
   log: Logger;
   /** writer, when given, makes the mount writable through its staging folder; without it every change is EROFS. */
-  writer?: OverlayTree;
+  writer?: WritableOverlay;
 }
 
 /**

@@ -8,7 +8,8 @@ import type { Registry } from '../registry/storage.js';
 import type { Logger } from '../util/log.js';
 import { createHandlers } from './fuse-ops.js';
 import { FuseMount, prepareMountpoint, procMountpoints } from './mounter.js';
-import { OverlayTree, type StagingOptions } from './overlay-tree.js';
+import type { StagingOptions } from './overlay-tree.js';
+import { WritableOverlay } from './writable-overlay.js';
 import { Vfs } from './vfs.js';
 
 /** ServeOptions describe one lazy mount. */
@@ -53,9 +54,9 @@ export async function serveMount(opts: ServeOptions): Promise<RunningMount> {
   const blobs = opts.blobs ?? (await BlobCache.open(cacheDir, { ...opts.cache, log: opts.log }));
   const metadata = opts.metadata ?? new MetadataCache({ ttlMs: opts.metadataTtlMs, log: opts.log });
   const vfs = new Vfs({ registry: opts.registry, metadata, blobs, extractDir: blobs.layout.extracted, log: opts.log });
-  let writer: OverlayTree | undefined;
+  let writer: WritableOverlay | undefined;
   if (opts.staging) {
-    writer = new OverlayTree({ vfs, registry: opts.registry, metadata, blobs, dropListings: (r) => metadata.dropListings(r), staging: opts.staging, log: opts.log });
+    writer = new WritableOverlay({ vfs, registry: opts.registry, metadata, blobs, dropListings: (r) => metadata.dropListings(r), staging: opts.staging, log: opts.log });
     await writer.init();
   }
   const handlers = createHandlers({ tree: writer ?? vfs, blobs, statfsPath: opts.staging?.dir ?? cacheDir, log: opts.log, writer });
