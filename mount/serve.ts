@@ -9,8 +9,9 @@ import type { Registry } from '../registry/storage.js';
 import type { Logger } from '../util/log.js';
 import { createHandlers } from './fuse-ops.js';
 import { FuseMount, prepareMountpoint, procMountpoints } from './mounter.js';
-import { StagingTree, type StagingOptions } from './staging-tree.js';
+import type { StagingOptions } from './overlay-tree.js';
 import type { RepositoryIndexStats } from './repository-index.js';
+import { WritableOverlay } from './writable-overlay.js';
 import { Vfs } from './vfs.js';
 
 /** ServeOptions describe one lazy mount. */
@@ -66,9 +67,9 @@ export async function serveMount(opts: ServeOptions): Promise<RunningMount> {
   const blobs = opts.blobs ?? (await BlobCache.open(cacheDir, { ...opts.cache, log: opts.log }));
   const metadata = opts.metadata ?? new MetadataCache({ ttlMs: opts.metadataTtlMs, log: opts.log });
   const vfs = new Vfs({ registry: opts.registry, root: opts.root, repositories: opts.repositories, metadataTtlMs: opts.metadataTtlMs, metadata, blobs, extractDir: blobs.layout.extracted, log: opts.log });
-  let writer: StagingTree | undefined;
+  let writer: WritableOverlay | undefined;
   if (opts.staging) {
-    writer = new StagingTree({ vfs, registry: opts.registry, metadata, blobs, dropListings: (r) => metadata.dropListings(r), staging: opts.staging, log: opts.log });
+    writer = new WritableOverlay({ vfs, registry: opts.registry, metadata, blobs, dropListings: (r) => metadata.dropListings(r), staging: opts.staging, log: opts.log });
     await writer.init();
   }
   const handlers = createHandlers({ tree: writer ?? vfs, blobs, statfsPath: opts.staging?.dir ?? cacheDir, log: opts.log, writer });

@@ -17,11 +17,6 @@ import { buildManifestTree, type ManifestTree, type TreeDir, type TreeNode } fro
 import { makeAttr, type Attr, type BlobReader, type MetadataSource, type Resolved } from './ports.js';
 import { RepositoryIndex, type RepositoryIndexStats } from './repository-index.js';
 
-// The ports moved to ports.ts; these re-exports keep older importers building until they import from there.
-export { makeAttr, type Attr, type MetadataSource, type Resolved, type Tree } from './ports.js';
-/** BlobSource is the old name of BlobReader (ports.ts). */
-export type BlobSource = BlobReader;
-
 const DIR_MODE = 0o040555;
 const FILE_MODE = 0o100444;
 const LINK_MODE = 0o120777;
