@@ -36,8 +36,11 @@ export async function openMountSource(input: string, opts: SourceOptions = {}): 
   switch (parsed.kind) {
     case 'registry':
       return { registry: openSource(parsed.registry, opts), root: { kind: 'tree', prefix: '' }, registrySource: parsed.registry, display: parsed.registry, parsed };
-    case 'path':
-      return { registry: openSource(parsed.registry, opts), root: { kind: 'tree', prefix: parsed.repository }, registrySource: parsed.registry, display: `${parsed.registry}/${parsed.repository}`, parsed };
+    case 'path': {
+      const registry = openSource(parsed.registry, opts);
+      const prefix = parsed.path === parsed.repository ? parsed.path : await dockerHubPrefix(registry, parsed.path, parsed.repository);
+      return { registry, root: { kind: 'tree', prefix }, registrySource: parsed.registry, display: `${parsed.registry}/${prefix}`, parsed };
+    }
     case 'artifact': {
       const reference = parsed.digest ?? parsed.tag!;
       const display = `${parsed.registry}/${parsed.repository}${parsed.digest ? `@${parsed.digest}` : `:${parsed.tag}`}`;
@@ -54,6 +57,21 @@ export async function openMountSource(input: string, opts: SourceOptions = {}): 
       const reference = parsed.digest ?? parsed.tag!;
       return { registry: store, root: { kind: 'artifact', repository: repository!, reference }, registrySource: `oci:${parsed.dir}`, display: `oci:${parsed.dir}${parsed.digest ? `@${parsed.digest}` : `:${parsed.tag}`}`, parsed };
     }
+  }
+}
+
+/**
+ * dockerHubPrefix decides what `docker.io/NAME` is: the official repository `library/NAME` when it
+ * exists (docker's rule), else the namespace `NAME/` (`docker.io/bitnami`). One tag-list request (the list the root shows anyway); when
+ * the registry cannot tell (offline), the repository, as docker would pull it.
+ */
+async function dockerHubPrefix(registry: Registry, path: string, repository: string): Promise<string> {
+  try {
+    await registry.repository(repository).listTags();
+    return repository;
+  } catch (err) {
+    const absent = err instanceof RegfsError && (err.code === 'NOT_FOUND' || err.code === 'UNAUTHORIZED' || err.code === 'DENIED');
+    return absent ? path : repository;
   }
 }
 

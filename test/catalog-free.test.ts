@@ -127,6 +127,14 @@ test('mount sources: HOST/NAMESPACE shows its repositories, HOST/REPO its tags, 
   t.not(w.code, 0);
   t.regex(w.stderr, /Read-only file system|Permission denied/);
 
+  // repo ls HOST/NAMESPACE filters the catalog and cuts the prefix, as oras does.
+  const ls = await runCli(['repo', 'ls', `${reg.host}/team`]);
+  t.is(ls.code, 0, ls.stderr);
+  t.deepEqual(ls.stdout.trim().split('\n'), ['app/web']);
+  const lsJson = await runCli(['repo', 'ls', `${reg.host}/samples`, '--format', 'json']);
+  t.deepEqual(JSON.parse(lsJson.stdout), { namespace: 'samples', repositories: ['artifact'] });
+  t.is((await runCli(['repo', 'ls', `${reg.host}/samples/artifact:1.0`])).code, 2);
+
   for (const [source, part] of [[`${reg.host}/Team`, /component "Team"/], ['localhost:5000/a//b', /empty component/], [`${reg.host}/x:bad tag`, /whitespace/], ['samples/artifact', /is not a host/]] as const) {
     const mnt = await tempDir(t);
     const r = await runCli(['mount', source, mnt]);
