@@ -61,19 +61,23 @@ export class OciLayoutRepository implements Repository {
     return bytes;
   }
 
-  /** readCapped reads a blob that should be a manifest, failing with TOO_LARGE past the manifest limit. */
-  private async readCapped(digest: Digest): Promise<Buffer> {
-    let fh: fsp.FileHandle;
+  /** openBlobFile opens blobs/<alg>/<hex> read-only; absent is notFound() (after checking the layout is readable at all). */
+  private async openBlobFile(digest: Digest, what: 'manifest' | 'blob', notFound: () => RegfsError): Promise<fsp.FileHandle> {
     try {
-      fh = await fsp.open(this.blobPath(digest), C.O_RDONLY);
+      return await fsp.open(this.blobPath(digest), C.O_RDONLY);
     } catch (err) {
       const code = errnoOf(err);
       if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR') {
         await this.layout.checkReadable();
-        throw new RegfsError('NOT_FOUND', `manifest ${digest} not found in ${this.display}`);
+        throw notFound();
       }
-      throw ioError(`cannot open manifest ${digest} in ${this.display}`, err);
+      throw ioError(`cannot open ${what} ${digest} in ${this.display}`, err);
     }
+  }
+
+  /** readCapped reads a blob that should be a manifest, failing with TOO_LARGE past the manifest limit. */
+  private async readCapped(digest: Digest): Promise<Buffer> {
+    const fh = await this.openBlobFile(digest, 'manifest', () => new RegfsError('NOT_FOUND', `manifest ${digest} not found in ${this.display}`));
     try {
       const st = await fh.stat();
       if (!st.isFile()) throw new RegfsError('NOT_FOUND', `manifest ${digest} not found in ${this.display}`);
@@ -150,17 +154,7 @@ export class OciLayoutRepository implements Repository {
         throw new RegfsError('INVALID_ARGUMENT', `invalid byte range ${JSON.stringify(range)} for blob ${digest}`);
       }
     }
-    let fh: fsp.FileHandle;
-    try {
-      fh = await fsp.open(this.blobPath(digest), C.O_RDONLY);
-    } catch (err) {
-      const code = errnoOf(err);
-      if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR') {
-        await this.layout.checkReadable();
-        throw this.blobNotFound(digest);
-      }
-      throw ioError(`cannot open blob ${digest} in ${this.display}`, err);
-    }
+    const fh = await this.openBlobFile(digest, 'blob', () => this.blobNotFound(digest));
     let stream: Readable;
     try {
       const st = await fh.stat();
