@@ -155,6 +155,11 @@ export class MetadataCache {
     }
   }
 
+  /** listingsGeneration changes on every dropListings, so views built from listings know to ask again. */
+  get listingsGeneration(): number {
+    return this.generation;
+  }
+
   /** stats returns counters and entry counts. */
   stats(): MetadataCacheStats {
     return {

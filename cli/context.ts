@@ -3,6 +3,7 @@ import { CredentialStore, type Credential, type CredentialProvider } from '../re
 import { RegfsError } from '../util/errors.js';
 import { OciLayoutRepository } from '../registry/oci-layout.js';
 import { openSource } from '../registry/open.js';
+import { openMountSource, type OpenedMountSource } from '../registry/open-mount.js';
 import { parseReference, type Reference } from '../registry/reference.js';
 import type { Registry, Repository } from '../registry/storage.js';
 import { createLogger, nullLogger, type Logger } from '../util/log.js';
@@ -84,6 +85,14 @@ export class Context {
     const r = openSource(source, { ...this.opts, credentials: this.credentials(), log: opts.log ?? this.log, forMount: opts.mount });
     this.opened.push(r);
     return r;
+  }
+
+  /** mountSource parses and opens `HOST[/NAMESPACE|/REPO[:TAG|@DIGEST]]` or `oci:DIR[:TAG|@DIGEST]` with the mount's deadlines. */
+  async mountSource(input: string, opts: { log?: Logger } = {}): Promise<OpenedMountSource> {
+    const source = this.opts.ociLayout && !input.startsWith('oci:') ? `oci:${input}` : input;
+    const m = await openMountSource(source, { ...this.opts, credentials: this.credentials(), log: opts.log ?? this.log, forMount: true });
+    this.opened.push(m.registry);
+    return m;
   }
 
   /** close releases every connection pool the command opened. */

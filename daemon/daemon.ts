@@ -6,7 +6,7 @@ import { BlobCache } from '../cache/blob-cache.js';
 import { MetadataCache } from '../cache/metadata-cache.js';
 import { RegfsError } from '../util/errors.js';
 import { invalidateCredentials } from '../registry/credentials.js';
-import { openSource } from '../registry/open.js';
+import { checkRepositories, openMountSource } from '../registry/open-mount.js';
 import type { Registry } from '../registry/storage.js';
 import { serveMount, type RunningMount } from '../mount/serve.js';
 import { isInside } from '../util/paths.js';
@@ -162,13 +162,16 @@ export class Daemon {
     for (const local of this.sync.locals()) {
       if (isInside(mountpoint, local) || isInside(local, mountpoint)) throw new RegfsError('INVALID_ARGUMENT', `mountpoint ${mountpoint} overlaps the sync folder ${local}: that would deadlock`);
     }
-    const registry = openSource(mc.source, { plainHttp: mc.plainHttp, insecure: mc.insecure, caFile: mc.caFile, registryConfig: mc.registryConfig, log: this.log, forMount: true, create: true });
+    const opened = await openMountSource(mc.source, { plainHttp: mc.plainHttp, insecure: mc.insecure, caFile: mc.caFile, registryConfig: mc.registryConfig, log: this.log, forMount: true, create: true });
+    const registry = opened.registry;
     const staging = mc.staging ? path.resolve(mc.staging) : undefined;
     let active: ActiveMount | undefined;
     let running: RunningMount;
     try {
       running = await serveMount({
         registry,
+        root: opened.root,
+        repositories: mc.repositories,
         mountpoint,
         cacheDir: this.config.cacheDir,
         metadataTtlMs: this.config.metadataTtlSeconds * 1000,
@@ -291,7 +294,9 @@ export class Daemon {
     const abs = path.resolve(p);
     for (const m of this.mounts.values()) {
       if (isInside(m.running.mountpoint, abs)) {
-        const rel = path.relative(m.running.mountpoint, abs).split(path.sep).filter(Boolean);
+        const root = m.running.view().root;
+        const prefix = root.kind === 'tree' ? root.prefix.split('/').filter(Boolean) : root.repository.split('/');
+        const rel = [...prefix, ...path.relative(m.running.mountpoint, abs).split(path.sep).filter(Boolean)];
         // Drop every repository prefix of the path (and with them the repository lists): the daemon
         // cannot stat its own mount to learn which prefix is the repository.
         for (let i = 1; i <= rel.length; i++) this.metadata.dropListings(rel.slice(0, i).join('/'));
@@ -317,7 +322,7 @@ export class Daemon {
       socket: this.config.socket,
       cacheDir: this.config.cacheDir,
       stateDir: this.config.stateDir,
-      mounts: [...this.mounts.values()].map((m) => ({ source: m.config.source, mountpoint: m.running.mountpoint, staging: m.config.staging ?? null, allowDelete: m.config.allowDelete === true, registry: m.registry.stats?.() ?? null })),
+      mounts: [...this.mounts.values()].map((m) => ({ source: m.config.source, mountpoint: m.running.mountpoint, staging: m.config.staging ?? null, allowDelete: m.config.allowDelete === true, ...m.running.view(), registry: m.registry.stats?.() ?? null })),
       cache: this.blobs.stats(),
       metadata: this.metadata.stats(),
       queue: this.queue.status(),
@@ -359,7 +364,8 @@ export class Daemon {
       'GET /mounts': async () => ({ mounts: this.status().mounts }),
       'POST /mounts': async (b) => {
         const o = body(b);
-        const mc: MountConfig = { source: str(o.source, 'source'), mountpoint: path.resolve(str(o.mountpoint, 'mountpoint')), ...(typeof o.staging === 'string' ? { staging: path.resolve(o.staging) } : {}) };
+        const repositories = Array.isArray(o.repositories) ? checkRepositories(o.repositories as string[], 'repositories') : undefined;
+        const mc: MountConfig = { source: str(o.source, 'source'), mountpoint: path.resolve(str(o.mountpoint, 'mountpoint')), ...(typeof o.staging === 'string' ? { staging: path.resolve(o.staging) } : {}), ...(repositories?.length ? { repositories } : {}) };
         if (o.allowDelete === true) {
           if (!mc.staging) throw new RegfsError('INVALID_ARGUMENT', '--allow-delete needs --staging (writes through the mount go there)');
           mc.allowDelete = true;

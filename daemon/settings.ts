@@ -2,7 +2,8 @@ import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { RegfsError } from '../util/errors.js';
-import { isRepositoryName, parseReference } from '../registry/reference.js';
+import { isRepositoryName, parseMountSource, parseReference } from '../registry/reference.js';
+import { checkRepositories } from '../registry/open-mount.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
 import { isInside } from '../util/paths.js';
 
@@ -17,6 +18,8 @@ export interface MountConfig {
   insecure?: boolean;
   caFile?: string;
   registryConfig?: string;
+  /** repositories are shown at the mount's root whether or not the registry's catalog lists them (full repository paths). */
+  repositories?: string[];
 }
 
 /** SyncDirection says which way a sync pair copies: both ways, local to registry only, or registry to local only. */
@@ -65,7 +68,7 @@ export function defaultPaths(env: NodeJS.ProcessEnv = process.env, uid: number =
 }
 
 const TOP_KEYS = ['cacheDir', 'stateDir', 'socket', 'metadataTtlSeconds', 'cacheMaxSize', 'minFreeBytes', 'quietSeconds', 'logFormat', 'logLevel', 'mounts', 'syncs'] as const;
-const MOUNT_KEYS = ['source', 'mountpoint', 'staging', 'allowDelete', 'plainHttp', 'insecure', 'caFile', 'registryConfig'] as const;
+const MOUNT_KEYS = ['source', 'mountpoint', 'staging', 'allowDelete', 'plainHttp', 'insecure', 'caFile', 'registryConfig', 'repositories'] as const;
 const SYNC_KEYS = ['local', 'repository', 'tags', 'direction', 'intervalSeconds', 'propagateDeletes', 'plainHttp', 'insecure', 'caFile', 'registryConfig'] as const;
 
 function editDistance(a: string, b: string): number {
@@ -147,14 +150,27 @@ function validateMount(raw: unknown, where: string, baseDir: string): MountConfi
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new RegfsError('INVALID_ARGUMENT', `${where}: must be an object`);
   const r = raw as Record<string, unknown>;
   for (const k of Object.keys(r)) if (!(MOUNT_KEYS as readonly string[]).includes(k)) throw unknownKey(where, k, MOUNT_KEYS);
-  if (typeof r.source !== 'string' || !r.source) throw new RegfsError('INVALID_ARGUMENT', `${where}.source: must be a registry host or oci:DIR`);
+  if (typeof r.source !== 'string' || !r.source) throw new RegfsError('INVALID_ARGUMENT', `${where}.source: must be HOST[/NAMESPACE|/REPO[:TAG|@DIGEST]] or oci:DIR[:TAG|@DIGEST]`);
+  let parsed;
+  try {
+    parsed = parseMountSource(r.source);
+  } catch (err) {
+    throw new RegfsError('INVALID_ARGUMENT', `${where}.source: ${(err as Error).message}`);
+  }
+  if (r.repositories !== undefined && !Array.isArray(r.repositories)) throw new RegfsError('INVALID_ARGUMENT', `${where}.repositories: must be a list of repository names`);
+  const repositories = r.repositories === undefined ? undefined : checkRepositories(r.repositories as string[], `${where}.repositories`);
+  if (r.staging && parsed.kind !== 'registry' && parsed.kind !== 'layout') {
+    throw new RegfsError('INVALID_ARGUMENT', `${where}.staging: a mount of ${r.source} is read-only; staging needs a whole-registry source (HOST or oci:DIR)`);
+  }
   if (typeof r.mountpoint !== 'string' || !r.mountpoint) throw new RegfsError('INVALID_ARGUMENT', `${where}.mountpoint: must be a path`);
   for (const b of ['plainHttp', 'insecure', 'allowDelete'] as const) if (r[b] !== undefined && typeof r[b] !== 'boolean') throw new RegfsError('INVALID_ARGUMENT', `${where}.${b}: must be true or false`);
   for (const p of ['staging', 'caFile', 'registryConfig'] as const) if (r[p] !== undefined && (typeof r[p] !== 'string' || !r[p])) throw new RegfsError('INVALID_ARGUMENT', `${where}.${p}: must be a path`);
   if (r.allowDelete === true && !r.staging) throw new RegfsError('INVALID_ARGUMENT', `${where}.allowDelete: needs a staging folder (writes through the mount go there)`);
-  const source = r.source.startsWith('oci:') ? `oci:${path.resolve(baseDir, r.source.slice(4))}` : r.source;
+  const pin = parsed.kind === 'layout-artifact' ? `${parsed.digest ? `@${parsed.digest}` : `:${parsed.tag}`}` : '';
+  const source = parsed.kind === 'layout' || parsed.kind === 'layout-artifact' ? `oci:${path.resolve(baseDir, parsed.dir)}${pin}` : r.source;
   return {
     source,
+    ...(repositories?.length ? { repositories } : {}),
     mountpoint: path.resolve(baseDir, r.mountpoint),
     ...(r.staging ? { staging: path.resolve(baseDir, r.staging as string) } : {}),
     ...(r.allowDelete ? { allowDelete: true } : {}),
@@ -287,11 +303,11 @@ export type FlagConfig = Partial<Omit<DaemonConfig, 'mounts' | 'syncs'>> & Parti
 /** resolveConfig merges file values, flags (which win) and defaults, and refuses overlapping paths. */
 export function resolveConfig(file: Partial<DaemonConfig> | undefined, flags: FlagConfig): DaemonConfig {
   const d = defaultPaths();
-  const { source, mountpoint, staging, allowDelete, plainHttp, insecure, caFile, registryConfig, ...rest } = flags;
+  const { source, mountpoint, staging, allowDelete, plainHttp, insecure, caFile, registryConfig, repositories, ...rest } = flags;
   const mounts = [...(file?.mounts ?? [])];
   if (source || mountpoint) {
     if (!source || !mountpoint) throw new RegfsError('INVALID_ARGUMENT', '--source and --mountpoint go together');
-    mounts.push(validateMount({ source, mountpoint, staging, allowDelete, plainHttp, insecure, caFile, registryConfig }, 'flags', process.cwd()));
+    mounts.push(validateMount({ source, mountpoint, staging, allowDelete, plainHttp, insecure, caFile, registryConfig, repositories }, 'flags', process.cwd()));
   } else if (staging) {
     throw new RegfsError('INVALID_ARGUMENT', '--staging needs --source and --mountpoint');
   } else if (allowDelete) {

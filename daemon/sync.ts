@@ -14,7 +14,7 @@ import { hashStream, packArtifact } from '../registry/pack.js';
 import { isTag } from '../registry/reference.js';
 import { checkTitle } from '../registry/safe-path.js';
 import type { Registry, Repository } from '../registry/storage.js';
-import { packDirectory, packDirectoryGzip } from '../registry/tar-dir.js';
+import { packDirectory, packDirectoryGzip } from '../registry/tar-pack.js';
 import { pullArtifact } from '../registry/transfer.js';
 import { runLimited } from '../util/limit.js';
 import { fsyncDir, writeFileAtomic } from '../util/fs-atomic.js';

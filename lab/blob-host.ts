@@ -9,6 +9,7 @@
  * Authorization header was present (a boolean, never its value).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { liveChildren } from './children.js';
 import { promises as fsp } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -84,23 +85,6 @@ http {
 `;
 }
 
-/** live holds every nginx this process started, so they die with it (the test runner may exit early). */
-const live = new Set<ChildProcess>();
-let exitHookInstalled = false;
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.once('exit', () => {
-    for (const c of live) {
-      try {
-        if (c.pid !== undefined && c.exitCode === null && c.signalCode === null) process.kill(c.pid, 'SIGKILL');
-      } catch {
-        /* already gone */
-      }
-    }
-  });
-}
-
 function connectOnce(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const s = net.connect({ host: '127.0.0.1', port });
@@ -136,9 +120,8 @@ export async function startBlobHost(dir: string, root: string, port: number): Pr
   const conf = path.join(dir, 'nginx.conf');
   await fsp.writeFile(conf, nginxConfig(dir, root, port));
   const errorLog = path.join(dir, 'error.log');
-  installExitHook();
   const child: ChildProcess = spawn(NGINX_BIN, ['-p', dir + '/', '-e', errorLog, '-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
-  live.add(child);
+  liveChildren.track(child);
   let stderr = '';
   child.stderr!.setEncoding('utf8');
   child.stderr!.on('data', (d: string) => {
@@ -148,12 +131,12 @@ export async function startBlobHost(dir: string, root: string, port: number): Pr
   const gone = new Promise<void>((resolve) => {
     child.once('exit', () => {
       exited = true;
-      live.delete(child);
+      liveChildren.forget(child);
       resolve();
     });
     child.once('error', (e) => {
       exited = true;
-      live.delete(child);
+      liveChildren.forget(child);
       stderr += e.message;
       resolve();
     });

@@ -5,6 +5,7 @@
  * to an nginx "storage host" (lab/blob-host.ts), plus small helpers for tests.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { liveChildren } from './children.js';
 import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import http from 'node:http';
@@ -79,23 +80,6 @@ const REGISTRY_BIN = '/usr/bin/docker-registry';
 const LOG_CAP = 1024 * 1024;
 const READY_DEADLINE_MS = 20_000;
 const KILL_GRACE_MS = 3_000;
-
-/** live holds every registry child this process spawned, so they die with it. */
-const live = new Set<ChildProcess>();
-let exitHookInstalled = false;
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.once('exit', () => {
-    for (const c of live) {
-      try {
-        if (c.pid !== undefined && c.exitCode === null && c.signalCode === null) process.kill(c.pid, 'SIGKILL');
-      } catch {
-        /* already gone */
-      }
-    }
-  });
-}
 
 /** withTimeout resolves/rejects like p, or rejects with "<what> timed out after <ms> ms". */
 export async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
@@ -234,7 +218,6 @@ export async function startRegistry(
   t: { teardown(fn: () => unknown): void } | undefined,
   opts: StartOptions = {},
 ): Promise<StartedRegistry> {
-  installExitHook();
   const flavour = opts.flavour ?? 'plain';
   const deleteEnabled = opts.deleteEnabled ?? true;
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'regfs-reg-'));
@@ -347,7 +330,7 @@ export async function startRegistry(
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     child = c;
-    live.add(c);
+    liveChildren.track(c);
     let stderr = '';
     c.stdout!.setEncoding('utf8');
     c.stderr!.setEncoding('utf8');
@@ -360,12 +343,12 @@ export async function startRegistry(
     const exitP = new Promise<string>((resolve) => {
       c.once('exit', (code, sig) => {
         exited = true;
-        live.delete(c);
+        liveChildren.forget(c);
         resolve(`exit code ${code ?? 'null'} signal ${sig ?? 'null'}`);
       });
       c.once('error', (err) => {
         exited = true;
-        live.delete(c);
+        liveChildren.forget(c);
         resolve(`spawn error: ${err.message}`);
       });
     });
@@ -403,7 +386,7 @@ export async function startRegistry(
     const c = child;
     child = undefined;
     if (!c || c.exitCode !== null || c.signalCode !== null || c.pid === undefined) {
-      if (c) live.delete(c);
+      if (c) liveChildren.forget(c);
       return;
     }
     const gone = new Promise<void>((resolve) => c.once('exit', () => resolve()));
@@ -423,7 +406,7 @@ export async function startRegistry(
       await gone;
     } finally {
       clearTimeout(timer);
-      live.delete(c);
+      liveChildren.forget(c);
     }
   };
 

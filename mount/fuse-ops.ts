@@ -5,8 +5,10 @@ import type { Descriptor } from '../registry/descriptor.js';
 import type { ReadableRepository } from '../registry/storage.js';
 import type { Logger } from '../util/log.js';
 import { Errno, toErrno } from './errno.js';
-import type { StagingTree, WriteHandle } from './staging-tree.js';
-import { openFlagsWritable, type Attr, type BlobSource, type Tree } from './vfs.js';
+import type { WritableOverlay } from './writable-overlay.js';
+import type { WriteHandle } from './write-handle.js';
+import type { Attr, BlobReader, Tree } from './ports.js';
+import { openFlagsWritable } from './vfs.js';
 
 type Cb<T = undefined> = (err: number, value?: T) => void;
 
@@ -30,12 +32,12 @@ type Handle = { kind: 'blob'; repo: ReadableRepository; layer: Descriptor } | { 
 /** HandlerOptions wire the handlers to the tree, the cache and the log. */
 export interface HandlerOptions {
   tree: Tree;
-  blobs: BlobSource;
+  blobs: BlobReader;
   /** statfsPath is a local directory whose filesystem statfs reports (the cache, or the staging folder of a writable mount). */
   statfsPath: string;
   log: Logger;
   /** writer, when given, makes the mount writable through its staging folder; without it every change is EROFS. */
-  writer?: StagingTree;
+  writer?: WritableOverlay;
 }
 
 /**

@@ -4,16 +4,23 @@ import { isInside } from '../util/paths.js';
 import { BlobCache, type BlobCacheOptions } from '../cache/blob-cache.js';
 import { MetadataCache } from '../cache/metadata-cache.js';
 import { RegfsError } from '../util/errors.js';
+import { isWholeRegistry, type MountRoot } from '../registry/open-mount.js';
 import type { Registry } from '../registry/storage.js';
 import type { Logger } from '../util/log.js';
 import { createHandlers } from './fuse-ops.js';
 import { FuseMount, prepareMountpoint, procMountpoints } from './mounter.js';
-import { StagingTree, type StagingOptions } from './staging-tree.js';
+import type { StagingOptions } from './overlay-tree.js';
+import type { RepositoryIndexStats } from './repository-index.js';
+import { WritableOverlay } from './writable-overlay.js';
 import { Vfs } from './vfs.js';
 
 /** ServeOptions describe one lazy mount. */
 export interface ServeOptions {
   registry: Registry;
+  /** root is what the mount shows at its root (default: the whole registry); only the whole registry takes staging writes. */
+  root?: MountRoot;
+  /** repositories are shown at the root whether or not the catalog lists them. */
+  repositories?: string[];
   mountpoint: string;
   cacheDir: string;
   metadataTtlMs: number;
@@ -32,6 +39,10 @@ export interface RunningMount {
   mountpoint: string;
   blobs: BlobCache;
   metadata: MetadataCache;
+  /** view tells what the mount knows of its registry: the catalog's state and the repositories found by path. */
+  view(): RepositoryIndexStats & { root: MountRoot };
+  /** refresh forgets catalog and probe answers (with the metadata cache's listings). */
+  refresh(): void;
   stop(): Promise<void>;
   /** done settles once the mount is stopped, by stop() or because it was unmounted from outside. */
   done: Promise<void>;
@@ -47,15 +58,18 @@ export async function serveMount(opts: ServeOptions): Promise<RunningMount> {
   if (isInside(mountpoint, cacheDir)) {
     throw new RegfsError('INVALID_ARGUMENT', `cache directory ${cacheDir} is inside the mountpoint ${mountpoint}; choose another --cache-dir`);
   }
+  if (opts.staging && opts.root && !isWholeRegistry(opts.root)) {
+    throw new RegfsError('INVALID_ARGUMENT', `a mount of ${opts.root.kind === 'artifact' ? 'one artifact' : `the namespace ${opts.root.prefix}`} is read-only: staging needs a whole-registry source (HOST or oci:DIR)`);
+  }
   await prepareMountpoint(mountpoint, opts.log);
   await fsp.mkdir(cacheDir, { recursive: true, mode: 0o700 });
   const ownsCache = !opts.blobs;
   const blobs = opts.blobs ?? (await BlobCache.open(cacheDir, { ...opts.cache, log: opts.log }));
   const metadata = opts.metadata ?? new MetadataCache({ ttlMs: opts.metadataTtlMs, log: opts.log });
-  const vfs = new Vfs({ registry: opts.registry, metadata, blobs, extractDir: blobs.layout.extracted, log: opts.log });
-  let writer: StagingTree | undefined;
+  const vfs = new Vfs({ registry: opts.registry, root: opts.root, repositories: opts.repositories, metadataTtlMs: opts.metadataTtlMs, metadata, blobs, extractDir: blobs.layout.extracted, log: opts.log });
+  let writer: WritableOverlay | undefined;
   if (opts.staging) {
-    writer = new StagingTree({ vfs, registry: opts.registry, metadata, blobs, dropListings: (r) => metadata.dropListings(r), staging: opts.staging, log: opts.log });
+    writer = new WritableOverlay({ vfs, registry: opts.registry, metadata, blobs, dropListings: (r) => metadata.dropListings(r), staging: opts.staging, log: opts.log });
     await writer.init();
   }
   const handlers = createHandlers({ tree: writer ?? vfs, blobs, statfsPath: opts.staging?.dir ?? cacheDir, log: opts.log, writer });
@@ -66,7 +80,12 @@ export async function serveMount(opts: ServeOptions): Promise<RunningMount> {
     if (ownsCache) await blobs.close();
     throw err;
   }
-  opts.log.info(`mounted ${opts.registry.display} at ${mountpoint}`, { cache: cacheDir });
+  const r = opts.root;
+  const shown = r?.kind === 'artifact' ? `${opts.registry.display}/${r.repository}${r.reference.includes(':') ? '@' : ':'}${r.reference}` : r?.prefix ? `${opts.registry.display}/${r.prefix}` : opts.registry.display;
+  opts.log.info(`mounted ${shown} at ${mountpoint}`, { cache: cacheDir });
+  // Ask the catalog now, so a registry that refuses it or does not answer at all is said at once (never fatal).
+  if (opts.root?.kind !== 'artifact') void vfs.checkCatalog();
+  else void vfs.lookup('/').catch((err: unknown) => opts.log.warn(`${shown}: ${(err as Error).message}; the mount root answers once it can be read`));
   let settle: () => void = () => undefined;
   const done = new Promise<void>((resolve) => (settle = resolve));
   let stopped: Promise<void> | undefined;
@@ -89,5 +108,5 @@ export async function serveMount(opts: ServeOptions): Promise<RunningMount> {
     }, () => undefined);
   }, 1000);
   watch.unref();
-  return { mountpoint, blobs, metadata, stop, done };
+  return { mountpoint, blobs, metadata, view: () => vfs.status(), refresh: () => vfs.refresh(), stop, done };
 }

@@ -7,65 +7,19 @@ import { Annotation } from '../registry/media-types.js';
 import { isRepositoryName, isTag } from '../registry/reference.js';
 import { checkTitle, resolveInside } from '../registry/safe-path.js';
 import type { FetchedManifest, ReadableRepository, Registry } from '../registry/storage.js';
-import { extractTarAtomic } from '../registry/tar-dir.js';
+import { extractTarAtomic } from '../registry/tar-extract.js';
 import { createReadStream } from 'node:fs';
+import type { MountRoot } from '../registry/open-mount.js';
+import { RegfsError } from '../util/errors.js';
 import { nullLogger, type Logger } from '../util/log.js';
 import { Errno, MountError } from './errno.js';
 import { buildManifestTree, type ManifestTree, type TreeDir, type TreeNode } from './manifest-tree.js';
-
-/** BlobSource is what the VFS needs from the blob cache. */
-export interface BlobSource {
-  read(repo: ReadableRepository, desc: Descriptor, buf: Buffer, offset: number, length: number): Promise<number>;
-  ensureBlob(repo: ReadableRepository, desc: Descriptor): Promise<string>;
-  pin(digest: Digest): void;
-  unpin(digest: Digest): void;
-}
-
-/** MetadataSource is what the VFS needs from the metadata cache. */
-export interface MetadataSource {
-  repositories(registry: Registry): Promise<string[]>;
-  tags(repo: ReadableRepository): Promise<string[]>;
-  manifestByTag(repo: ReadableRepository, tag: string): Promise<FetchedManifest>;
-  manifest(repo: ReadableRepository, digest: Digest): Promise<FetchedManifest>;
-}
-
-/** Attr is what getattr reports. */
-export interface Attr {
-  mode: number;
-  size: number;
-  mtime: Date;
-  atime: Date;
-  ctime: Date;
-  nlink: number;
-  uid: number;
-  gid: number;
-  blocks: number;
-  blksize: number;
-}
-
-/** Resolved is a path looked up in the mount. */
-export type Resolved =
-  | { type: 'dir'; attr: Attr; list: () => Promise<string[]>; xattrs: Record<string, string> }
-  | { type: 'file'; attr: Attr; repo: ReadableRepository; layer: Descriptor; xattrs: Record<string, string> }
-  | { type: 'local-file'; attr: Attr; file: string; xattrs: Record<string, string> }
-  | { type: 'symlink'; attr: Attr; target: string; xattrs: Record<string, string> };
+import { makeAttr, type Attr, type BlobReader, type MetadataSource, type Resolved } from './ports.js';
+import { RepositoryIndex, type RepositoryIndexStats } from './repository-index.js';
 
 const DIR_MODE = 0o040555;
 const FILE_MODE = 0o100444;
 const LINK_MODE = 0o120777;
-
-const UID = process.getuid?.() ?? 0;
-const GID = process.getgid?.() ?? 0;
-
-/** makeAttr builds getattr's answer for an entry owned by the user running the mount. */
-export function makeAttr(mode: number, size: number, mtime: Date): Attr {
-  return { mode, size, mtime, atime: mtime, ctime: mtime, nlink: (mode & 0o170000) === 0o040000 ? 2 : 1, uid: UID, gid: GID, blocks: Math.ceil(size / 512), blksize: 4096 };
-}
-
-/** Tree is what the FUSE handlers read from: the registry's tree (Vfs), or it overlaid with staged writes. */
-export interface Tree {
-  lookup(p: string): Promise<Resolved>;
-}
 
 /** Location is where a mount path falls in the registry's tree (see Vfs.locate). */
 export interface Location {
@@ -80,16 +34,35 @@ export interface Location {
   tagExists: boolean;
 }
 
+/**
+ * MAX_GUESSED_LEVELS is how many unknown folders deep a path may go, without a listing catalog,
+ * before a name must be a repository: `team/app/web` is reachable by path, `a/b/c/d` needs
+ * `repositories:` (or a mount of `HOST/a`).
+ */
+const MAX_GUESSED_LEVELS = 2;
+
 interface RepoTrie {
   children: Map<string, RepoTrie>;
   repo?: string;
 }
 
+/** Walk is where a registry path falls: a folder (known, or a possible namespace), a tag or digest of a repository, or nothing. */
+type Walk =
+  | { kind: 'folder'; node: RepoTrie; depth: number; possible: boolean; known?: number }
+  | { kind: 'in-repo'; repo: string; depth: number; tag?: string; digest?: Digest }
+  | { kind: 'missing'; node: RepoTrie; depth: number; reason: string; tag?: string };
+
 /** VfsOptions configure the virtual tree. */
 export interface VfsOptions {
   registry: Registry;
   metadata: MetadataSource;
-  blobs: BlobSource;
+  blobs: BlobReader;
+  /** root is what the mount shows at its root (default: the whole registry). */
+  root?: MountRoot;
+  /** repositories are names shown at the root whether or not the catalog lists them (full repository paths). */
+  repositories?: string[];
+  /** metadataTtlMs is how long catalog and probe answers are trusted (default 30 s). */
+  metadataTtlMs?: number;
   /** extractDir holds directory layers extracted on first access (`<cache>/extracted`). */
   extractDir: string;
   log?: Logger;
@@ -107,20 +80,44 @@ export class Vfs {
   private readonly firstSeen = new Map<string, number>();
   private readonly extracting = new Map<string, Promise<string>>();
   private readonly warned = new Set<string>();
+  private readonly index: RepositoryIndex;
+  private readonly root: MountRoot;
+  /** prefix is the root's repository path, split (empty for the whole registry). */
+  private readonly prefix: string[];
+  private trieCache: { version: number; trie: RepoTrie } | undefined;
 
   constructor(private readonly opts: VfsOptions) {
     this.log = opts.log ?? nullLogger;
+    this.root = opts.root ?? { kind: 'tree', prefix: '' };
+    this.prefix = this.root.kind === 'tree' ? this.root.prefix.split('/').filter((c) => c.length > 0) : [];
+    this.index = new RepositoryIndex({ registry: opts.registry, metadata: opts.metadata, repositories: opts.repositories, ttlMs: opts.metadataTtlMs ?? 30_000, log: this.log });
   }
 
   private attr(mode: number, size: number, mtime: Date): Attr {
     return makeAttr(mode, size, mtime);
   }
 
+  /** status is the mount's view of its registry: the catalog's state and the repositories found by path. */
+  status(): RepositoryIndexStats & { root: MountRoot } {
+    return { root: this.root, ...this.index.stats() };
+  }
+
+  /** checkCatalog asks the catalog now (at mount time, so a refusal or an unreachable registry is said at once); it never throws. */
+  checkCatalog(): Promise<void> {
+    return this.index.refreshCatalog();
+  }
+
+  /** refresh forgets catalog and probe answers (SIGHUP, `regfs refresh`). */
+  refresh(): void {
+    this.index.forget();
+  }
+
+  /** trie is the tree of known repository names (catalog ∪ configured ∪ found), rebuilt only when they change. */
   private async trie(): Promise<RepoTrie> {
-    const names = await this.opts.metadata.repositories(this.opts.registry);
+    const names = await this.index.names();
+    if (this.trieCache?.version === this.index.version) return this.trieCache.trie;
     const root: RepoTrie = { children: new Map() };
     for (const name of names) {
-      if (!isRepositoryName(name)) continue;
       let node = root;
       for (const part of name.split('/')) {
         let next = node.children.get(part);
@@ -132,6 +129,7 @@ export class Vfs {
       }
       node.repo = name;
     }
+    this.trieCache = { version: this.index.version, trie: root };
     return root;
   }
 
@@ -169,52 +167,105 @@ export class Vfs {
     this.log.warn(msg);
   }
 
-  /** locate tells which repository a mount path is in, and whether its next component is an existing tag. */
-  async locate(p: string): Promise<Location> {
-    const comps = p.split('/').filter((c) => c.length > 0);
-    let node = await this.trie();
+  /**
+   * walk finds where a registry path (the mount's prefix and the path below it) falls, without the
+   * catalog: known names first, then the repository's tags, then probes of unknown names (each probed
+   * at most once per TTL). Without a listing catalog, an unknown name that is not a repository is a
+   * possible namespace (an empty folder) up to MAX_GUESSED_LEVELS below the last known folder, never
+   * below a repository; past that it is ENOENT. The mount root is always a folder. A name that is not
+   * a valid repository path is never sent.
+   */
+  private async walk(full: string[], guard = 0): Promise<Walk> {
+    const trie = await this.trie();
+    let node = trie;
     let i = 0;
-    while (i < comps.length && node.children.has(comps[i]!)) node = node.children.get(comps[i++]!)!;
-    if (i === comps.length || !node.repo) return { repository: node.repo, depth: i, isRepository: i === comps.length && !!node.repo, tagExists: false };
-    const c = comps[i]!;
+    while (i < full.length && node.children.has(full[i]!)) node = node.children.get(full[i++]!)!;
+    if (i === full.length) return { kind: 'folder', node, depth: i, possible: false };
+    const c = full[i]!;
     const tag = c.startsWith(':') ? c.slice(1) : c;
-    if (isDigest(c) || !isTag(tag)) return { repository: node.repo, depth: i, isRepository: false, tagExists: false };
-    const tags = await this.opts.metadata.tags(this.opts.registry.repository(node.repo));
-    return { repository: node.repo, depth: i, isRepository: false, tag, tagExists: tags.includes(tag) };
+    const missing = (reason: string): Walk => ({ kind: 'missing', node, depth: i, reason, ...(node.repo && isTag(tag) && !isDigest(c) ? { tag } : {}) });
+    if (node.repo && i >= this.prefix.length) {
+      if (isDigest(c)) return { kind: 'in-repo', repo: node.repo, depth: i, digest: c };
+      if (isTag(tag) && (await this.opts.metadata.tags(this.opts.registry.repository(node.repo))).includes(tag)) return { kind: 'in-repo', repo: node.repo, depth: i, tag };
+      if (c.startsWith(':') || !isTag(tag)) return missing(`no tag ${tag} in ${node.repo}`);
+    }
+    // Guessed namespace levels: none below a repository or when the catalog lists, else MAX_GUESSED_LEVELS.
+    const allowed = this.index.authoritative || node.repo ? 0 : MAX_GUESSED_LEVELS;
+    let guessed = 0;
+    for (let j = i + 1; j <= full.length; j++) {
+      const name = full.slice(0, j).join('/');
+      if (!isRepositoryName(name)) return missing(`${name} is not a valid repository path`);
+      if (j < this.prefix.length) continue;
+      if (guard <= full.length && (await this.index.probe(name))) return this.walk(full, guard + 1);
+      if (j === this.prefix.length) {
+        if (j === full.length) return { kind: 'folder', node: { children: new Map() }, depth: j, possible: true, known: i };
+        continue;
+      }
+      if (++guessed > allowed) return missing(node.repo && j === i + 1 ? `no tag or repository ${c} in ${node.repo}` : `no repository ${name}`);
+      if (j === full.length) return { kind: 'folder', node: { children: new Map() }, depth: j, possible: true, known: i };
+    }
+    return missing(`no ${full.join('/')}`);
+  }
+
+  private full(p: string): string[] {
+    return [...this.prefix, ...p.split('/').filter((c) => c.length > 0)];
+  }
+
+  /** locate tells which repository a mount path is in, and whether its next component is an existing tag (for the staging overlay). */
+  async locate(p: string): Promise<Location> {
+    if (this.root.kind === 'artifact') return { depth: 0, isRepository: false, tagExists: false };
+    const full = this.full(p);
+    const w = await this.walk(full);
+    const depth = w.depth - this.prefix.length;
+    // A possible namespace is not known to be one: it counts only up to the last known folder.
+    if (w.kind === 'folder') return { repository: w.node.repo, depth: w.possible ? Math.max(0, (w.known ?? 0) - this.prefix.length) : depth, isRepository: !!w.node.repo, tagExists: false };
+    if (w.kind === 'in-repo') return { repository: w.repo, depth, isRepository: false, ...(w.tag !== undefined ? { tag: w.tag } : {}), tagExists: w.tag !== undefined };
+    return { repository: w.node.repo, depth, isRepository: false, ...(w.tag !== undefined ? { tag: w.tag } : {}), tagExists: false };
   }
 
   /** lookup resolves a mount path ("/a/b/c") or throws MountError/RegfsError. */
   async lookup(p: string): Promise<Resolved> {
-    const comps = p.split('/').filter((c) => c.length > 0);
-    let node = await this.trie();
-    let i = 0;
-    while (i < comps.length && node.children.has(comps[i]!)) node = node.children.get(comps[i++]!)!;
-    if (i === comps.length) return this.repoDir(node);
-    if (!node.repo) throw new MountError(Errno.ENOENT, `no such repository path ${p}`);
-    const repo = this.opts.registry.repository(node.repo);
-    const c = comps[i]!;
-    let fm: FetchedManifest;
-    if (isDigest(c)) fm = await this.opts.metadata.manifest(repo, c);
-    else {
-      const tag = c.startsWith(':') ? c.slice(1) : c;
-      if (!isTag(tag)) throw new MountError(Errno.ENOENT, `${c} is not a tag`);
-      const tags = await this.opts.metadata.tags(repo);
-      if (!tags.includes(tag)) throw new MountError(Errno.ENOENT, `no tag ${tag} in ${node.repo}`);
-      fm = await this.opts.metadata.manifestByTag(repo, tag);
+    if (this.root.kind === 'artifact') {
+      const repo = this.opts.registry.repository(this.root.repository);
+      const ref = this.root.reference;
+      const fm = isDigest(ref) ? await this.opts.metadata.manifest(repo, ref) : await this.opts.metadata.manifestByTag(repo, ref);
+      return this.inManifest(repo, fm, p.split('/').filter((c) => c.length > 0));
     }
-    return this.inManifest(repo, fm, comps.slice(i + 1));
+    const full = this.full(p);
+    const w = await this.walk(full);
+    if (w.kind === 'missing') throw new MountError(Errno.ENOENT, w.reason);
+    if (w.kind === 'folder') return this.repoDir(w.node, w.possible);
+    const repo = this.opts.registry.repository(w.repo);
+    let fm: FetchedManifest;
+    if (w.digest === undefined) fm = await this.opts.metadata.manifestByTag(repo, w.tag!);
+    else {
+      const c = w.digest;
+      try {
+        fm = await this.opts.metadata.manifest(repo, c);
+      } catch (err) {
+        // A blob's digest (or any digest that is not a manifest) names no folder. Registries differ in
+        // how they refuse it (distribution 2.8 answers 500), so a failure is checked against the blob.
+        if (err instanceof RegfsError && (err.code === 'INVALID_MANIFEST' || err.code === 'NOT_FOUND')) throw new MountError(Errno.ENOENT, `no manifest ${c} in ${w.repo}`);
+        if (err instanceof RegfsError && err.code === 'REGISTRY_ERROR' && (await repo.statBlob(c).then(() => true, () => false))) {
+          throw new MountError(Errno.ENOENT, `${c} is a blob of ${w.repo}, not a manifest`);
+        }
+        throw err;
+      }
+    }
+    return this.inManifest(repo, fm, full.slice(w.depth + 1));
   }
 
-  private repoDir(node: RepoTrie): Resolved {
+  private repoDir(node: RepoTrie, possible: boolean): Resolved {
+    const xattrs: Record<string, string> = node.repo ? { 'user.oci.repository': node.repo } : possible ? { 'user.regfs.namespace': 'possible' } : {};
     return {
       type: 'dir',
       attr: this.attr(DIR_MODE, 0, this.started),
-      xattrs: node.repo ? { 'user.oci.repository': node.repo } : {},
+      xattrs,
       list: async () => {
         const names = [...node.children.keys()];
         if (node.repo) {
           const tags = await this.opts.metadata.tags(this.opts.registry.repository(node.repo));
-          for (const t of tags) names.push(node.children.has(t) ? `:${t}` : t);
+          for (const t of tags) if (isTag(t)) names.push(node.children.has(t) ? `:${t}` : t);
         }
         return names.sort();
       },

@@ -126,7 +126,13 @@ export class Authorizer {
     const t = this.tokens.get(key);
     if (t && t.expiresAt > Date.now()) return `Bearer ${t.token}`;
     if (t) this.tokens.delete(key);
-    return this.fetchToken(ch, scopes, scopes);
+    // Pre-emptive only: when the token service cannot be used (unreachable, a bad answer), send the
+    // request as is and let the registry challenge it. A refused credential is final here too.
+    return this.fetchToken(ch, scopes, scopes).catch((err: unknown) => {
+      if (err instanceof TokenRefused) throw err;
+      this.log.debug('pre-emptive token request failed; sending without', { error: (err as Error).message });
+      return undefined;
+    });
   }
 
   /** answer handles a 401's challenge and returns the header to retry with; it throws UNAUTHORIZED when nothing can satisfy it. */

@@ -1,11 +1,8 @@
-import { createHash, randomBytes, type Hash } from 'node:crypto';
-import { promises as fsp, constants as C } from 'node:fs';
-import path from 'node:path';
+import { createHash, type Hash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { Verifier, type Digest } from './digest.js';
 import { RegfsError } from '../util/errors.js';
 import type { Descriptor } from './descriptor.js';
-import { fsyncDir } from '../util/fs-atomic.js';
 
 /**
  * verifying wraps a stream of a whole blob so it errors at the end (or as soon as it runs long) when
@@ -79,35 +76,4 @@ export function hashing(src: Readable, size?: number): Hashed {
     },
     failure: () => failed,
   };
-}
-
-/** tempPathFor returns a hidden, unique temp file name beside `file`. */
-export function tempPathFor(file: string): string {
-  return path.join(path.dirname(file), `.${path.basename(file)}.${randomBytes(6).toString('hex')}.part`);
-}
-
-/**
- * writeStreamAtomic writes a stream to a temp file beside `file` (created exclusively, never following
- * a symlink), fsyncs it and renames it into place; on any error the temp file is removed and `file` is
- * untouched. Only the FileHandle owns the fd, so an error never closes a descriptor twice.
- */
-export async function writeStreamAtomic(src: Readable, file: string, mode = 0o644): Promise<void> {
-  const tmp = tempPathFor(file);
-  const fh = await fsp.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, mode);
-  try {
-    for await (const chunk of src) {
-      const buf = typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer);
-      let off = 0;
-      while (off < buf.length) off += (await fh.write(buf, off, buf.length - off)).bytesWritten;
-    }
-    await fh.sync();
-    await fh.close();
-    await fsp.rename(tmp, file);
-  } catch (err) {
-    src.destroy();
-    await fh.close().catch(() => undefined);
-    await fsp.rm(tmp, { force: true });
-    throw err;
-  }
-  await fsyncDir(path.dirname(file));
 }

@@ -1,60 +1,16 @@
-import { existsSync, promises as fsp, constants as C, type Stats } from 'node:fs';
+import { promises as fsp, constants as C, type Stats } from 'node:fs';
 import path from 'node:path';
 import { Readable, addAbortSignal } from 'node:stream';
-import { hashing, tempPathFor, verifying, writeStreamAtomic } from './blob-io.js';
-import { parseDescriptor, type Descriptor } from './descriptor.js';
+import { hashing, verifying } from './blob-io.js';
+import type { Descriptor } from './descriptor.js';
 import { Verifier, digestAlgorithm, digestHex, digestOf, isDigest, parseDigest, type Digest } from './digest.js';
-import { RegfsError } from '../util/errors.js';
+import { RegfsError, errnoOf, ioError } from '../util/errors.js';
 import { artifactTypeOf, parseManifest } from './manifest.js';
-import { MAX_MANIFEST_BYTES, MediaType } from './media-types.js';
-import { isRepositoryName, isTag } from './reference.js';
-import type { BlobSource, ByteRange, FetchedManifest, ListOptions, PushResult, Registry, Repository } from './storage.js';
-import { fsyncDir, writeFileAtomic } from '../util/fs-atomic.js';
-import { errnoOf, ioError } from '../util/errors.js';
-import { sleep } from '../util/sleep.js';
-
-/** REF_NAME_ANNOTATION is the index.json annotation that carries a tag in an OCI image layout. */
-export const REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name';
-
-/** OCI_LAYOUT_VERSION is the `imageLayoutVersion` regfs writes to the `oci-layout` file. */
-export const OCI_LAYOUT_VERSION = '1.0.0';
-
-const MAX_INDEX_BYTES = 64 * 1024 * 1024;
-const LOCK_TIMEOUT_MS = 10_000;
-const LOCK_STALE_MS = 30_000;
-const MAX_STORE_DEPTH = 16;
-
-/** One entry of index.json: the validated descriptor and the raw JSON (kept so unknown fields survive a rewrite). */
-interface IndexEntry {
-  desc: Descriptor;
-  raw: Record<string, unknown>;
-}
-
-/** index.json as read: the raw top-level object (other fields are preserved) and its entries. */
-interface LayoutIndex {
-  raw: Record<string, unknown>;
-  entries: IndexEntry[];
-}
-
-/** In-process writer queues, keyed by the resolved layout directory. */
-const indexQueues = new Map<string, Promise<void>>();
-
-async function statOrUndefined(p: string): Promise<Stats | undefined> {
-  try {
-    return await fsp.stat(p);
-  } catch (err) {
-    if (errnoOf(err) === 'ENOENT' || errnoOf(err) === 'ENOTDIR') return undefined;
-    throw ioError(`cannot stat ${p}`, err);
-  }
-}
-
-function refNameOf(e: IndexEntry): string | undefined {
-  return e.desc.annotations?.[REF_NAME_ANNOTATION];
-}
-
-function emptyIndex(): LayoutIndex {
-  return { raw: { schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [] }, entries: [] };
-}
+import { MAX_MANIFEST_BYTES } from './media-types.js';
+import { applyTags, OciLayoutIndex, refNameOf, statOrUndefined, type IndexEntry } from './oci-layout-index.js';
+import { isTag } from './reference.js';
+import type { BlobSource, ByteRange, FetchedManifest, ListOptions, PushResult, Repository } from './storage.js';
+import { fsyncDir, tempPathFor, writeFileAtomic, writeStreamAtomic } from '../util/fs-atomic.js';
 
 /**
  * OciLayoutRepository is one OCI image layout directory (`oci-layout`, `index.json`, `blobs/<alg>/<hex>`),
@@ -67,203 +23,18 @@ export class OciLayoutRepository implements Repository {
   /** display is `oci:DIR`. */
   readonly display: string;
   private readonly dir: string;
-  private readonly key: string;
-  private readonly create: boolean;
-  private layoutOk = false;
-  private writableOk = false;
+  /** layout holds the `oci-layout` and `index.json` files (and the index lock). */
+  private readonly layout: OciLayoutIndex;
 
   constructor(dir: string, readonly name: string, opts: { create?: boolean } = {}) {
     this.dir = dir;
-    this.key = path.resolve(dir);
     this.display = `oci:${dir}`;
-    this.create = opts.create ?? false;
+    this.layout = new OciLayoutIndex(dir, this.display, opts.create ?? false);
   }
-
-  // ---------------------------------------------------------------- paths and layout checks
 
   private blobPath(digest: Digest): string {
     const d = parseDigest(digest);
     return path.join(this.dir, 'blobs', digestAlgorithm(d), digestHex(d));
-  }
-
-  private get indexPath(): string {
-    return path.join(this.dir, 'index.json');
-  }
-
-  private notLayout(why = 'no oci-layout file'): RegfsError {
-    return new RegfsError('NOT_FOUND', `${this.display} is not an OCI image layout (${why})`);
-  }
-
-  /** layoutState tells whether the `oci-layout` file is present and valid. */
-  private async layoutState(): Promise<'ok' | 'missing'> {
-    if (this.layoutOk) return 'ok';
-    let text: string;
-    try {
-      text = await fsp.readFile(path.join(this.dir, 'oci-layout'), 'utf8');
-    } catch (err) {
-      const code = errnoOf(err);
-      if (code === 'ENOENT' || code === 'ENOTDIR') return 'missing';
-      if (code === 'EISDIR') throw this.notLayout('oci-layout is not a file');
-      throw ioError(`cannot read ${path.join(this.dir, 'oci-layout')}`, err);
-    }
-    let version: unknown;
-    try {
-      version = (JSON.parse(text) as { imageLayoutVersion?: unknown }).imageLayoutVersion;
-    } catch {
-      throw this.notLayout('oci-layout is not valid JSON');
-    }
-    if (typeof version !== 'string' || !/^1\.\d+\.\d+$/.test(version)) {
-      throw this.notLayout(`unsupported imageLayoutVersion ${JSON.stringify(version)}`);
-    }
-    this.layoutOk = true;
-    return 'ok';
-  }
-
-  /** checkReadable returns false when the layout does not exist yet but `create` allows that (reads see it empty). */
-  private async checkReadable(): Promise<boolean> {
-    const state = await this.layoutState();
-    if (state === 'ok') return true;
-    if (this.create) return false;
-    throw this.notLayout();
-  }
-
-  /** ensureWritable makes sure the layout exists, creating it (under the index lock) when `create` allows. */
-  private async ensureWritable(): Promise<void> {
-    if (this.writableOk) return;
-    const state = await this.layoutState();
-    if (state === 'ok' && (await statOrUndefined(this.indexPath))) {
-      this.writableOk = true;
-      return;
-    }
-    if (!this.create) throw this.notLayout(state === 'ok' ? 'no index.json' : undefined);
-    try {
-      await fsp.mkdir(this.dir, { recursive: true, mode: 0o755 });
-    } catch (err) {
-      throw ioError(`cannot create ${this.dir}`, err);
-    }
-    await this.withIndexLock(async () => {
-      // index.json first, oci-layout last: a directory with an oci-layout file always has an index.
-      if (!(await statOrUndefined(this.indexPath))) await this.writeIndex(emptyIndex());
-      if (!(await statOrUndefined(path.join(this.dir, 'oci-layout')))) {
-        await writeFileAtomic(path.join(this.dir, 'oci-layout'), JSON.stringify({ imageLayoutVersion: OCI_LAYOUT_VERSION }), 0o644);
-      }
-    });
-    await this.layoutState();
-    this.writableOk = true;
-  }
-
-  // ---------------------------------------------------------------- index.json
-
-  private async readIndex(): Promise<LayoutIndex> {
-    if (!(await this.checkReadable())) return emptyIndex();
-    let buf: Buffer;
-    try {
-      const st = await fsp.stat(this.indexPath);
-      if (st.size > MAX_INDEX_BYTES) throw new RegfsError('TOO_LARGE', `${this.display}/index.json is ${st.size} bytes, over the ${MAX_INDEX_BYTES}-byte limit`);
-      buf = await fsp.readFile(this.indexPath);
-    } catch (err) {
-      if (errnoOf(err) === 'ENOENT') {
-        if (this.create) return emptyIndex();
-        throw this.notLayout('no index.json');
-      }
-      throw ioError(`cannot read ${this.indexPath}`, err);
-    }
-    return this.parseIndex(buf);
-  }
-
-  private parseIndex(buf: Buffer): LayoutIndex {
-    const where = `${this.display}/index.json`;
-    let raw: unknown;
-    try {
-      raw = JSON.parse(buf.toString('utf8'));
-    } catch {
-      throw new RegfsError('INVALID_MANIFEST', `${where} is not valid JSON`);
-    }
-    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
-      throw new RegfsError('INVALID_MANIFEST', `${where} is not a JSON object`);
-    }
-    const r = raw as Record<string, unknown>;
-    if (r.schemaVersion !== 2) throw new RegfsError('INVALID_MANIFEST', `${where} has unsupported schemaVersion ${JSON.stringify(r.schemaVersion)}`);
-    const list = r.manifests ?? [];
-    if (!Array.isArray(list)) throw new RegfsError('INVALID_MANIFEST', `${where} "manifests" is not an array`);
-    const entries = list.map((m: unknown, i: number): IndexEntry => {
-      const desc = parseDescriptor(m, `${where} manifests[${i}]`);
-      return { desc, raw: m as Record<string, unknown> };
-    });
-    return { raw: r, entries };
-  }
-
-  private async writeIndex(index: LayoutIndex): Promise<void> {
-    const out: Record<string, unknown> = { schemaVersion: 2, mediaType: MediaType.ociIndex };
-    for (const [k, v] of Object.entries(index.raw)) if (k !== 'manifests') out[k] = v;
-    out.schemaVersion = 2;
-    out.mediaType = MediaType.ociIndex;
-    out.manifests = index.entries.map((e) => e.raw);
-    try {
-      await writeFileAtomic(this.indexPath, JSON.stringify(out), 0o644);
-    } catch (err) {
-      throw ioError(`cannot write ${this.indexPath}`, err);
-    }
-  }
-
-  /** withIndexLock runs fn with index.json locked against writers in this process (a promise chain) and in others (an O_EXCL lock file). */
-  private async withIndexLock<T>(fn: () => Promise<T>): Promise<T> {
-    const prev = indexQueues.get(this.key) ?? Promise.resolve();
-    let release!: () => void;
-    const mine = new Promise<void>((resolve) => (release = resolve));
-    const tail = prev.then(() => mine);
-    indexQueues.set(this.key, tail);
-    await prev;
-    try {
-      const unlock = await this.acquireFileLock();
-      try {
-        return await fn();
-      } finally {
-        await unlock();
-      }
-    } finally {
-      release();
-      if (indexQueues.get(this.key) === tail) indexQueues.delete(this.key);
-    }
-  }
-
-  private async acquireFileLock(): Promise<() => Promise<void>> {
-    const lock = path.join(this.dir, 'index.json.lock');
-    const deadline = Date.now() + LOCK_TIMEOUT_MS;
-    for (let attempt = 0; ; attempt++) {
-      try {
-        const fh = await fsp.open(lock, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o644);
-        try {
-          await fh.writeFile(`${process.pid}\n`);
-        } finally {
-          await fh.close();
-        }
-        return async () => {
-          await fsp.rm(lock, { force: true });
-        };
-      } catch (err) {
-        if (errnoOf(err) !== 'EEXIST') throw ioError(`cannot create lock ${lock}`, err);
-      }
-      const st = await statOrUndefined(lock);
-      if (st && Date.now() - st.mtimeMs > LOCK_STALE_MS) {
-        await fsp.rm(lock, { force: true });
-        continue;
-      }
-      if (Date.now() >= deadline) {
-        throw new RegfsError('IO', `timed out after ${LOCK_TIMEOUT_MS / 1000} s waiting for ${lock}; remove it if no other regfs is writing to ${this.display}`);
-      }
-      await sleep(Math.min(10 + attempt * 5, 100));
-    }
-  }
-
-  /** updateIndex reads index.json under the lock, lets `mutate` change its entries and writes it back. */
-  private async updateIndex<T>(mutate: (index: LayoutIndex) => T | Promise<T>): Promise<T> {
-    return this.withIndexLock(async () => {
-      const index = await this.readIndex();
-      const result = await mutate(index);
-      await this.writeIndex(index);
-      return result;
-    });
   }
 
   // ---------------------------------------------------------------- blob helpers
@@ -290,19 +61,23 @@ export class OciLayoutRepository implements Repository {
     return bytes;
   }
 
-  /** readCapped reads a blob that should be a manifest, failing with TOO_LARGE past the manifest limit. */
-  private async readCapped(digest: Digest): Promise<Buffer> {
-    let fh: fsp.FileHandle;
+  /** openBlobFile opens blobs/<alg>/<hex> read-only; absent is notFound() (after checking the layout is readable at all). */
+  private async openBlobFile(digest: Digest, what: 'manifest' | 'blob', notFound: () => RegfsError): Promise<fsp.FileHandle> {
     try {
-      fh = await fsp.open(this.blobPath(digest), C.O_RDONLY);
+      return await fsp.open(this.blobPath(digest), C.O_RDONLY);
     } catch (err) {
       const code = errnoOf(err);
       if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR') {
-        await this.checkReadable();
-        throw new RegfsError('NOT_FOUND', `manifest ${digest} not found in ${this.display}`);
+        await this.layout.checkReadable();
+        throw notFound();
       }
-      throw ioError(`cannot open manifest ${digest} in ${this.display}`, err);
+      throw ioError(`cannot open ${what} ${digest} in ${this.display}`, err);
     }
+  }
+
+  /** readCapped reads a blob that should be a manifest, failing with TOO_LARGE past the manifest limit. */
+  private async readCapped(digest: Digest): Promise<Buffer> {
+    const fh = await this.openBlobFile(digest, 'manifest', () => new RegfsError('NOT_FOUND', `manifest ${digest} not found in ${this.display}`));
     try {
       const st = await fh.stat();
       if (!st.isFile()) throw new RegfsError('NOT_FOUND', `manifest ${digest} not found in ${this.display}`);
@@ -337,11 +112,11 @@ export class OciLayoutRepository implements Repository {
   /** resolve turns a tag (an index.json ref.name) or a digest (a manifest blob present in the layout) into a descriptor. */
   async resolve(reference: string, signal?: AbortSignal): Promise<Descriptor> {
     signal?.throwIfAborted();
-    const index = await this.readIndex();
+    const index = await this.layout.readIndex();
     if (isDigest(reference)) {
       const st = await this.statBlobFile(reference);
       if (!st) {
-        await this.checkReadable();
+        await this.layout.checkReadable();
         throw new RegfsError('NOT_FOUND', `manifest ${reference} not found in ${this.display}`);
       }
       const entry = index.entries.find((e) => e.desc.digest === reference);
@@ -379,17 +154,7 @@ export class OciLayoutRepository implements Repository {
         throw new RegfsError('INVALID_ARGUMENT', `invalid byte range ${JSON.stringify(range)} for blob ${digest}`);
       }
     }
-    let fh: fsp.FileHandle;
-    try {
-      fh = await fsp.open(this.blobPath(digest), C.O_RDONLY);
-    } catch (err) {
-      const code = errnoOf(err);
-      if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR') {
-        await this.checkReadable();
-        throw this.blobNotFound(digest);
-      }
-      throw ioError(`cannot open blob ${digest} in ${this.display}`, err);
-    }
+    const fh = await this.openBlobFile(digest, 'blob', () => this.blobNotFound(digest));
     let stream: Readable;
     try {
       const st = await fh.stat();
@@ -422,7 +187,7 @@ export class OciLayoutRepository implements Repository {
     const d = parseDigest(digest);
     const st = await this.statBlobFile(d);
     if (!st) {
-      await this.checkReadable();
+      await this.layout.checkReadable();
       throw this.blobNotFound(d);
     }
     return { mediaType: 'application/octet-stream', digest: d, size: st.size };
@@ -434,7 +199,7 @@ export class OciLayoutRepository implements Repository {
    */
   async listTags(opts?: ListOptions): Promise<string[]> {
     opts?.signal?.throwIfAborted();
-    const index = await this.readIndex();
+    const index = await this.layout.readIndex();
     const tags = new Set<string>();
     for (const e of index.entries) {
       const t = refNameOf(e);
@@ -446,7 +211,7 @@ export class OciLayoutRepository implements Repository {
   /** referrers reads every manifest listed in index.json and returns those whose subject is `subject`. */
   async referrers(subject: Descriptor, artifactType?: string): Promise<Descriptor[]> {
     const want = parseDigest(subject.digest);
-    const index = await this.readIndex();
+    const index = await this.layout.readIndex();
     const seen = new Set<string>();
     const out: Descriptor[] = [];
     for (const e of index.entries) {
@@ -478,7 +243,7 @@ export class OciLayoutRepository implements Repository {
     if (!Number.isSafeInteger(desc.size) || desc.size < 0) {
       throw new RegfsError('INVALID_ARGUMENT', `invalid size ${desc.size} for blob ${digest}`);
     }
-    await this.ensureWritable();
+    await this.layout.ensureWritable();
     if (await this.blobExists(desc)) return 'exists';
     const file = this.blobPath(digest);
     try {
@@ -492,7 +257,7 @@ export class OciLayoutRepository implements Repository {
 
   /** pushStream writes a stream to a temp file in `blobs/sha256/` while hashing it, then renames it to its digest. */
   async pushStream(source: Readable, size?: number): Promise<{ digest: Digest; size: number }> {
-    await this.ensureWritable();
+    await this.layout.ensureWritable();
     const dir = path.join(this.dir, 'blobs', 'sha256');
     const h = hashing(source, size);
     const tmp = tempPathFor(path.join(dir, 'upload'));
@@ -527,25 +292,6 @@ export class OciLayoutRepository implements Repository {
     }
   }
 
-  /** applyTags points each tag at `entryDesc` in `index`, or records it untagged when `tags` is empty. */
-  private applyTags(index: LayoutIndex, entryDesc: Descriptor, tags: string[]): void {
-    const base: Record<string, unknown> = { mediaType: entryDesc.mediaType, digest: entryDesc.digest, size: entryDesc.size };
-    if (entryDesc.artifactType) base.artifactType = entryDesc.artifactType;
-    if (tags.length === 0) {
-      if (!index.entries.some((e) => e.desc.digest === entryDesc.digest)) {
-        index.entries.push({ desc: { ...entryDesc }, raw: base });
-      }
-      return;
-    }
-    for (const tag of tags) {
-      index.entries = index.entries.filter((e) => refNameOf(e) !== tag);
-      const annotations = { [REF_NAME_ANNOTATION]: tag };
-      index.entries.push({ desc: { ...entryDesc, annotations }, raw: { ...base, annotations } });
-    }
-    // The manifest is now tagged: an untagged entry for it is redundant.
-    index.entries = index.entries.filter((e) => e.desc.digest !== entryDesc.digest || refNameOf(e) !== undefined);
-  }
-
   private checkTags(tags: string[]): void {
     for (const t of tags) {
       if (!isTag(t)) throw new RegfsError('INVALID_ARGUMENT', `invalid tag ${JSON.stringify(t.slice(0, 140))}: must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`);
@@ -561,35 +307,35 @@ export class OciLayoutRepository implements Repository {
     const manifest = parseManifest(bytes, mediaType);
     const desc: Descriptor = { mediaType: manifest.mediaType, digest: digestOf(bytes), size: bytes.length };
     if (manifest.artifactType) desc.artifactType = manifest.artifactType;
-    await this.ensureWritable();
+    await this.layout.ensureWritable();
     await this.writeManifestBlob(bytes, desc.digest);
-    await this.updateIndex((index) => this.applyTags(index, desc, [...new Set(tags)]));
+    await this.layout.updateIndex((index) => applyTags(index, desc, [...new Set(tags)]));
     return desc;
   }
 
   /** tag points a tag at a manifest already in the layout. */
   async tag(desc: Descriptor, tag: string): Promise<void> {
     this.checkTags([tag]);
-    await this.ensureWritable();
+    await this.layout.ensureWritable();
     const fetched = await this.fetchManifest({ mediaType: desc.mediaType, digest: parseDigest(desc.digest), size: desc.size });
     const entry: Descriptor = { mediaType: fetched.manifest.mediaType, digest: fetched.descriptor.digest, size: fetched.bytes.length };
     if (fetched.manifest.artifactType) entry.artifactType = fetched.manifest.artifactType;
-    await this.updateIndex((index) => this.applyTags(index, entry, [tag]));
+    await this.layout.updateIndex((index) => applyTags(index, entry, [tag]));
   }
 
   /** deleteManifest removes every index.json entry with the digest (and so its tags) and the manifest blob. */
   async deleteManifest(desc: Descriptor): Promise<void> {
     const digest = parseDigest(desc.digest);
-    if (!(await this.checkReadable())) throw new RegfsError('NOT_FOUND', `manifest ${digest} not found in ${this.display}`);
-    await this.withIndexLock(async () => {
-      const index = await this.readIndex();
+    if (!(await this.layout.checkReadable())) throw new RegfsError('NOT_FOUND', `manifest ${digest} not found in ${this.display}`);
+    await this.layout.withIndexLock(async () => {
+      const index = await this.layout.readIndex();
       const before = index.entries.length;
       index.entries = index.entries.filter((e) => e.desc.digest !== digest);
       const hadBlob = (await this.statBlobFile(digest)) !== undefined;
       if (before === index.entries.length && !hadBlob) {
         throw new RegfsError('NOT_FOUND', `manifest ${digest} not found in ${this.display}`);
       }
-      if (before !== index.entries.length) await this.writeIndex(index);
+      if (before !== index.entries.length) await this.layout.writeIndex(index);
       if (hadBlob) await this.removeBlobFile(digest);
     });
   }
@@ -597,7 +343,7 @@ export class OciLayoutRepository implements Repository {
   /** deleteBlob removes a blob file; NOT_FOUND when it is absent. */
   async deleteBlob(desc: Descriptor): Promise<void> {
     const digest = parseDigest(desc.digest);
-    await this.checkReadable();
+    await this.layout.checkReadable();
     if (!(await this.statBlobFile(digest))) throw this.blobNotFound(digest);
     await this.removeBlobFile(digest);
   }
@@ -610,91 +356,4 @@ export class OciLayoutRepository implements Repository {
       throw ioError(`cannot delete blob ${digest} in ${this.display}`, err);
     }
   }
-}
-
-/** sanitizeRepositoryName turns a directory's basename into a valid single-component repository name. */
-export function sanitizeRepositoryName(base: string): string {
-  let s = base.toLowerCase().replace(/[^a-z0-9._-]/g, '-');
-  s = s.replace(/[._-]+/g, (run) => (/^(\.|_|__|-+)$/.test(run) ? run : '-'));
-  s = s.replace(/^[._-]+|[._-]+$/g, '');
-  return s.length > 0 ? s.slice(0, 255).replace(/[._-]+$/, '') : 'layout';
-}
-
-/**
- * OciLayoutStore is a folder of OCI image layouts: repository `samples/artifact` is the layout at
- * `ROOT/samples/artifact`. If ROOT is itself a layout it holds exactly one repository, named by
- * ROOT's basename lowercased with invalid characters replaced by '-' (see sanitizeRepositoryName).
- * A repository's layout is created on its first pushBlob/pushManifest, never on a read.
- */
-export class OciLayoutStore implements Registry {
-  /** display is `oci:ROOT`. */
-  readonly display: string;
-  private readonly root: string;
-  private readonly create: boolean;
-
-  constructor(root: string, opts: { create?: boolean } = {}) {
-    this.root = root;
-    this.display = `oci:${root}`;
-    this.create = opts.create ?? false;
-  }
-
-  private rootIsLayout(): boolean {
-    return existsSync(path.join(this.root, 'oci-layout'));
-  }
-
-  private singleName(): string {
-    return sanitizeRepositoryName(path.basename(path.resolve(this.root)));
-  }
-
-  /** listRepositories returns the sorted relative paths of the layouts under ROOT (symlinks not followed, `blobs` skipped, depth ≤ 16). */
-  async listRepositories(opts?: ListOptions): Promise<string[]> {
-    const st = await statOrUndefined(this.root);
-    if (!st) {
-      if (this.create) return [];
-      throw new RegfsError('NOT_FOUND', `${this.display} does not exist`);
-    }
-    if (!st.isDirectory()) throw new RegfsError('NOT_FOUND', `${this.display} is not a directory`);
-    if (this.rootIsLayout()) return [this.singleName()];
-    const out: string[] = [];
-    const walk = async (rel: string, depth: number): Promise<void> => {
-      opts?.signal?.throwIfAborted();
-      const abs = rel ? path.join(this.root, rel) : this.root;
-      let entries;
-      try {
-        entries = await fsp.readdir(abs, { withFileTypes: true });
-      } catch (err) {
-        const code = errnoOf(err);
-        if (rel && (code === 'EACCES' || code === 'ENOENT' || code === 'ENOTDIR' || code === 'EPERM')) return;
-        throw ioError(`cannot list ${abs}`, err);
-      }
-      if (rel && entries.some((e) => e.name === 'oci-layout' && e.isFile())) out.push(rel);
-      if (depth >= MAX_STORE_DEPTH) return;
-      for (const e of entries) {
-        if (!e.isDirectory() || e.name === 'blobs' || !isRepositoryName(e.name)) continue;
-        const child = rel ? `${rel}/${e.name}` : e.name;
-        if (!isRepositoryName(child)) continue;
-        await walk(child, depth + 1);
-      }
-    };
-    await walk('', 0);
-    return out.sort();
-  }
-
-  /** repository opens the layout for `name` (validated, so `../` cannot escape ROOT); it is created on first push. */
-  repository(name: string): OciLayoutRepository {
-    if (!isRepositoryName(name)) {
-      throw new RegfsError('INVALID_ARGUMENT', `invalid repository name ${JSON.stringify(name.slice(0, 140))}: must be lowercase [a-z0-9] components separated by "/", ".", "_", "__" or "-"`);
-    }
-    if (this.rootIsLayout()) {
-      const single = this.singleName();
-      if (name !== single) {
-        throw new RegfsError('NOT_FOUND', `${this.display} is a single OCI layout holding repository "${single}", not "${name}"`);
-      }
-      return new OciLayoutRepository(this.root, name, { create: true });
-    }
-    return new OciLayoutRepository(path.join(this.root, ...name.split('/')), name, { create: true });
-  }
-
-  /** close is a no-op: a layout store holds no connections. */
-  async close(): Promise<void> {}
 }

@@ -1,6 +1,6 @@
 import { CredentialStore, type CredentialProvider } from './credentials.js';
 import type { TransportOptions } from './http-client.js';
-import { OciLayoutStore } from './oci-layout.js';
+import { OciLayoutStore } from './oci-layout-store.js';
 import { parseRegistryHost, registryApiHost } from './reference.js';
 import { RemoteRegistry } from './remote.js';
 import type { Registry } from './storage.js';

@@ -8,7 +8,7 @@ import { RegfsError } from '../util/errors.js';
 import { Annotation, EMPTY_CONFIG, MediaType } from './media-types.js';
 import { checkTitle } from './safe-path.js';
 import type { BlobSource } from './storage.js';
-import { packDirectory, packDirectoryGzip } from './tar-dir.js';
+import { packDirectory, packDirectoryGzip } from './tar-pack.js';
 
 /** FileArg is one `FILE[:TYPE]` argument of push. */
 export interface FileArg {

@@ -8,8 +8,9 @@ import { Annotation, MediaType } from './media-types.js';
 import type { PackedArtifact, PreparedBlob } from './pack.js';
 import { checkTitle, mkdirInside, resolveInside } from './safe-path.js';
 import type { FetchedManifest, ReadableRepository, Repository } from './storage.js';
-import { passThrough, writeStreamAtomic } from './blob-io.js';
-import { extractTarAtomic } from './tar-dir.js';
+import { passThrough } from './blob-io.js';
+import { writeStreamAtomic } from '../util/fs-atomic.js';
+import { extractTarAtomic } from './tar-extract.js';
 import { runLimited } from '../util/limit.js';
 
 /** TransferEvent reports progress of a push or pull, one blob at a time. */

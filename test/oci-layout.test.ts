@@ -11,7 +11,9 @@ import type { Descriptor } from '../registry/descriptor.js';
 import { digestHex, digestOf } from '../registry/digest.js';
 import { RegfsError } from '../util/errors.js';
 import { MediaType } from '../registry/media-types.js';
-import { OciLayoutRepository, OciLayoutStore, REF_NAME_ANNOTATION, sanitizeRepositoryName } from '../registry/oci-layout.js';
+import { OciLayoutRepository } from '../registry/oci-layout.js';
+import { REF_NAME_ANNOTATION } from '../registry/oci-layout-index.js';
+import { OciLayoutStore, sanitizeRepositoryName } from '../registry/oci-layout-store.js';
 
 const execFileP = promisify(execFile);
 const here = path.dirname(fileURLToPath(import.meta.url));

@@ -9,7 +9,8 @@ import tar from 'tar-stream';
 import type { Digest } from '../registry/digest.js';
 import { RegfsError } from '../util/errors.js';
 import { checkTitle, mkdirInside, resolveInside } from '../registry/safe-path.js';
-import { extractTar, extractTarAtomic, packDirectory, packDirectoryGzip } from '../registry/tar-dir.js';
+import { extractTar, extractTarAtomic } from '../registry/tar-extract.js';
+import { packDirectory, packDirectoryGzip } from '../registry/tar-pack.js';
 
 // ---------- helpers ----------
 

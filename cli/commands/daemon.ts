@@ -12,8 +12,9 @@ export function registerDaemon(program: Command): void {
     .command('daemon')
     .description('run mounts, staging watchers and the push queue in the foreground (what the systemd unit starts)')
     .option('--config <file>', 'JSON config with any number of mounts (see systemd/config.example.json)')
-    .option('--source <source>', 'registry host[:port] or oci:DIR for a single mount')
+    .option('--source <source>', 'HOST, HOST/NAMESPACE, HOST/REPO, HOST/REPO:TAG or oci:DIR for a single mount')
     .option('--mountpoint <dir>', 'where to mount --source')
+    .option('--repository <name...>', 'show these repositories at the root of --source even when the registry does not list them')
     .option('--staging <dir>', 'staging folder: STAGING/<repository>/<tag>/<files> is pushed as <repository>:<tag>; makes the mount writable')
     .option('--allow-delete', 'let rm and rmdir through the mount remove published files and delete tags (needs --staging)')
     .option('--cache-dir <dir>', 'shared blob cache (default $XDG_CACHE_HOME/regfs, /var/cache/regfs for root)')
@@ -30,7 +31,7 @@ export function registerDaemon(program: Command): void {
   d.action(
     action(async (ctx) => {
       const opts = ctx.opts as unknown as {
-        config?: string; source?: string; mountpoint?: string; staging?: string; allowDelete?: boolean; cacheDir?: string; stateDir?: string; socket?: string;
+        config?: string; source?: string; repository?: string[]; mountpoint?: string; staging?: string; allowDelete?: boolean; cacheDir?: string; stateDir?: string; socket?: string;
         plainHttp?: boolean; registryConfig?: string; metadataTtl?: string; cacheMaxSize?: string; quietPeriod?: string; logFormat: string; logLevel: string;
       };
       if (opts.logFormat !== 'text' && opts.logFormat !== 'json') throw new RegfsError('INVALID_ARGUMENT', `invalid --log-format ${opts.logFormat}: expected text or json`);
@@ -41,6 +42,7 @@ export function registerDaemon(program: Command): void {
       if (!opts.config && !opts.source) throw new RegfsError('INVALID_ARGUMENT', 'give --config FILE, or --source with --mountpoint');
       const config = resolveConfig(file, {
         ...(opts.source ? { source: opts.source } : {}),
+        ...(opts.repository?.length ? { repositories: opts.repository } : {}),
         ...(opts.mountpoint ? { mountpoint: opts.mountpoint } : {}),
         ...(opts.staging ? { staging: opts.staging } : {}),
         ...(opts.allowDelete ? { allowDelete: true } : {}),
@@ -106,7 +108,8 @@ export interface SyncPairView {
 }
 /** RegistryCounters are a mount's transport counters as the daemon reports them. */
 interface RegistryCounters { requests: number; retries: number; rateLimited: number; unavailable: number; retryWaitMs: number; tokenRequests: number }
-interface Status { pid: number; mounts: Array<{ source: string; mountpoint: string; staging: string | null; registry?: RegistryCounters | null }>; cache: Record<string, number>; queue: QueueItem[]; sync?: SyncPairView[]; recentErrors: Array<{ time: string; level: string; msg: string }> }
+interface MountView { catalog?: { state: string; repositories: number; reason?: string }; found?: number; configured?: number; probes?: number; registry?: RegistryCounters | null }
+interface Status { pid: number; mounts: Array<{ source: string; mountpoint: string; staging: string | null } & MountView>; cache: Record<string, number>; queue: QueueItem[]; sync?: SyncPairView[]; recentErrors: Array<{ time: string; level: string; msg: string }> }
 
 /** renderSyncPair is one pair in text: its settings, then its last round and recent conflicts, indented. */
 export function renderSyncPair(p: SyncPairView, indent = '  '): string[] {
@@ -120,6 +123,8 @@ function renderStatus(s: Status): string[] {
   const lines = [`regfs daemon pid ${s.pid}`, 'Mounts:'];
   for (const m of s.mounts) {
     lines.push(`  ${m.source} -> ${m.mountpoint}${m.staging ? `  (staging ${m.staging})` : ''}`);
+    const cat = m.catalog;
+    if (cat && cat.state !== 'listed' && cat.state !== 'unknown') lines.push(`    catalog ${cat.state}: ${cat.reason ?? ''}; ${m.configured ?? 0} configured and ${m.found ?? 0} found repositories shown (${m.probes ?? 0} probes)`);
     const r = m.registry;
     if (r) lines.push(`    registry: ${r.requests} requests, ${r.tokenRequests} token requests; 429: ${r.rateLimited}, 503: ${r.unavailable}; ${r.retries} retries, waited ${(r.retryWaitMs / 1000).toFixed(1)} s`);
   }
@@ -164,13 +169,13 @@ export function registerControl(program: Command): void {
   );
 
   const mounts = program.command('mounts').description('add, list and remove mounts of the running daemon');
-  const add = socketOption(mounts.command('add').description('mount SOURCE at MOUNTPOINT in the running daemon').argument('<source>', 'registry host[:port] or oci:DIR').argument('<mountpoint>', 'an existing directory').option('--staging <dir>', 'staging folder to watch (makes the mount writable)').option('--allow-delete', 'let rm and rmdir through the mount remove published files and delete tags'));
+  const add = socketOption(mounts.command('add').description('mount SOURCE at MOUNTPOINT in the running daemon').argument('<source>', 'HOST, HOST/NAMESPACE, HOST/REPO, HOST/REPO:TAG or oci:DIR').argument('<mountpoint>', 'an existing directory').option('--staging <dir>', 'staging folder to watch (makes the mount writable)').option('--repository <name...>', 'show these repositories at the root even when the registry does not list them').option('--allow-delete', 'let rm and rmdir through the mount remove published files and delete tags'));
   add.addHelpText('after', '\nExample:\n  regfs mounts add localhost:5000 /srv/registry --staging /srv/staging\n');
   add.action(
     action(async (ctx, source: string, mountpoint: string) => {
-      const o = ctx.opts as typeof ctx.opts & { socket?: string; staging?: string; allowDelete?: boolean };
+      const o = ctx.opts as typeof ctx.opts & { socket?: string; staging?: string; allowDelete?: boolean; repository?: string[] };
       const path = await import('node:path');
-      const r = await (await client(o.socket)).request<{ mounted: string }>('POST', '/mounts', { source, mountpoint: path.resolve(mountpoint), ...(o.staging ? { staging: path.resolve(o.staging) } : {}), ...(o.allowDelete ? { allowDelete: true } : {}) });
+      const r = await (await client(o.socket)).request<{ mounted: string }>('POST', '/mounts', { source, mountpoint: path.resolve(mountpoint), ...(o.staging ? { staging: path.resolve(o.staging) } : {}), ...(o.allowDelete ? { allowDelete: true } : {}), ...(o.repository?.length ? { repositories: o.repository } : {}) });
       ctx.out.result(r, `Mounted ${source} at ${r.mounted}`);
     }),
   );

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import path from 'node:path';
 import { invalidateCredentials } from '../../registry/credentials.js';
+import { checkRepositories } from '../../registry/open-mount.js';
 import { RegfsError } from '../../util/errors.js';
 import { createLogger } from '../../util/log.js';
 import { defaultPaths, parseSizeValue } from '../../daemon/settings.js';
@@ -31,23 +32,27 @@ export function registerMount(program: Command): void {
     .option('--cache-max-size <size>', 'evict least recently used blobs above this size, e.g. 10G')
     .option('--min-free-space <size>', 'keep at least this much disk free in the cache filesystem', '1G')
     .option('--verify <mode>', 'lazy: serve ranges before the whole blob is verified; strict: only verified bytes', 'lazy')
+    .option('--repository <name...>', 'show these repositories at the root even when the registry does not list them (no catalog)')
     .option('--allow-other', 'let other users read the mount (needs user_allow_other in /etc/fuse.conf for non-root)')
     .option('--log-format <format>', 'text or json', 'text')
     .option('--log-level <level>', 'debug, info, warn or error', 'info');
   addRemoteOptions(cmd, { credentials: false });
-  cmd.addHelpText('after', '\nExamples:\n  regfs mount localhost:5000 /mnt/registry\n  regfs mount oci:./store ./mnt --cache-max-size 20G\n  ls /mnt/registry/samples/artifact/1.0/ && cat /mnt/registry/samples/artifact/1.0/artifact.txt\n');
+  cmd.addHelpText('after', '\nExamples:\n  regfs mount localhost:5000 /mnt/registry\n  regfs mount ghcr.io/myorg /mnt/myorg              # a namespace: its repositories at the root\n  regfs mount docker.io/library/alpine /mnt/alpine  # a repository: its tags at the root\n  regfs mount localhost:5000/samples/artifact:1.0 /mnt/a  # one artifact: its files at the root\n  regfs mount oci:./store ./mnt --cache-max-size 20G\n  ls /mnt/registry/samples/artifact/1.0/ && cat /mnt/registry/samples/artifact/1.0/artifact.txt\n');
   cmd.action(
     action(async (ctx, source: string, mountpoint: string) => {
-      const o = ctx.opts as typeof ctx.opts & { cacheDir?: string; metadataTtl: string; cacheMaxSize?: string; minFreeSpace: string; verify: string; allowOther?: boolean; logFormat: string; logLevel: string };
+      const o = ctx.opts as typeof ctx.opts & { repository?: string[]; cacheDir?: string; metadataTtl: string; cacheMaxSize?: string; minFreeSpace: string; verify: string; allowOther?: boolean; logFormat: string; logLevel: string };
       if (o.verify !== 'lazy' && o.verify !== 'strict') throw new RegfsError('INVALID_ARGUMENT', `invalid --verify ${o.verify}: expected lazy or strict`);
       if (o.logFormat !== 'text' && o.logFormat !== 'json') throw new RegfsError('INVALID_ARGUMENT', `invalid --log-format ${o.logFormat}: expected text or json`);
       if (!['debug', 'info', 'warn', 'error'].includes(o.logLevel)) throw new RegfsError('INVALID_ARGUMENT', `invalid --log-level ${o.logLevel}`);
       // Loaded on demand: push/pull never pay for the FUSE binding.
       const { serveMount } = await import('../../mount/serve.js');
       const log = createLogger({ level: o.debug ? 'debug' : (o.logLevel as 'info'), format: o.logFormat });
-      const registry = ctx.registry(source, { mount: true, log });
+      const opened = await ctx.mountSource(source, { log });
+      const repositories = checkRepositories(o.repository ?? [], '--repository');
       const running = await serveMount({
-        registry,
+        registry: opened.registry,
+        root: opened.root,
+        repositories,
         mountpoint,
         cacheDir: o.cacheDir ?? defaultPaths().cacheDir,
         metadataTtlMs: parseSeconds(o.metadataTtl, '--metadata-ttl') * 1000,
@@ -73,6 +78,7 @@ export function registerMount(program: Command): void {
         process.on('SIGTERM', onSignal);
         process.on('SIGHUP', () => {
           running.metadata.dropListings();
+          running.refresh();
           invalidateCredentials();
           log.info('SIGHUP: dropped cached listings; credentials are read again');
         });

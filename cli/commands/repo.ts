@@ -1,11 +1,11 @@
 import type { Command } from 'commander';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { writeStreamAtomic } from '../../registry/blob-io.js';
+import { writeStreamAtomic } from '../../util/fs-atomic.js';
 import { RegfsError } from '../../util/errors.js';
 import { Annotation } from '../../registry/media-types.js';
 import { artifactTypeOf } from '../../registry/manifest.js';
-import { referenceString } from '../../registry/reference.js';
+import { parseMountSource, referenceString } from '../../registry/reference.js';
 import { addRemoteOptions, requireTagOrDigest } from '../context.js';
 import { action } from '../run.js';
 
@@ -22,16 +22,28 @@ export function registerRepo(program: Command): void {
 
   const ls = repo
     .command('ls')
-    .description('list the repositories of a registry (or of a folder of OCI layouts, oci:DIR)')
-    .argument('<registry>', 'registry host[:port] or oci:DIR')
+    .description('list the repositories of a registry (or of a folder of OCI layouts, oci:DIR); HOST/NAMESPACE lists those below NAMESPACE/, without the prefix, as oras does')
+    .argument('<registry>', 'registry host[:port], HOST/NAMESPACE, or oci:DIR')
     .option('--page-size <n>', 'repositories asked per catalog page');
   addRemoteOptions(ls, { layout: true });
-  ls.addHelpText('after', '\nExample:\n  regfs repo ls localhost:5000\n');
+  ls.addHelpText('after', '\nExamples:\n  regfs repo ls localhost:5000\n  regfs repo ls localhost:5000/team     # app, app/web (for team/app, team/app/web)\n');
   ls.action(
     action(async (ctx, registry: string) => {
       const o = ctx.opts as typeof ctx.opts & { pageSize?: string };
-      const names = await ctx.registry(registry).listRepositories({ pageSize: pageSize(o.pageSize) });
-      ctx.out.result({ repositories: names }, names);
+      let host = registry;
+      let namespace = '';
+      if (!registry.startsWith('oci:') && !ctx.opts.ociLayout) {
+        const src = parseMountSource(registry);
+        if (src.kind === 'artifact') throw new RegfsError('INVALID_REFERENCE', `repo ls ${registry}: give a registry or a namespace, not a tag or digest`);
+        if (src.kind === 'path') {
+          host = src.registry;
+          // A namespace keeps its spelling (docker.io/bitnami is bitnami/, not library/bitnami/).
+          namespace = `${src.path}/`;
+        }
+      }
+      const all = await ctx.registry(host).listRepositories({ pageSize: pageSize(o.pageSize) });
+      const names = namespace ? all.filter((n) => n.startsWith(namespace)).map((n) => n.slice(namespace.length)) : all;
+      ctx.out.result(namespace ? { namespace: namespace.slice(0, -1), repositories: names } : { repositories: names }, names);
     }),
   );
 
