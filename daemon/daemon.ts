@@ -12,7 +12,7 @@ import { isInside } from '../util/paths.js';
 import type { Logger } from '../util/log.js';
 import { loadConfigFile, resolveConfig, updateConfigSyncs, validateSync, type DaemonConfig, type MountConfig } from './settings.js';
 import { startControlServer } from './control.js';
-import { PushQueue } from './journal.js';
+import { PushQueue } from './push-queue.js';
 import { scanStaging, WRITES_DIR } from '../staging/layout.js';
 import { SyncManager } from './sync.js';
 

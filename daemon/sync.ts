@@ -6,22 +6,22 @@ import path from 'node:path';
 import type { BlobCache } from '../cache/blob-cache.js';
 import { cachedRepository } from '../cache/cached-repository.js';
 import type { Descriptor } from '../registry/descriptor.js';
-import { digestHex, digestOf } from '../registry/digest.js';
+import { digestHex } from '../registry/digest.js';
 import { RegfsError, errorMessage, isRegfsError } from '../util/errors.js';
 import { Annotation } from '../registry/media-types.js';
 import { openSource } from '../registry/open.js';
-import { hashStream, packArtifact } from '../registry/pack.js';
+import { hashStream } from '../registry/pack.js';
 import { isTag } from '../registry/reference.js';
-import { checkTitle } from '../registry/safe-path.js';
 import type { Registry, Repository } from '../registry/storage.js';
 import { packDirectory, packDirectoryGzip } from '../registry/tar-pack.js';
 import { pullArtifact } from '../registry/transfer.js';
 import { runLimited } from '../util/limit.js';
 import { fsyncDir, writeFileAtomic } from '../util/fs-atomic.js';
 import { redactText, type Logger } from '../util/log.js';
-import type { PushQueue, QueueItem } from './journal.js';
+import type { PushQueue, QueueItem } from './push-queue.js';
 import { checkSyncPlacement, syncEndpoint, type SyncConfig, type SyncDirection } from './settings.js';
 import { fingerprint, isIgnoredName, scanTagDir, type StagedEntry } from '../staging/layout.js';
+import { tagManifestDigest, titledLayers, type TagLayer } from '../staging/tag-artifact.js';
 
 /** SyncBase is the common base of one tag: what both sides held when they were last in step. */
 export interface SyncBase {
@@ -137,12 +137,6 @@ interface RemoteTags {
   known: Map<string, Descriptor>;
   /** unknown are tags listed but not resolved this round (an error other than not found): left alone. */
   unknown: Set<string>;
-}
-
-interface Layer {
-  title: string;
-  dir: boolean;
-  desc: Descriptor;
 }
 
 interface Pair {
@@ -594,16 +588,16 @@ export class SyncManager {
   }
 
   /** layersOf returns the titled layers of a manifest, or undefined when it is not a file artifact. */
-  private async layersOf(pair: Pair, tag: string, desc: Descriptor): Promise<Layer[] | undefined> {
+  private async layersOf(pair: Pair, tag: string, desc: Descriptor): Promise<TagLayer[] | undefined> {
     const fetched = await pair.repo.fetchManifest(desc.digest);
     const m = fetched.manifest;
-    const layers = m.kind === 'manifest' ? m.layers.filter((l) => l.annotations?.[Annotation.title] !== undefined) : [];
-    if (!layers.length) {
+    const layers = titledLayers(m);
+    if (!layers) {
       pair.unsupported.set(tag, desc.digest);
       this.opts.log.warn(`sync ${pair.display}: skipping ${tag} (${desc.digest}): it is ${m.kind === 'index' ? 'an index' : 'not a file artifact (no titled layers)'}`);
       return undefined;
     }
-    return layers.map((l) => ({ title: checkTitle(l.annotations![Annotation.title]!), dir: l.annotations?.[Annotation.unpack] === 'true', desc: l }));
+    return layers;
   }
 
   /**
@@ -679,8 +673,7 @@ export class SyncManager {
     }
     let localId: string;
     if (c.direction === 'both') {
-      const packed = await packArtifact({ files: l.entries.map((e) => ({ path: e.name })), cwd: l.dir });
-      localId = digestOf(packed.manifest);
+      localId = await tagManifestDigest(l.dir, l.entries);
     } else {
       localId = l.fp;
     }
@@ -727,7 +720,7 @@ async function freeName(root: string, name: string): Promise<string> {
   }
 }
 
-function coverage(layers: Layer[]): { files: Set<string>; dirs: Set<string>; parents: Set<string> } {
+function coverage(layers: TagLayer[]): { files: Set<string>; dirs: Set<string>; parents: Set<string> } {
   const files = new Set(layers.filter((l) => !l.dir).map((l) => l.title));
   const dirs = new Set(layers.filter((l) => l.dir).map((l) => l.title));
   const parents = new Set<string>();
@@ -743,7 +736,7 @@ function coverage(layers: Layer[]): { files: Set<string>; dirs: Set<string>; par
  * to its digest, every folder layer packs to the same tar (ORAS's tar digest annotation, else the gzip
  * digest), and no other file is there. Hidden and temp files are not synced and do not count.
  */
-async function sameContent(root: string, layers: Layer[]): Promise<boolean> {
+async function sameContent(root: string, layers: TagLayer[]): Promise<boolean> {
   const { files, dirs, parents } = coverage(layers);
   for (const l of layers) {
     const abs = path.join(root, l.title);
