@@ -1,5 +1,3 @@
-import type { FSWatcher } from 'chokidar';
-import chokidar from 'chokidar';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { BlobCache } from '../cache/blob-cache.js';
@@ -14,13 +12,14 @@ import { loadConfigFile, resolveConfig, updateConfigSyncs, validateSync, type Da
 import { startControlServer } from './control.js';
 import { PushQueue } from './push-queue.js';
 import { scanStaging, WRITES_DIR } from '../staging/layout.js';
+import { watchFolder, type FolderWatcher } from '../staging/watcher.js';
 import { SyncManager } from './sync.js';
 
 interface ActiveMount {
   config: MountConfig;
   registry: Registry;
   running: RunningMount;
-  watcher?: FSWatcher;
+  watcher?: FolderWatcher;
   rescanTimer?: NodeJS.Timeout;
   periodic?: NodeJS.Timeout;
   scanning?: Promise<number>;
@@ -212,9 +211,11 @@ export class Daemon {
       // No awaitWriteFinish: the queue decides when a tag folder is quiet (from file mtimes), so a file
       // moved in whole starts uploading at once. Files being written through the mount are ignored: they
       // appear in their tag folder by rename when complete.
-      active.watcher = chokidar.watch(staging, { ignoreInitial: true, followSymlinks: false, ignored: (p: string) => isInside(writes, p) });
-      active.watcher.on('all', () => this.scheduleRescan(self));
-      active.watcher.on('error', (e: unknown) => this.log.warn(`watching ${staging}: ${(e as Error).message}`));
+      active.watcher = watchFolder(staging, {
+        ignored: (p) => isInside(writes, p),
+        onChange: () => this.scheduleRescan(self),
+        onError: (e) => this.log.warn(`watching ${staging}: ${e.message}`),
+      });
       // Files written while the daemon was down are found by this first scan; the periodic one catches
       // anything the watcher missed (inotify limits, network filesystems).
       await this.rescanMount(active);

@@ -1,5 +1,3 @@
-import type { FSWatcher } from 'chokidar';
-import chokidar from 'chokidar';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
@@ -21,6 +19,7 @@ import { redactText, type Logger } from '../util/log.js';
 import type { PushQueue, QueueItem } from './push-queue.js';
 import { checkSyncPlacement, syncEndpoint, type SyncConfig, type SyncDirection } from './settings.js';
 import { fingerprint, isIgnoredName, scanTagDir, type StagedEntry } from '../staging/layout.js';
+import { watchFolder, type FolderWatcher } from '../staging/watcher.js';
 import { tagManifestDigest, titledLayers, type TagLayer } from '../staging/tag-artifact.js';
 
 /** SyncBase is the common base of one tag: what both sides held when they were last in step. */
@@ -154,7 +153,7 @@ interface Pair {
   queued?: Promise<RoundReport>;
   timer?: NodeJS.Timeout;
   debounce?: NodeJS.Timeout;
-  watcher?: FSWatcher;
+  watcher?: FolderWatcher;
   matches: (tag: string) => boolean;
   /** unsupported remembers tags whose manifest is not a file artifact (an index, no titled layers), by digest. */
   unsupported: Map<string, string>;
@@ -275,12 +274,14 @@ export class SyncManager {
     this.pairs.set(local, pair);
     pair.timer = setInterval(() => void this.schedule(pair), c.intervalSeconds * 1000);
     if (c.direction !== 'down') {
-      pair.watcher = chokidar.watch(local, { ignoreInitial: true, followSymlinks: false, ignored: (p: string) => p !== local && isIgnoredName(path.basename(p)) });
-      pair.watcher.on('all', () => {
-        clearTimeout(pair.debounce);
-        pair.debounce = setTimeout(() => void this.schedule(pair), Math.max(500, this.opts.quietMs));
+      pair.watcher = watchFolder(local, {
+        ignored: (p) => p !== local && isIgnoredName(path.basename(p)),
+        onChange: () => {
+          clearTimeout(pair.debounce);
+          pair.debounce = setTimeout(() => void this.schedule(pair), Math.max(500, this.opts.quietMs));
+        },
+        onError: (e) => this.opts.log.warn(`sync: watching ${local}: ${e.message}`),
       });
-      pair.watcher.on('error', (e: unknown) => this.opts.log.warn(`sync: watching ${local}: ${(e as Error).message}`));
     }
     this.opts.log.info(`sync ${pair.display}: started (${c.direction}, every ${c.intervalSeconds}s${c.tags ? `, tags ${c.tags}` : ''}${c.propagateDeletes ? ', deletes propagate' : ''})`);
     void this.schedule(pair);
