@@ -10,6 +10,7 @@ import { isInside } from '../util/paths.js';
 import type { Logger } from '../util/log.js';
 import { loadConfigFile, resolveConfig, updateConfigSyncs, validateSync, type DaemonConfig, type MountConfig } from './settings.js';
 import { startControlServer } from './control.js';
+import type { DaemonStatus, LoggedEvent } from './protocol.js';
 import { PushQueue } from './push-queue.js';
 import { scanStaging, WRITES_DIR } from '../staging/layout.js';
 import { watchFolder, type FolderWatcher } from '../staging/watcher.js';
@@ -27,13 +28,6 @@ interface ActiveMount {
 
 /** PERIODIC_RESCAN_MS is how often every staging folder is scanned even without a watcher event. */
 const PERIODIC_RESCAN_MS = 30_000;
-
-/** LoggedEvent is a warning or error the daemon keeps for `regfs status`. */
-export interface LoggedEvent {
-  time: string;
-  level: 'warn' | 'error';
-  msg: string;
-}
 
 /** recordingLogger wraps a logger and keeps the last warnings and errors for status. */
 export function recordingLogger(inner: Logger, keep = 20): { log: Logger; recent: LoggedEvent[] } {
@@ -315,7 +309,7 @@ export class Daemon {
   }
 
   /** status is what `regfs status` shows. */
-  status(): Record<string, unknown> {
+  status(): DaemonStatus {
     return {
       pid: process.pid,
       startedAt: this.startedAt.toISOString(),
