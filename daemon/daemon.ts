@@ -411,12 +411,16 @@ export class Daemon {
         await m.watcher?.close();
       }
       await this.sync.stop();
-      await this.queue.stop();
-      await this.sync.close();
+      // Bounded (10 s): a push still running after that is abandoned and resumed on restart.
+      const abandoned = (await this.queue.stop()) > 0;
+      await this.sync.close({ abandoned });
       for (const m of [...this.mounts.values()]) {
         this.mounts.delete(m.running.mountpoint);
         await m.running.stop();
-        await m.registry.close();
+        // A pool's close waits for its requests: never for those of an abandoned push.
+        const closing = m.registry.close();
+        if (abandoned) void closing.catch(() => undefined);
+        else await closing;
       }
       await this.blobs.close();
       this.log.info('regfs daemon stopped');

@@ -17,6 +17,8 @@ export interface PushQueueOptions {
   baseDelayMs?: number;
   quietMs?: number;
   concurrency?: number;
+  /** stopWaitMs bounds how long stop waits for pushes in flight (default 10 s, below the 15 s lab/daemon.ts gives a stop before SIGKILL). */
+  stopWaitMs?: number;
 }
 
 /**
@@ -32,11 +34,14 @@ export class PushQueue {
   private readonly inflight = new Map<string, Promise<void>>();
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
+  /** abandoned is set when stop gave up waiting for pushes in flight. */
+  private abandoned = false;
   private readonly log: Logger;
   private readonly maxAttempts: number;
   private readonly baseDelayMs: number;
   private readonly quietMs: number;
   private readonly concurrency: number;
+  private readonly stopWaitMs: number;
 
   private constructor(private readonly store: QueueStore, private pushed: Record<string, Pushed>, private readonly opts: PushQueueOptions) {
     this.log = opts.log ?? nullLogger;
@@ -44,6 +49,7 @@ export class PushQueue {
     this.baseDelayMs = opts.baseDelayMs ?? 1000;
     this.quietMs = opts.quietMs ?? 2000;
     this.concurrency = opts.concurrency ?? 2;
+    this.stopWaitMs = opts.stopWaitMs ?? 10_000;
   }
 
   /** open loads the queue's state; items caught mid-upload by a crash go back to pending. */
@@ -109,6 +115,7 @@ export class PushQueue {
   /** start runs the processing loop. */
   start(): void {
     this.stopped = false;
+    this.abandoned = false;
     const tick = (): void => {
       if (this.stopped) return;
       this.pump();
@@ -173,6 +180,8 @@ export class PushQueue {
       await this.store.savePushed(this.pushed);
       await this.save(item);
     } catch (err) {
+      // Abandoned by stop (the registries are being closed under it): the item stays `uploading` on disk and resumes on restart.
+      if (this.abandoned) return;
       const changed = err instanceof ChangedDuringUpload || fingerprint(await scanTagDir(item.dir, this.log)) !== item.fingerprint;
       if (changed) {
         this.log.info(`${item.repository}:${item.tag} changed during upload; pushing it again when quiet`);
@@ -195,12 +204,21 @@ export class PushQueue {
     }
   }
 
-  /** stop ends the loop and waits (up to 20 s) for pushes in flight; unfinished ones stay in the journal. */
-  async stop(): Promise<void> {
+  /**
+   * stop ends the loop and waits (up to stopWaitMs, 10 s) for pushes in flight, then abandons the rest and
+   * resolves with how many are still running. An abandoned push stays in the queue's state (`uploading`,
+   * which open turns back into pending), so it is retried on restart and lands exactly once.
+   */
+  async stop(): Promise<number> {
     this.stopped = true;
     clearTimeout(this.timer);
     const all = Promise.allSettled([...this.inflight.values()]);
-    await Promise.race([all, new Promise((r) => setTimeout(r, 20_000).unref())]);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([all, new Promise((r) => (timer = setTimeout(r, this.stopWaitMs)))]);
+    clearTimeout(timer);
+    this.abandoned = this.inflight.size > 0;
+    if (this.abandoned) this.log.warn(`stopping with ${this.inflight.size} push(es) still running: abandoned, retried on restart`);
+    return this.inflight.size;
   }
 
   /** status lists every item. */

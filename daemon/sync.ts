@@ -170,11 +170,16 @@ export class SyncManager {
     await Promise.all([...this.pairs.values()].map((p) => this.halt(p)));
   }
 
-  /** close waits for state writes (after the queue stopped) and releases the registries. */
-  async close(): Promise<void> {
+  /**
+   * close waits for state writes (after the queue stopped) and releases the registries. With
+   * `abandoned` (the queue left pushes running) it does not wait for the registries to close: a
+   * connection pool's close waits for its requests, and an abandoned push may still have one.
+   */
+  async close(opts: { abandoned?: boolean } = {}): Promise<void> {
     for (const p of this.pairs.values()) {
       await p.saving;
-      await p.registry.close().catch(() => undefined);
+      const closing = p.registry.close().catch(() => undefined);
+      if (!opts.abandoned) await closing;
     }
     this.pairs.clear();
   }
