@@ -1,6 +1,6 @@
 import http from 'node:http';
 import { RegfsError, type ErrorCode } from '../util/errors.js';
-import { defaultPaths } from '../daemon/settings.js';
+import { defaultPaths } from '../util/paths.js';
 
 /** socketPathFrom picks the control socket: --socket, then $REGFS_SOCKET, then the per-user default. */
 export function socketPathFrom(opts: { socket?: string }, env: NodeJS.ProcessEnv = process.env): string {

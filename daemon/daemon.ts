@@ -1,5 +1,3 @@
-import type { FSWatcher } from 'chokidar';
-import chokidar from 'chokidar';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { BlobCache } from '../cache/blob-cache.js';
@@ -13,15 +11,17 @@ import { isInside } from '../util/paths.js';
 import type { Logger } from '../util/log.js';
 import { loadConfigFile, resolveConfig, updateConfigSyncs, validateSync, type DaemonConfig, type MountConfig } from './settings.js';
 import { startControlServer } from './control.js';
-import { PushQueue } from './journal.js';
+import type { DaemonStatus, LoggedEvent } from './protocol.js';
+import { PushQueue } from './push-queue.js';
 import { scanStaging, WRITES_DIR } from '../staging/layout.js';
+import { watchFolder, type FolderWatcher } from '../staging/watcher.js';
 import { SyncManager } from './sync.js';
 
 interface ActiveMount {
   config: MountConfig;
   registry: Registry;
   running: RunningMount;
-  watcher?: FSWatcher;
+  watcher?: FolderWatcher;
   rescanTimer?: NodeJS.Timeout;
   periodic?: NodeJS.Timeout;
   scanning?: Promise<number>;
@@ -29,13 +29,6 @@ interface ActiveMount {
 
 /** PERIODIC_RESCAN_MS is how often every staging folder is scanned even without a watcher event. */
 const PERIODIC_RESCAN_MS = 30_000;
-
-/** LoggedEvent is a warning or error the daemon keeps for `regfs status`. */
-export interface LoggedEvent {
-  time: string;
-  level: 'warn' | 'error';
-  msg: string;
-}
 
 /** recordingLogger wraps a logger and keeps the last warnings and errors for status. */
 export function recordingLogger(inner: Logger, keep = 20): { log: Logger; recent: LoggedEvent[] } {
@@ -213,9 +206,11 @@ export class Daemon {
       // No awaitWriteFinish: the queue decides when a tag folder is quiet (from file mtimes), so a file
       // moved in whole starts uploading at once. Files being written through the mount are ignored: they
       // appear in their tag folder by rename when complete.
-      active.watcher = chokidar.watch(staging, { ignoreInitial: true, followSymlinks: false, ignored: (p: string) => isInside(writes, p) });
-      active.watcher.on('all', () => this.scheduleRescan(self));
-      active.watcher.on('error', (e: unknown) => this.log.warn(`watching ${staging}: ${(e as Error).message}`));
+      active.watcher = watchFolder(staging, {
+        ignored: (p) => isInside(writes, p),
+        onChange: () => this.scheduleRescan(self),
+        onError: (e) => this.log.warn(`watching ${staging}: ${e.message}`),
+      });
       // Files written while the daemon was down are found by this first scan; the periodic one catches
       // anything the watcher missed (inotify limits, network filesystems).
       await this.rescanMount(active);
@@ -315,7 +310,7 @@ export class Daemon {
   }
 
   /** status is what `regfs status` shows. */
-  status(): Record<string, unknown> {
+  status(): DaemonStatus {
     return {
       pid: process.pid,
       startedAt: this.startedAt.toISOString(),
@@ -423,12 +418,16 @@ export class Daemon {
         await m.watcher?.close();
       }
       await this.sync.stop();
-      await this.queue.stop();
-      await this.sync.close();
+      // Bounded (10 s): a push still running after that is abandoned and resumed on restart.
+      const abandoned = (await this.queue.stop()) > 0;
+      await this.sync.close({ abandoned });
       for (const m of [...this.mounts.values()]) {
         this.mounts.delete(m.running.mountpoint);
         await m.running.stop();
-        await m.registry.close();
+        // A pool's close waits for its requests: never for those of an abandoned push.
+        const closing = m.registry.close();
+        if (abandoned) void closing.catch(() => undefined);
+        else await closing;
       }
       await this.blobs.close();
       this.log.info('regfs daemon stopped');

@@ -1,11 +1,11 @@
 import { promises as fsp } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
+import { parseSizeValue } from '../util/units.js';
 import { RegfsError } from '../util/errors.js';
 import { isRepositoryName, parseMountSource, parseReference } from '../registry/reference.js';
 import { checkRepositories } from '../registry/open-mount.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
-import { isInside } from '../util/paths.js';
+import { defaultPaths, isInside } from '../util/paths.js';
 
 /** MountConfig is one mount of the daemon, with an optional staging folder. */
 export interface MountConfig {
@@ -56,17 +56,6 @@ export interface DaemonConfig {
   syncs: SyncConfig[];
 }
 
-/** defaultPaths follows XDG; root without XDG variables uses /var/cache, /var/lib and /run. */
-export function defaultPaths(env: NodeJS.ProcessEnv = process.env, uid: number = process.getuid?.() ?? 0): { cacheDir: string; stateDir: string; socket: string } {
-  const home = os.homedir();
-  const root = uid === 0;
-  return {
-    cacheDir: env.XDG_CACHE_HOME ? path.join(env.XDG_CACHE_HOME, 'regfs') : root ? '/var/cache/regfs' : path.join(home, '.cache', 'regfs'),
-    stateDir: env.XDG_STATE_HOME ? path.join(env.XDG_STATE_HOME, 'regfs') : root ? '/var/lib/regfs' : path.join(home, '.local', 'state', 'regfs'),
-    socket: env.XDG_RUNTIME_DIR ? path.join(env.XDG_RUNTIME_DIR, 'regfs', 'control.sock') : root ? '/run/regfs/control.sock' : path.join(os.tmpdir(), `regfs-${uid}`, 'control.sock'),
-  };
-}
-
 const TOP_KEYS = ['cacheDir', 'stateDir', 'socket', 'metadataTtlSeconds', 'cacheMaxSize', 'minFreeBytes', 'quietSeconds', 'logFormat', 'logLevel', 'mounts', 'syncs'] as const;
 const MOUNT_KEYS = ['source', 'mountpoint', 'staging', 'allowDelete', 'plainHttp', 'insecure', 'caFile', 'registryConfig', 'repositories'] as const;
 const SYNC_KEYS = ['local', 'repository', 'tags', 'direction', 'intervalSeconds', 'propagateDeletes', 'plainHttp', 'insecure', 'caFile', 'registryConfig'] as const;
@@ -84,15 +73,6 @@ function unknownKey(where: string, key: string, known: readonly string[]): Regfs
   const near = known.map((k) => [k, editDistance(key.toLowerCase(), k.toLowerCase())] as const).sort((x, y) => x[1] - y[1])[0];
   const hint = near && near[1] <= 2 ? ` (did you mean "${near[0]}"?)` : '';
   return new RegfsError('INVALID_ARGUMENT', `${where}: unknown key "${key}"${hint}`);
-}
-
-/** parseSizeValue reads 512M, 10G, 1024 (binary units) or a number of bytes. */
-export function parseSizeValue(v: unknown, where: string): number {
-  if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) return v;
-  const m = typeof v === 'string' ? /^(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?$/i.exec(v.trim()) : null;
-  if (!m) throw new RegfsError('INVALID_ARGUMENT', `${where}: must be a size like 512M or 10G`);
-  const mult = { B: 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }[(m[2] ?? 'B').toUpperCase()[0] as 'B'];
-  return Math.floor(Number(m[1]) * mult);
 }
 
 /** validateConfig checks a parsed JSON config, naming the key of every problem; relative paths resolve against baseDir. */

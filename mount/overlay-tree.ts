@@ -13,13 +13,11 @@ import path from 'node:path';
 import type { StagingHooks } from '../staging/hooks.js';
 import { fingerprint, isIgnoredName, isTagFolderListing, scanTagDir, TAG_MARKER, WRITES_DIR } from '../staging/layout.js';
 import { materialiseTag, type StagedLayer } from '../staging/materialise.js';
+import { lossyPushWarning, rebuildable } from '../staging/tag-artifact.js';
 import { TagLocks } from '../staging/tag-lock.js';
 import { isDigest } from '../registry/digest.js';
-import type { Manifest } from '../registry/manifest.js';
 import { isRegfsError } from '../util/errors.js';
-import { Annotation, EMPTY_CONFIG, MediaType } from '../registry/media-types.js';
 import { isRepositoryName, isTag } from '../registry/reference.js';
-import { checkTitle } from '../registry/safe-path.js';
 import type { FetchedManifest, Registry } from '../registry/storage.js';
 import { nullLogger, type Logger } from '../util/log.js';
 import { Errno, MountError, toErrno } from './errno.js';
@@ -304,11 +302,14 @@ export class OverlayTree implements Tree {
   /** rebuildableLayers returns the layers of a tag the staging rules can push again (warning once per manifest about what is lost), or refuses with EROFS. */
   protected rebuildableLayers(T: TagFolder, fm: FetchedManifest): StagedLayer[] {
     const ref = `${T.repository}:${T.tag}`;
-    return rebuildable(ref, fm.manifest, () => {
-      if (this.warned.has(fm.descriptor.digest)) return;
+    // The one definition of which manifests round-trip is staging/tag-artifact.ts; the tree's hidden layers are the mount's to tell.
+    const r = rebuildable(fm.manifest, (m) => buildManifestTree(m).warnings[0]);
+    if (!r.ok) throw fail(Errno.EROFS, `${ref} cannot be changed through the mount: ${r.why}; use regfs push`);
+    if (r.lossy && !this.warned.has(fm.descriptor.digest)) {
       this.warned.add(fm.descriptor.digest);
-      this.log.warn(`${ref}: the next push from staging uses the default artifact type, layer media types and no annotations besides file names; those of ${fm.descriptor.digest} are not kept`);
-    });
+      this.log.warn(lossyPushWarning(ref, fm.descriptor.digest));
+    }
+    return r.layers;
   }
 
   /** materialise copies a tag's current files from the registry (through the blob cache) into its staging folder. */
@@ -345,33 +346,4 @@ export class OverlayTree implements Tree {
     if (mode & 2 && comps.some(isFixedName)) throw fail(Errno.EROFS, `${p} is read-only`);
     await this.lookup(p);
   }
-}
-
-// ---- rebuildable: which manifests round-trip through a staging folder ------------------------------
-// The same decision is made (as its one definition) by staging/tag-artifact.ts on another branch; this
-// function is replaced by an import of it when the branches are merged.
-
-/**
- * rebuildable decodes whether the manifest `m` of `ref` (repository:tag) can be pushed again from a
- * staging folder: it returns its layers with their file names, or throws EROFS (MountError) when a push
- * from staging could not rebuild it. It calls onLossy when the push would keep the files but drop
- * metadata (artifact type, annotations, layer media types).
- */
-export function rebuildable(ref: string, m: Manifest, onLossy: () => void): StagedLayer[] {
-  let why: string | undefined;
-  if (m.kind === 'index') why = 'it is an index (one manifest per platform)';
-  else if (m.subject) why = 'it refers to another manifest (subject), which a push from staging would drop';
-  else if (m.config.digest !== EMPTY_CONFIG.digest) why = `its config blob (${m.config.mediaType}) would be lost`;
-  else if (m.layers.some((l) => l.annotations?.[Annotation.title] === undefined)) why = 'some of its layers have no file name (title annotation)';
-  else why = buildManifestTree(m).warnings[0];
-  if (why || m.kind === 'index') throw fail(Errno.EROFS, `${ref} cannot be changed through the mount: ${why ?? 'index'}; use regfs push`);
-  const lossy = (m.artifactType !== undefined && m.artifactType !== MediaType.unknownArtifact) ||
-    Object.keys(m.annotations ?? {}).some((k) => k !== Annotation.created) ||
-    m.layers.some((l) => {
-      const unpack = l.annotations?.[Annotation.unpack] === 'true';
-      const extra = Object.keys(l.annotations ?? {}).some((k) => k !== Annotation.title && k !== Annotation.unpack && k !== Annotation.digestAnnotation);
-      return extra || l.mediaType !== (unpack ? MediaType.ociLayerTarGzip : MediaType.ociLayerTar);
-    });
-  if (lossy) onLossy();
-  return m.layers.map((layer) => ({ layer, title: checkTitle(layer.annotations![Annotation.title]!) }));
 }

@@ -2,7 +2,8 @@ import test from 'ava';
 import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { defaultPaths, loadConfigFile, resolveConfig, syncEndpoint, updateConfigSyncs, validateConfig, type SyncConfig } from '../daemon/settings.js';
+import { defaultPaths } from '../util/paths.js';
+import { loadConfigFile, resolveConfig, syncEndpoint, updateConfigSyncs, validateConfig, type SyncConfig } from '../daemon/settings.js';
 import { RegfsError } from '../util/errors.js';
 
 test('defaults follow XDG, with root and per-user fallbacks', (t) => {

@@ -2,7 +2,7 @@ import test, { type ExecutionContext } from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import { cp, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { conflictTag, decideSync, tagMatcher } from '../daemon/sync.js';
+import { conflictTag, decideSync, tagMatcher } from '../daemon/sync-rule.js';
 import { ControlClient } from '../cli/daemon-client.js';
 import { openSource } from '../registry/open.js';
 import { packArtifact } from '../registry/pack.js';

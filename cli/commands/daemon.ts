@@ -1,10 +1,11 @@
 import type { Command } from 'commander';
 import { RegfsError } from '../../util/errors.js';
 import { createLogger } from '../../util/log.js';
+import type { DaemonStatus, SyncPairStatus } from '../../daemon/protocol.js';
 import { humanBytes } from '../output.js';
 import { addFormatOption } from '../context.js';
 import { action } from '../run.js';
-import { parseSeconds, parseSize } from './mount.js';
+import { parseSeconds, parseSize } from '../parse.js';
 
 /** registerDaemon adds `regfs daemon` (foreground service) and the commands that control it over its socket. */
 export function registerDaemon(program: Command): void {
@@ -92,34 +93,15 @@ export function socketOption(cmd: Command): Command {
   return addFormatOption(cmd.option('--socket <path>', 'control socket of the daemon (default: $REGFS_SOCKET, then the per-user default)'));
 }
 
-interface QueueItem { repository: string; tag: string; target: string; state: string; attempts: number; lastError?: string; pushedDigest?: string; expectedDigest?: string }
-/** SyncPairView is a sync pair as the daemon reports it (status, sync ls). */
-export interface SyncPairView {
-  local: string;
-  repository: string;
-  tags?: string;
-  direction: string;
-  intervalSeconds: number;
-  propagateDeletes: boolean;
-  lastRound: string | null;
-  lastError: string | null;
-  syncedTags: number;
-  conflicts: Array<{ tag: string; kept: string; at: string }>;
-}
-/** RegistryCounters are a mount's transport counters as the daemon reports them. */
-interface RegistryCounters { requests: number; retries: number; rateLimited: number; unavailable: number; retryWaitMs: number; tokenRequests: number }
-interface MountView { catalog?: { state: string; repositories: number; reason?: string }; found?: number; configured?: number; probes?: number; registry?: RegistryCounters | null }
-interface Status { pid: number; mounts: Array<{ source: string; mountpoint: string; staging: string | null } & MountView>; cache: Record<string, number>; queue: QueueItem[]; sync?: SyncPairView[]; recentErrors: Array<{ time: string; level: string; msg: string }> }
-
 /** renderSyncPair is one pair in text: its settings, then its last round and recent conflicts, indented. */
-export function renderSyncPair(p: SyncPairView, indent = '  '): string[] {
+export function renderSyncPair(p: SyncPairStatus, indent = '  '): string[] {
   const lines = [`${indent}${p.local} <-> ${p.repository}  (${p.direction}, every ${p.intervalSeconds}s, tags ${p.tags ?? '*'}${p.propagateDeletes ? ', deletes propagate' : ''})`];
   lines.push(`${indent}  ${p.syncedTags} tags in step; last round ${p.lastRound ?? 'not yet'}${p.lastError ? `; last error: ${p.lastError}` : ''}`);
   for (const c of p.conflicts) lines.push(`${indent}  conflict ${c.at}: ${c.tag} -> other version kept as ${c.kept}`);
   return lines;
 }
 
-function renderStatus(s: Status): string[] {
+function renderStatus(s: DaemonStatus): string[] {
   const lines = [`regfs daemon pid ${s.pid}`, 'Mounts:'];
   for (const m of s.mounts) {
     lines.push(`  ${m.source} -> ${m.mountpoint}${m.staging ? `  (staging ${m.staging})` : ''}`);
@@ -153,7 +135,7 @@ export function registerControl(program: Command): void {
     action(async (ctx) => {
       const o = ctx.opts as typeof ctx.opts & { socket?: string; watch?: boolean };
       const c = await client(o.socket);
-      const once = async (): Promise<Status> => c.request<Status>('GET', '/status');
+      const once = async (): Promise<DaemonStatus> => c.request<DaemonStatus>('GET', '/status');
       if (!o.watch) {
         const s = await once();
         ctx.out.result(s, renderStatus(s));
@@ -184,7 +166,7 @@ export function registerControl(program: Command): void {
   ls.action(
     action(async (ctx) => {
       const o = ctx.opts as typeof ctx.opts & { socket?: string };
-      const r = await (await client(o.socket)).request<{ mounts: Status['mounts'] }>('GET', '/mounts');
+      const r = await (await client(o.socket)).request<{ mounts: DaemonStatus['mounts'] }>('GET', '/mounts');
       ctx.out.result(r, r.mounts.map((m) => `${m.source}\t${m.mountpoint}${m.staging ? `\t${m.staging}` : ''}`));
     }),
   );

@@ -4,21 +4,10 @@ import { invalidateCredentials } from '../../registry/credentials.js';
 import { checkRepositories } from '../../registry/open-mount.js';
 import { RegfsError } from '../../util/errors.js';
 import { createLogger } from '../../util/log.js';
-import { defaultPaths, parseSizeValue } from '../../daemon/settings.js';
+import { defaultPaths } from '../../util/paths.js';
+import { parseSeconds, parseSize } from '../parse.js';
 import { addRemoteOptions } from '../context.js';
 import { action } from '../run.js';
-
-/** parseSize reads a byte size like 512M, 10G or 1024 (binary units) given to a flag. */
-export function parseSize(v: string, flag: string): number {
-  return parseSizeValue(v, `invalid ${flag} ${JSON.stringify(v)}`);
-}
-
-/** parseSeconds reads a duration in seconds (integer or decimal). */
-export function parseSeconds(v: string, flag: string): number {
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new RegfsError('INVALID_ARGUMENT', `invalid ${flag} ${JSON.stringify(v)}: expected seconds, e.g. 30`);
-  return n;
-}
 
 /** registerMount adds `regfs mount` (foreground, like rclone mount) and `regfs unmount`. */
 export function registerMount(program: Command): void {

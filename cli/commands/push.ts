@@ -5,6 +5,7 @@ import { isTag, referenceString } from '../../registry/reference.js';
 import { pullArtifact, pushArtifact } from '../../registry/transfer.js';
 import { addRemoteOptions } from '../context.js';
 import { Progress } from '../progress.js';
+import { parseIntInRange } from '../parse.js';
 import { action } from '../run.js';
 
 function collect(v: string, prev: string[] = []): string[] {
@@ -38,8 +39,7 @@ export function registerPush(program: Command): void {
       for (const t of extraTags) if (!isTag(t)) throw new RegfsError('INVALID_REFERENCE', `invalid tag ${JSON.stringify(t)} in ${JSON.stringify(refArg)}`);
       if (ref.digest) throw new RegfsError('INVALID_REFERENCE', `cannot push to a digest reference ${JSON.stringify(first)}; give a tag`);
       if (o.config && o.manifestConfig) throw new RegfsError('INVALID_ARGUMENT', '--config and --manifest-config are the same flag; give one');
-      const concurrency = Number(o.concurrency);
-      if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 64) throw new RegfsError('INVALID_ARGUMENT', `invalid --concurrency ${o.concurrency}: expected 1-64`);
+      const concurrency = parseIntInRange(o.concurrency, '--concurrency', 1, 64);
       const cfg = o.config ?? o.manifestConfig;
       const packed = await packArtifact({
         files: files.map(parseFileArg),
@@ -79,8 +79,7 @@ export function registerPull(program: Command): void {
       const o = ctx.opts as typeof ctx.opts & { output: string; mediaType?: string; keepOldFiles?: boolean; concurrency: string };
       const ref = ctx.reference(refArg);
       const reference = ref.digest ?? ref.tag ?? 'latest';
-      const concurrency = Number(o.concurrency);
-      if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 64) throw new RegfsError('INVALID_ARGUMENT', `invalid --concurrency ${o.concurrency}: expected 1-64`);
+      const concurrency = parseIntInRange(o.concurrency, '--concurrency', 1, 64);
       const repo = ctx.repository(ref);
       const progress = new Progress({ start: 'Downloading', done: 'Downloaded' }, (l) => ctx.out.line(l), stderrTty(o.format));
       const res = await pullArtifact(repo, reference, o.output, {

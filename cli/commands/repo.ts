@@ -7,13 +7,12 @@ import { Annotation } from '../../registry/media-types.js';
 import { artifactTypeOf } from '../../registry/manifest.js';
 import { parseMountSource, referenceString } from '../../registry/reference.js';
 import { addRemoteOptions, requireTagOrDigest } from '../context.js';
+import { parseIntInRange } from '../parse.js';
 import { action } from '../run.js';
 
 function pageSize(v: string | undefined): number | undefined {
   if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1 || n > 10000) throw new RegfsError('INVALID_ARGUMENT', `invalid --page-size ${v}: expected 1-10000`);
-  return n;
+  return parseIntInRange(v, '--page-size', 1, 10000);
 }
 
 /** registerRepo adds `regfs repo ls|tags|show|delete`. */

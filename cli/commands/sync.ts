@@ -3,21 +3,11 @@ import path from 'node:path';
 import { RegfsError } from '../../util/errors.js';
 import { ExitCode } from '../exit-codes.js';
 import { action, exitState } from '../run.js';
-import { client, renderSyncPair, socketOption, type SyncPairView } from './daemon.js';
-import { parseSeconds } from './mount.js';
+import type { RoundReport, RoundsReply, SyncPairStatus } from '../../daemon/protocol.js';
+import { client, renderSyncPair, socketOption } from './daemon.js';
+import { parseSeconds } from '../parse.js';
 
-interface RoundView {
-  local: string;
-  repository: string;
-  pulled: string[];
-  queued: string[];
-  conflicts: string[];
-  deletedLocal: string[];
-  deletedRemote: string[];
-  error?: string;
-}
-
-function renderRound(r: RoundView): string {
+function renderRound(r: RoundReport): string {
   const parts = [
     r.pulled.length ? `pulled ${r.pulled.join(', ')}` : '',
     r.queued.length ? `queued for push ${r.queued.join(', ')}` : '',
@@ -76,7 +66,7 @@ export function registerSync(program: Command): void {
   ls.action(
     action(async (ctx) => {
       const o = ctx.opts as typeof ctx.opts & { socket?: string };
-      const r = await (await client(o.socket)).request<{ syncs: SyncPairView[] }>('GET', '/syncs');
+      const r = await (await client(o.socket)).request<{ syncs: SyncPairStatus[] }>('GET', '/syncs');
       ctx.out.result(r, r.syncs.length ? r.syncs.flatMap((p) => renderSyncPair(p, '')) : ['(no sync pairs)']);
     }),
   );
@@ -96,7 +86,7 @@ export function registerSync(program: Command): void {
   now.action(
     action(async (ctx, local?: string) => {
       const o = ctx.opts as typeof ctx.opts & { socket?: string };
-      const r = await (await client(o.socket)).request<{ rounds: RoundView[] }>('POST', '/syncs/now', local ? { local: path.resolve(local) } : {});
+      const r = await (await client(o.socket)).request<RoundsReply>('POST', '/syncs/now', local ? { local: path.resolve(local) } : {});
       ctx.out.result(r, r.rounds.length ? r.rounds.map(renderRound) : ['(no sync pairs)']);
       if (r.rounds.some((x) => x.error)) exitState.code = ExitCode.failure;
     }),

@@ -1,44 +1,13 @@
 import { createHash } from 'node:crypto';
-import { createReadStream, promises as fsp } from 'node:fs';
-import path from 'node:path';
-import { Readable } from 'node:stream';
-import type { Descriptor } from '../registry/descriptor.js';
-import { digestOf, type Digest } from '../registry/digest.js';
 import { errorMessage } from '../util/errors.js';
-import { Annotation, MediaType } from '../registry/media-types.js';
-import { buildManifest, EMPTY_CONFIG_DESCRIPTOR, prepareFile } from '../registry/pack.js';
 import type { Repository } from '../registry/storage.js';
-import { runLimited } from '../util/limit.js';
-import { writeFileAtomic } from '../util/fs-atomic.js';
-import { ensurePrivateDir } from '../util/private-dir.js';
 import { nullLogger, redactText, type Logger } from '../util/log.js';
 import { fingerprint, scanTagDir, type StagedEntry, type StagedTag } from '../staging/layout.js';
+import { pushTag } from '../staging/push-tag.js';
 import { isInside } from '../util/paths.js';
+import { QueueStore, type Pushed, type QueueItem } from './queue-store.js';
 
-/** HASH_FIRST_BYTES: files up to this size are hashed before upload (so a blob already there is skipped); bigger ones stream. */
-const HASH_FIRST_BYTES = 8 * 1024 * 1024;
-
-/** QueueState is where a staged push stands. */
-export type QueueState = 'pending' | 'uploading' | 'done' | 'failed';
-
-/** QueueItem is one tag to push, as persisted in the journal. */
-export interface QueueItem {
-  id: string;
-  target: string;
-  repository: string;
-  tag: string;
-  dir: string;
-  fingerprint: string;
-  state: QueueState;
-  attempts: number;
-  notBefore: number;
-  lastError?: string;
-  expectedDigest?: string;
-  pushedDigest?: string;
-  /** blobs remembers each file's digest by inode, size and mtime, so an unchanged file is not read again. */
-  blobs?: Record<string, { key: string; digest: Digest }>;
-  updatedAt: string;
-}
+export type { QueueItem, QueueState } from './queue-store.js';
 
 /** PushQueueOptions tune the queue. */
 export interface PushQueueOptions {
@@ -48,18 +17,16 @@ export interface PushQueueOptions {
   baseDelayMs?: number;
   quietMs?: number;
   concurrency?: number;
-}
-
-interface Pushed {
-  fingerprint: string;
-  digest: string;
+  /** stopWaitMs bounds how long stop waits for pushes in flight (default 10 s, below the 15 s lab/daemon.ts gives a stop before SIGKILL). */
+  stopWaitMs?: number;
 }
 
 /**
- * PushQueue is the durable journal of staged pushes: one JSON file per tag in `<state>/queue/`, written
- * atomically before every step, so a kill -9 at any moment resumes on restart. Blobs already in the
- * registry are skipped (HEAD); before the manifest PUT the tag is resolved, and a tag already on the
- * expected digest is not PUT again, so each push lands exactly once.
+ * PushQueue schedules staged pushes: it waits for a tag folder to be quiet, pushes it (staging/push-tag.ts),
+ * retries with backoff and notices changes during an upload. Its state (daemon/queue-store.ts: one JSON
+ * file per tag in `<state>/queue/`) is written atomically before every step, so a kill -9 at any moment
+ * resumes on restart; blobs already in the registry are skipped (HEAD) and a tag already on the expected
+ * digest is not PUT again, so each push lands exactly once.
  */
 export class PushQueue {
   private readonly items = new Map<string, QueueItem>();
@@ -67,51 +34,29 @@ export class PushQueue {
   private readonly inflight = new Map<string, Promise<void>>();
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
+  /** abandoned is set when stop gave up waiting for pushes in flight. */
+  private abandoned = false;
   private readonly log: Logger;
   private readonly maxAttempts: number;
   private readonly baseDelayMs: number;
   private readonly quietMs: number;
   private readonly concurrency: number;
+  private readonly stopWaitMs: number;
 
-  private constructor(private readonly dir: string, private pushed: Record<string, Pushed>, private readonly opts: PushQueueOptions) {
+  private constructor(private readonly store: QueueStore, private pushed: Record<string, Pushed>, private readonly opts: PushQueueOptions) {
     this.log = opts.log ?? nullLogger;
     this.maxAttempts = opts.maxAttempts ?? 5;
     this.baseDelayMs = opts.baseDelayMs ?? 1000;
     this.quietMs = opts.quietMs ?? 2000;
     this.concurrency = opts.concurrency ?? 2;
+    this.stopWaitMs = opts.stopWaitMs ?? 10_000;
   }
 
-  /** open loads the journal; items caught mid-upload by a crash go back to pending. */
+  /** open loads the queue's state; items caught mid-upload by a crash go back to pending. */
   static async open(stateDir: string, opts: PushQueueOptions): Promise<PushQueue> {
-    const dir = path.join(stateDir, 'queue');
-    await fsp.mkdir(path.dirname(stateDir), { recursive: true, mode: 0o700 });
-    for (const d of [stateDir, dir]) await ensurePrivateDir(d, 'state directory');
-    let pushed: Record<string, Pushed> = {};
-    try {
-      pushed = JSON.parse(await fsp.readFile(path.join(stateDir, 'pushed.json'), 'utf8')) as Record<string, Pushed>;
-    } catch {
-      // first start, or unreadable: pushes are re-checked against the registry anyway
-    }
-    const q = new PushQueue(dir, pushed, opts);
-    const dayAgo = Date.now() - 24 * 3600 * 1000;
-    for (const f of await fsp.readdir(dir)) {
-      if (!f.endsWith('.json')) continue;
-      try {
-        const item = JSON.parse(await fsp.readFile(path.join(dir, f), 'utf8')) as QueueItem;
-        if (item.state === 'done' && Date.parse(item.updatedAt) < dayAgo) {
-          await fsp.rm(path.join(dir, f), { force: true });
-          continue;
-        }
-        if (item.state === 'uploading') {
-          item.state = 'pending';
-          item.notBefore = 0;
-          q.log.info(`resuming the interrupted push of ${item.repository}:${item.tag}`);
-        }
-        q.items.set(item.id, item);
-      } catch {
-        q.log.warn(`push journal: ignoring unreadable ${f}`);
-      }
-    }
+    const store = await QueueStore.open(stateDir, opts.log ?? nullLogger);
+    const q = new PushQueue(store, await store.loadPushed(), opts);
+    for (const item of await store.loadItems()) q.items.set(item.id, item);
     return q;
   }
 
@@ -120,8 +65,7 @@ export class PushQueue {
   }
 
   private async save(item: QueueItem): Promise<void> {
-    item.updatedAt = new Date().toISOString();
-    await writeFileAtomic(path.join(this.dir, `${item.id}.json`), JSON.stringify(item, null, 1), 0o600);
+    await this.store.saveItem(item);
     for (const l of this.listeners) l(item);
   }
 
@@ -171,6 +115,7 @@ export class PushQueue {
   /** start runs the processing loop. */
   start(): void {
     this.stopped = false;
+    this.abandoned = false;
     const tick = (): void => {
       if (this.stopped) return;
       this.pump();
@@ -196,7 +141,7 @@ export class PushQueue {
     const fp = fingerprint(entries);
     if (entries.length === 0) {
       this.items.delete(item.id);
-      await fsp.rm(path.join(this.dir, `${item.id}.json`), { force: true });
+      await this.store.removeItem(item.id);
       return;
     }
     if (fp !== item.fingerprint) {
@@ -211,32 +156,32 @@ export class PushQueue {
       item.state = 'uploading';
       item.expectedDigest = undefined;
       await this.save(item);
-      const repo = this.opts.repositoryFor(item);
-      const layers: Descriptor[] = new Array<Descriptor>(entries.length);
-      await runLimited(
-        entries.map((e, i) => ({ e, i })),
-        3,
-        async ({ e, i }) => {
-          layers[i] = await this.uploadEntry(repo, item, e);
+      const { digest: expected, put } = await pushTag({
+        repo: this.opts.repositoryFor(item),
+        dir: item.dir,
+        entries,
+        tag: item.tag,
+        known: item.blobs,
+        onUploaded: (name, blob) => {
+          item.blobs = { ...item.blobs, [name]: blob };
         },
-      );
-      await repo.pushBlob(EMPTY_CONFIG_DESCRIPTOR, () => Readable.from([Buffer.from('{}')]));
-      const manifest = buildManifest({ config: EMPTY_CONFIG_DESCRIPTOR, layers, artifactType: MediaType.unknownArtifact });
-      const expected = digestOf(manifest);
-      item.expectedDigest = expected;
-      await this.save(item);
-      // A file changed during the upload: never publish half; push again once it is quiet.
-      if (fingerprint(await scanTagDir(item.dir, this.log)) !== item.fingerprint) throw new ChangedDuringUpload();
-      const current = await repo.resolve(item.tag).catch(() => undefined);
-      if (current?.digest !== expected) await repo.pushManifest(manifest, MediaType.ociManifest, [item.tag]);
-      else this.log.info(`${item.repository}:${item.tag} already on ${expected}; not putting the manifest again`);
+        beforePut: async (digest) => {
+          item.expectedDigest = digest;
+          await this.save(item);
+          // A file changed during the upload: never publish half; push again once it is quiet.
+          if (fingerprint(await scanTagDir(item.dir, this.log)) !== item.fingerprint) throw new ChangedDuringUpload();
+        },
+      });
+      if (!put) this.log.info(`${item.repository}:${item.tag} already on ${expected}; not putting the manifest again`);
       item.state = 'done';
       item.pushedDigest = expected;
       item.lastError = undefined;
       this.pushed[key] = { fingerprint: item.fingerprint, digest: expected };
-      await writeFileAtomic(path.join(path.dirname(this.dir), 'pushed.json'), JSON.stringify(this.pushed), 0o600);
+      await this.store.savePushed(this.pushed);
       await this.save(item);
     } catch (err) {
+      // Abandoned by stop (the registries are being closed under it): the item stays `uploading` on disk and resumes on restart.
+      if (this.abandoned) return;
       const changed = err instanceof ChangedDuringUpload || fingerprint(await scanTagDir(item.dir, this.log)) !== item.fingerprint;
       if (changed) {
         this.log.info(`${item.repository}:${item.tag} changed during upload; pushing it again when quiet`);
@@ -260,43 +205,20 @@ export class PushQueue {
   }
 
   /**
-   * uploadEntry uploads one entry of a tag folder and returns its layer descriptor. A file whose digest
-   * the journal remembers (same inode, size and mtime as at its last upload) goes through pushBlob, which
-   * skips a blob the registry has; a small file is hashed first for the same reason; a big new file is
-   * streamed while it is hashed, so its bytes are read once. A folder becomes one tar+gzip layer.
+   * stop ends the loop and waits (up to stopWaitMs, 10 s) for pushes in flight, then abandons the rest and
+   * resolves with how many are still running. An abandoned push stays in the queue's state (`uploading`,
+   * which open turns back into pending), so it is retried on restart and lands exactly once.
    */
-  private async uploadEntry(repo: Repository, item: QueueItem, e: StagedEntry): Promise<Descriptor> {
-    const abs = path.join(item.dir, e.name);
-    if (e.kind === 'dir') {
-      const b = await prepareFile({ path: e.name }, item.dir);
-      await repo.pushBlob(b.desc, b.open);
-      return b.desc;
-    }
-    const st = await fsp.stat(abs);
-    const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}`;
-    const known = item.blobs?.[e.name];
-    const layer = (digest: Digest): Descriptor => ({ mediaType: MediaType.ociLayerTar, digest, size: st.size, annotations: { [Annotation.title]: e.name } });
-    let digest: Digest;
-    if (known && known.key === key) {
-      digest = known.digest;
-      await repo.pushBlob(layer(digest), () => createReadStream(abs));
-    } else if (st.size <= HASH_FIRST_BYTES) {
-      const b = await prepareFile({ path: e.name }, item.dir);
-      digest = b.desc.digest;
-      await repo.pushBlob(layer(digest), b.open);
-    } else {
-      digest = (await repo.pushStream(createReadStream(abs, { highWaterMark: 1024 * 1024 }), st.size)).digest;
-    }
-    item.blobs = { ...item.blobs, [e.name]: { key, digest } };
-    return layer(digest);
-  }
-
-  /** stop ends the loop and waits (up to 20 s) for pushes in flight; unfinished ones stay in the journal. */
-  async stop(): Promise<void> {
+  async stop(): Promise<number> {
     this.stopped = true;
     clearTimeout(this.timer);
     const all = Promise.allSettled([...this.inflight.values()]);
-    await Promise.race([all, new Promise((r) => setTimeout(r, 20_000).unref())]);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([all, new Promise((r) => (timer = setTimeout(r, this.stopWaitMs)))]);
+    clearTimeout(timer);
+    this.abandoned = this.inflight.size > 0;
+    if (this.abandoned) this.log.warn(`stopping with ${this.inflight.size} push(es) still running: abandoned, retried on restart`);
+    return this.inflight.size;
   }
 
   /** status lists every item. */
@@ -330,7 +252,7 @@ export class PushQueue {
     const found = this.find(target, repository, tag);
     if (!found || found.inflight || (found.item.state !== 'pending' && found.item.state !== 'failed')) return false;
     this.items.delete(found.item.id);
-    await fsp.rm(path.join(this.dir, `${found.item.id}.json`), { force: true });
+    await this.store.removeItem(found.item.id);
     return true;
   }
 
@@ -344,7 +266,7 @@ export class PushQueue {
     const key = this.keyOf(target, repository, tag);
     if (!(key in this.pushed)) return;
     delete this.pushed[key];
-    await writeFileAtomic(path.join(path.dirname(this.dir), 'pushed.json'), JSON.stringify(this.pushed), 0o600);
+    await this.store.savePushed(this.pushed);
   }
 
   /** pushedFingerprint is the fingerprint of what was last pushed (or recorded) for target repository:tag. */
@@ -358,7 +280,7 @@ export class PushQueue {
    */
   async recordPublished(target: string, repository: string, tag: string, fp: string, digest: string): Promise<void> {
     this.pushed[this.keyOf(target, repository, tag)] = { fingerprint: fp, digest };
-    await writeFileAtomic(path.join(path.dirname(this.dir), 'pushed.json'), JSON.stringify(this.pushed), 0o600);
+    await this.store.savePushed(this.pushed);
   }
 
   /** postpone restarts the quiet period of pending items whose folder contains p or lies below it (a write through a mount). */
