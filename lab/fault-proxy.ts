@@ -66,7 +66,7 @@ export interface FaultRule {
   chunked?: boolean;
   /** delayResponseMs forwards the request at once but holds upstream's answer this long (the request has landed). */
   delayResponseMs?: number;
-  /** bytesPerSecond paces the forwarded body of each matching answer to about this rate (a slow link). */
+  /** bytesPerSecond paces forwarded bodies to about this rate, shared by every answer the rule matches (one slow link, counted from its first byte). */
   bytesPerSecond?: number;
 }
 
@@ -191,6 +191,8 @@ export async function startFaultProxy(
   const inflight = new Set<http.ClientRequest>();
   const used = new WeakMap<FaultRule, number>();
   const seen = new WeakMap<FaultRule, number>();
+  /** links is the shared slow link of each bytesPerSecond rule: when it started and what it has carried. */
+  const links = new WeakMap<FaultRule, { started: number; bytes: number }>();
   let closing = false;
   let closed: Promise<void> | undefined;
   let total = 0;
@@ -344,7 +346,6 @@ export async function startFaultProxy(
 
     let offset = 0;
     let done = false;
-    const started = Date.now();
     const onData = (chunk: Buffer): void => {
       if (done) return;
       let c = chunk;
@@ -368,7 +369,13 @@ export async function startFaultProxy(
         return;
       }
       const rate = rule?.bytesPerSecond;
-      const ahead = rate ? (offset / rate) * 1000 - (Date.now() - started) : 0;
+      let ahead = 0;
+      if (rate && rule) {
+        const link = links.get(rule) ?? { started: Date.now(), bytes: 0 };
+        links.set(rule, link);
+        link.bytes += c.length;
+        ahead = (link.bytes / rate) * 1000 - (Date.now() - link.started);
+      }
       if (ahead > 5) {
         // Ahead of the paced schedule: hold upstream until the link "has sent" what went out.
         upRes.pause();

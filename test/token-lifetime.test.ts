@@ -12,9 +12,9 @@ test('a 200 MiB cat through the token registry outlives its 20 s tokens: renewed
   const reg = await startRegistry(t, { flavour: 'token' });
   const ts = reg.tokenServer!;
   ts.tokenLifetimeSeconds = 20;
-  // A slow link (per blob answer) so the read lasts longer than a token.
+  // A slow link (shared by every blob answer) so the read lasts longer than a token.
   const proxy = await startFaultProxy(t, reg.url);
-  proxy.rules.push({ method: 'GET', path: /\/blobs\/sha256:/, bytesPerSecond: 6 * MiB });
+  proxy.rules.push({ method: 'GET', path: /\/blobs\/sha256:/, bytesPerSecond: 7 * MiB });
   const { env } = await cliEnv(t);
   for (const host of [reg.host, proxy.host]) {
     const r = await runCli(['login', host, '-u', reg.username!, '--password-stdin'], { env, input: reg.password! });
