@@ -3,14 +3,70 @@
  * registry's verified bytes or an error, never wrong bytes with exit 0.
  */
 import test from 'ava';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readdir, readFile, readlink } from 'node:fs/promises';
 import path from 'node:path';
+import { Readable } from 'node:stream';
+import { createGzip } from 'node:zlib';
+import tar from 'tar-stream';
+import type { Descriptor } from '../registry/descriptor.js';
+import { digestOf } from '../registry/digest.js';
+import { EMPTY_CONFIG, MediaType } from '../registry/media-types.js';
+import { RemoteRegistry } from '../registry/remote.js';
 import { startRegistry } from '../lab/registry.js';
 import { startFaultProxy } from '../lab/fault-proxy.js';
 import { cliEnv, runCli, tempDir } from '../lab/cli.js';
 import { sh, startMount } from '../lab/mount.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** TarEntry is one entry of a hand-built tar layer. */
+interface TarEntry {
+  name: string;
+  type?: 'file' | 'directory' | 'symlink';
+  linkname?: string;
+  content?: string;
+}
+
+/** tarGz builds a tar+gzip layer in memory with tar-stream. */
+async function tarGz(entries: TarEntry[]): Promise<Buffer> {
+  const pack = tar.pack();
+  const chunks: Buffer[] = [];
+  const out = new Promise<Buffer>((resolve, reject) => {
+    const gz = pack.pipe(createGzip());
+    gz.on('data', (c: Buffer) => chunks.push(c));
+    gz.on('end', () => resolve(Buffer.concat(chunks)));
+    gz.on('error', reject);
+  });
+  for (const e of entries) {
+    await new Promise<void>((resolve, reject) => {
+      const cb = (err?: Error | null): void => (err ? reject(err) : resolve());
+      if ((e.type ?? 'file') === 'file') pack.entry({ name: e.name, mode: 0o644 }, e.content ?? 'x', cb);
+      else pack.entry({ name: e.name, type: e.type, linkname: e.linkname, mode: 0o755 }, cb);
+    });
+  }
+  pack.finalize();
+  return out;
+}
+
+/** pushLayers pushes one manifest with these layers (title annotations, optional media types) straight through registry/remote.ts. */
+async function pushLayers(host: string, repo: string, tag: string, layers: Array<{ title: string; data: Buffer; mediaType?: string; annotations?: Record<string, string> }>): Promise<void> {
+  const client = new RemoteRegistry(host);
+  try {
+    const r = client.repository(repo);
+    const config = { mediaType: EMPTY_CONFIG.mediaType, digest: EMPTY_CONFIG.digest, size: 2 };
+    await r.pushBlob(config, () => Readable.from([Buffer.from('{}')]));
+    const descs: Descriptor[] = [];
+    for (const l of layers) {
+      const d: Descriptor = { mediaType: l.mediaType ?? MediaType.ociLayerTar, digest: digestOf(l.data), size: l.data.length, annotations: { 'org.opencontainers.image.title': l.title, ...l.annotations } };
+      await r.pushBlob(d, () => Readable.from([l.data]));
+      descs.push(d);
+    }
+    const m = { schemaVersion: 2, mediaType: MediaType.ociManifest, artifactType: 'application/x.exact-read', config, layers: descs };
+    await r.pushManifest(Buffer.from(JSON.stringify(m)), MediaType.ociManifest, [tag]);
+  } finally {
+    await client.close();
+  }
+}
 
 test('lazy verify: after one corrupted response no later read returns the bad pages the kernel cached', async (t) => {
   const reg = await startRegistry(t, { flavour: 'plain' });
@@ -66,4 +122,42 @@ test('a blob larger than the cache file system (64 MiB tmpfs, 100 MiB file) stre
   t.true(Number(du.stdout.trim()) < 8 * 1024 * 1024, `the cache keeps nothing of it: ${du.stdout}`);
   t.is(m.logs().split('\n').filter((l) => /streaming it/.test(l)).length, 1, m.logs());
   t.is(await m.stop(), 0);
+});
+
+test('symlinks leaving a subfolder tar layer: the mount hides those entries (logged once) and shows the rest; pull refuses the layer with one line', async (t) => {
+  const reg = await startRegistry(t, { flavour: 'plain' });
+  const { env } = await cliEnv(t);
+  const sub = await tarGz([
+    { name: 'sub/', type: 'directory' },
+    { name: 'sub/ok.txt', content: 'fine\n' },
+    { name: 'sub/sh', type: 'symlink', linkname: '/etc/shadow' },
+    { name: 'sub/rel', type: 'symlink', linkname: '../top.txt' },
+    { name: 'sub/inner', type: 'symlink', linkname: 'ok.txt' },
+  ]);
+  await pushLayers(reg.host, 'links/sub', 'v1', [
+    { title: 'top.txt', data: Buffer.from('top\n') },
+    { title: 'sub', data: sub, mediaType: MediaType.ociLayerTarGzip, annotations: { 'io.deis.oras.content.unpack': 'true' } },
+  ]);
+  const m = await startMount(t, reg.host);
+  const v1 = path.join(m.mnt, 'links/sub/v1');
+  t.deepEqual((await readdir(v1)).sort(), ['sub', 'top.txt']);
+  t.deepEqual((await readdir(path.join(v1, 'sub'))).sort(), ['inner', 'ok.txt']);
+  t.is(await readFile(path.join(v1, 'sub/ok.txt'), 'utf8'), 'fine\n');
+  t.is(await readlink(path.join(v1, 'sub/inner')), 'ok.txt');
+  for (const name of ['sh', 'rel']) {
+    const r = await sh(`stat ${v1}/sub/${name}`);
+    t.regex(r.stderr, /No such file or directory/, name);
+  }
+  await readdir(path.join(v1, 'sub'));
+  const hidden = m.logs().split('\n').filter((l) => /hiding tar entry/.test(l));
+  t.is(hidden.filter((l) => l.includes('"sub/sh"')).length, 1, m.logs());
+  t.is(hidden.filter((l) => l.includes('"sub/rel"')).length, 1, m.logs());
+  // pull does what oras does (oras-go's extractTarDirectory fails on a link outside the directory): the
+  // layer is refused with one clear line, and nothing of it is written.
+  const out = path.join(await tempDir(t), 'out');
+  const r = await runCli(['pull', `${reg.host}/links/sub:v1`, '-o', out], { env });
+  t.is(r.code, 1, r.stderr);
+  t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+  t.regex(r.stderr, /unsafe tar entry "sub\/sh": symlink target "\/etc\/shadow" is absolute/);
+  await t.throwsAsync(readdir(path.join(out, 'sub')));
 });
