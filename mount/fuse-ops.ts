@@ -95,7 +95,9 @@ export function createHandlers(opts: HandlerOptions): FuseHandlers {
       vfs.lookup(p).then(
         async (r) => {
           if (r.type !== 'dir') return cb(Errno.ENOTDIR);
-          cb(0, ['.', '..', ...(await r.list())]);
+          // The kernel gets each name once, never '.', '..', '' or a name with '/' or NUL from a tree (hostile listings).
+          const names = new Set((await r.list()).filter((n) => n !== '' && n !== '.' && n !== '..' && !/[/\u0000]/.test(n)));
+          cb(0, ['.', '..', ...names]);
         },
         (e: unknown) => cb(fail('readdir', p, e)),
       ).catch((e: unknown) => cb(fail('readdir', p, e)));

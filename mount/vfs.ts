@@ -265,9 +265,10 @@ export class Vfs {
         const names = [...node.children.keys()];
         if (node.repo) {
           const tags = await this.opts.metadata.tags(this.opts.registry.repository(node.repo));
-          for (const t of tags) if (isTag(t)) names.push(node.children.has(t) ? `:${t}` : t);
+          // A hostile tag list may hold '.', '..', names with '/' (not tags: filtered) and duplicates (listed once).
+          for (const t of new Set(tags)) if (isTag(t)) names.push(node.children.has(t) ? `:${t}` : t);
         }
-        return names.sort();
+        return [...new Set(names)].sort();
       },
     };
   }

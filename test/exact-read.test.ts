@@ -3,7 +3,7 @@
  * registry's verified bytes or an error, never wrong bytes with exit 0.
  */
 import test from 'ava';
-import { mkdir, readdir, readFile, readlink } from 'node:fs/promises';
+import { mkdir, readdir, readFile, readlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { createGzip } from 'node:zlib';
@@ -160,4 +160,30 @@ test('symlinks leaving a subfolder tar layer: the mount hides those entries (log
   t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
   t.regex(r.stderr, /unsafe tar entry "sub\/sh": symlink target "\/etc\/shadow" is absolute/);
   await t.throwsAsync(readdir(path.join(out, 'sub')));
+});
+
+test('a hostile tag list (".", "..", a name with "/", an empty name, a duplicate) does not break ls of the repository, and those names are ENOENT', async (t) => {
+  const reg = await startRegistry(t, { flavour: 'plain' });
+  const proxy = await startFaultProxy(t, reg.url);
+  const { env } = await cliEnv(t);
+  const src = await tempDir(t);
+  await writeFile(path.join(src, 'a.txt'), 'tagged\n');
+  t.is((await runCli(['push', `${reg.host}/hostile/tags:v1`, 'a.txt'], { cwd: src, env })).code, 0);
+  t.is((await runCli(['push', `${reg.host}/hostile/tags:b`, 'a.txt'], { cwd: src, env })).code, 0);
+  const body = JSON.stringify({ name: 'hostile/tags', tags: ['v1', '.', '..', 'a/b', '', '../../etc', 'b', 'v1'] });
+  proxy.rules.push({ method: 'GET', path: /^\/v2\/hostile\/tags\/tags\/list/, replaceBody: Buffer.from(body), setHeaders: { 'content-type': 'application/json' } });
+  const m = await startMount(t, proxy.host);
+  const repo = path.join(m.mnt, 'hostile/tags');
+  const ls = await sh(`ls -a ${repo}`);
+  t.is(ls.code, 0, ls.stderr + m.logs());
+  t.deepEqual(ls.stdout.trim().split('\n'), ['.', '..', 'b', 'v1'], 'each tag once, no hostile name');
+  const long = await sh(`ls -la ${repo}`);
+  t.is(long.code, 0, long.stderr);
+  t.is(await readFile(path.join(repo, 'v1/a.txt'), 'utf8'), 'tagged\n');
+  for (const name of ['a', 'a/b', '../../etc']) {
+    const r = await sh(`stat ${repo}/${name}`);
+    t.regex(r.stderr, /No such file or directory/, name);
+  }
+  // "." and ".." are the kernel's own: they are the repository and its parent, never a tag.
+  t.is((await sh(`stat -c %i ${repo}/.`)).stdout, (await sh(`stat -c %i ${repo}`)).stdout);
 });
