@@ -14,6 +14,7 @@ import type { StagingHooks } from '../staging/hooks.js';
 import { fingerprint, isIgnoredName, isTagFolderListing, scanTagDir, TAG_MARKER, WRITES_DIR } from '../staging/layout.js';
 import { materialiseTag, type StagedLayer } from '../staging/materialise.js';
 import { TagLocks } from '../staging/tag-lock.js';
+import { stagingModes, type StagingModes } from '../staging/modes.js';
 import { isDigest } from '../registry/digest.js';
 import type { Manifest } from '../registry/manifest.js';
 import { isRegfsError } from '../util/errors.js';
@@ -34,6 +35,8 @@ export interface StagingOptions {
   /** allowDelete lets rm, rmdir and rename remove what is published (`--allow-delete`). */
   allowDelete: boolean;
   hooks: StagingHooks;
+  /** shared (an allow-other mount) keeps staged files 0644 in 0755 folders; otherwise (default) they are 0600 / 0700. */
+  shared?: boolean;
 }
 
 /** OverlayTreeOptions wire an OverlayTree to the registry's tree and caches. */
@@ -81,6 +84,8 @@ export class OverlayTree implements Tree {
   protected readonly log: Logger;
   protected readonly handles: WriteHandles;
   protected readonly tags = new TagLocks();
+  /** modes are those of what this mount creates in staging (its privacy). */
+  protected readonly modes: StagingModes;
   /** fsMemo caches staging folder facts (is a folder, is a tag folder); landedMemo whether a tag folder landed. */
   private readonly fsMemo = new Map<string, { at: number; value: Promise<boolean> }>();
   private readonly landedMemo = new Map<string, { at: number; value: Promise<boolean> }>();
@@ -90,8 +95,10 @@ export class OverlayTree implements Tree {
     this.root = path.resolve(o.staging.dir);
     this.tmpRoot = path.join(this.root, WRITES_DIR);
     this.log = o.log ?? nullLogger;
+    this.modes = stagingModes(o.staging.shared === true);
     this.handles = new WriteHandles({
       tmpRoot: this.tmpRoot,
+      fileMode: this.modes.file,
       blobs: o.blobs,
       invalidate: () => this.invalidate(),
       touch: (p) => this.touch(p),
@@ -102,7 +109,7 @@ export class OverlayTree implements Tree {
 
   /** init creates the staging folder and drops files a crash left half-written. */
   async init(): Promise<void> {
-    await fsp.mkdir(this.root, { recursive: true });
+    await fsp.mkdir(this.root, { recursive: true, mode: this.modes.dir });
     const left = await fsp.readdir(this.tmpRoot).catch(() => []);
     if (left.length) this.log.warn(`removing ${left.length} unfinished write(s) through the mount left in ${this.tmpRoot} by a crash`);
     await fsp.rm(this.tmpRoot, { recursive: true, force: true });
@@ -284,7 +291,7 @@ export class OverlayTree implements Tree {
       const staged = await this.isTagFolderDir(T.dir);
       if (!staged) {
         if (T.remote) await this.materialise(T);
-        else await fsp.mkdir(T.dir, { recursive: true });
+        else await fsp.mkdir(T.dir, { recursive: true, mode: this.modes.dir });
       } else if ((await this.landed(T)) && (await this.remoteHasTag(T))) {
         await this.materialise(T);
       }
@@ -316,7 +323,7 @@ export class OverlayTree implements Tree {
     const repo = this.o.registry.repository(T.repository);
     const fm = await this.o.metadata.manifestByTag(repo, T.tag);
     const layers = this.rebuildableLayers(T, fm);
-    await materialiseTag({ repo, layers, dir: T.dir, workRoot: this.tmpRoot, blobs: this.o.blobs });
+    await materialiseTag({ repo, layers, dir: T.dir, workRoot: this.tmpRoot, blobs: this.o.blobs, modes: this.modes });
     this.invalidate();
     this.landedMemo.delete(T.dir);
     await this.o.staging.hooks.recordPublished(T.repository, T.tag, fingerprint(await scanTagDir(T.dir)), fm.descriptor.digest);

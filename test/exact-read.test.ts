@@ -16,6 +16,7 @@ import { startRegistry } from '../lab/registry.js';
 import { startFaultProxy } from '../lab/fault-proxy.js';
 import { cliEnv, runCli, tempDir } from '../lab/cli.js';
 import { sh, startMount } from '../lab/mount.js';
+import { startDaemon } from '../lab/daemon.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -186,4 +187,27 @@ test('a hostile tag list (".", "..", a name with "/", an empty name, a duplicate
   }
   // "." and ".." are the kernel's own: they are the repository and its parent, never a tag.
   t.is((await sh(`stat -c %i ${repo}/.`)).stdout, (await sh(`stat -c %i ${repo}`)).stdout);
+});
+
+test('files written through a private daemon mount land 0600 in 0700 folders of the staging tree (new tag, copied-in tag, truncate)', async (t) => {
+  const reg = await startRegistry(t, { flavour: 'plain' });
+  const { env } = await cliEnv(t);
+  const src = await tempDir(t);
+  await writeFile(path.join(src, 'old.txt'), 'published\n');
+  await writeFile(path.join(src, 'new.txt'), 'written\n');
+  t.is((await runCli(['push', `${reg.host}/perm/app:v1`, 'old.txt'], { cwd: src, env })).code, 0);
+  const d = await startDaemon(t, { source: reg.host });
+  const mnt = d.dirs.mnt;
+  // A new tag folder (mkdir -p, cp), a published tag changed (copied into staging first), a truncate.
+  t.is((await sh(`mkdir -p ${mnt}/perm/app/v2/sub && cp ${src}/new.txt ${mnt}/perm/app/v2/sub/ && cp ${src}/new.txt ${mnt}/perm/app/v2/`)).code, 0);
+  t.is((await sh(`cp ${src}/new.txt ${mnt}/perm/app/v1/ && : > ${mnt}/perm/app/v1/old.txt && echo again > ${mnt}/perm/app/v1/new.txt`)).code, 0);
+  const stat = await sh(`cd ${d.dirs.staging} && find perm -name '.regfs*' -prune -o -printf '%y %m %p\\n' | sort -k3`);
+  const lines = stat.stdout.trim().split('\n');
+  t.true(lines.length >= 8, stat.stdout);
+  for (const l of lines) {
+    const [type, mode, p] = l.split(' ');
+    if (type === 'd') t.is(mode, '700', `${p} (${l})`);
+    else t.is(mode, '600', `${p} (${l})`);
+  }
+  t.is(await readFile(path.join(d.dirs.staging, 'perm/app/v1/new.txt'), 'utf8'), 'again\n');
 });
