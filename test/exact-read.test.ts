@@ -98,6 +98,36 @@ test('lazy verify: after one corrupted response no later read returns the bad pa
   t.is((await sh(`cmp ${file} ${src}/big.bin`)).code, 0);
 });
 
+test('lazy verify: a partial cache file corrupted while the mount was down fails the first full read, and no later read returns its bad pages', async (t) => {
+  const reg = await startRegistry(t, { flavour: 'plain' });
+  const { env } = await cliEnv(t);
+  const src = await tempDir(t);
+  t.is((await sh(`head -c ${8 * 1024 * 1024} /dev/urandom > ${src}/big.bin`)).code, 0);
+  t.is((await runCli(['push', `${reg.host}/crashed:v1`, 'big.bin'], { cwd: src, env })).code, 0);
+  const hex = (await sh(`sha256sum ${src}/big.bin | cut -d' ' -f1`)).stdout.trim();
+  const cacheDir = path.join(await tempDir(t), 'cache');
+  let m = await startMount(t, reg.host, { cacheDir });
+  // The first MiB only: a partial blob with its range map, kept by a clean stop.
+  t.is((await sh(`head -c 4096 ${m.mnt}/crashed/v1/big.bin > /dev/null`)).code, 0);
+  t.is(await m.stop(), 0);
+  const partial = path.join(cacheDir, 'partial', hex);
+  t.is((await sh(`printf 'X' | dd of=${partial} bs=1 seek=100 conv=notrunc status=none`)).code, 0);
+  m = await startMount(t, reg.host, { cacheDir });
+  const file = path.join(m.mnt, 'crashed/v1/big.bin');
+  const first = await sh(`cat ${file} > /dev/null`);
+  t.not(first.code, 0, 'the read that completes the blob fails its digest check');
+  let ok = false;
+  for (const until = Date.now() + 30_000; !ok && Date.now() < until; ) {
+    const r = await sh(`cat ${file} > ${src}/got.bin`);
+    if (r.code === 0) {
+      const c = await sh(`cmp ${src}/got.bin ${src}/big.bin`);
+      t.is(c.code, 0, `a read after the digest failure exited 0 with wrong bytes: ${c.stdout}`);
+      ok = true;
+    } else await sleep(500);
+  }
+  t.true(ok, 'the file became readable again');
+});
+
 test('a blob larger than the cache file system (64 MiB tmpfs, 100 MiB file) streams through: cmp succeeds, nothing kept, said once in the log', async (t) => {
   const reg = await startRegistry(t, { flavour: 'plain' });
   const { env } = await cliEnv(t);
@@ -210,4 +240,24 @@ test('files written through a private daemon mount land 0600 in 0700 folders of 
     else t.is(mode, '600', `${p} (${l})`);
   }
   t.is(await readFile(path.join(d.dirs.staging, 'perm/app/v1/new.txt'), 'utf8'), 'again\n');
+});
+
+test('two blobs that each fit but not together: the one whose fetch hits ENOSPC streams through, both read right', async (t) => {
+  const reg = await startRegistry(t, { flavour: 'plain' });
+  const { env } = await cliEnv(t);
+  const src = await tempDir(t);
+  t.is((await sh(`head -c ${40 * 1024 * 1024} /dev/urandom > ${src}/one.bin && head -c ${40 * 1024 * 1024} /dev/urandom > ${src}/two.bin`)).code, 0);
+  t.is((await runCli(['push', `${reg.host}/pair:v1`, 'one.bin', 'two.bin'], { cwd: src, env, timeoutMs: 120_000 })).code, 0);
+  const base = await tempDir(t);
+  const fsDir = path.join(base, 'tmpfs');
+  await mkdir(fsDir);
+  const mounted = await sh(`mount -t tmpfs -o size=64m tmpfs ${fsDir}`);
+  t.is(mounted.code, 0, mounted.stderr);
+  t.teardown(() => sh(`umount ${fsDir}`));
+  const m = await startMount(t, reg.host, { cacheDir: path.join(fsDir, 'cache') });
+  const v1 = path.join(m.mnt, 'pair/v1');
+  const both = await sh(`(cmp ${v1}/one.bin ${src}/one.bin && echo one-ok) & (cmp ${v1}/two.bin ${src}/two.bin && echo two-ok) & wait`, { timeoutMs: 120_000 });
+  t.deepEqual(both.stdout.trim().split('\n').sort(), ['one-ok', 'two-ok'], both.stderr + m.logs());
+  t.regex(m.logs(), /cache file system is full: streaming it from the registry, nothing kept/);
+  t.is(await m.stop(), 0);
 });
