@@ -261,3 +261,39 @@ test('two blobs that each fit but not together: the one whose fetch hits ENOSPC 
   t.regex(m.logs(), /cache file system is full: streaming it from the registry, nothing kept/);
   t.is(await m.stop(), 0);
 });
+
+test('a streamed blob is verified as it is read: one flipped byte fails the read bringing its last byte, no later read returns wrong bytes; strict verify refuses to stream it', async (t) => {
+  const reg = await startRegistry(t, { flavour: 'plain' });
+  const proxy = await startFaultProxy(t, reg.url);
+  const { env } = await cliEnv(t);
+  const src = await tempDir(t);
+  t.is((await sh(`head -c ${24 * 1024 * 1024} /dev/urandom > ${src}/s.bin`)).code, 0);
+  t.is((await runCli(['push', `${reg.host}/streamed:v1`, 's.bin'], { cwd: src, env })).code, 0);
+  const base = await tempDir(t);
+  const fsDir = path.join(base, 'tmpfs');
+  await mkdir(fsDir);
+  const mounted = await sh(`mount -t tmpfs -o size=16m tmpfs ${fsDir}`);
+  t.is(mounted.code, 0, mounted.stderr);
+  t.teardown(() => sh(`umount ${fsDir}`));
+  const m = await startMount(t, proxy.host, { cacheDir: path.join(fsDir, 'lazy') });
+  const file = path.join(m.mnt, 'streamed/v1/s.bin');
+  proxy.rules.push({ method: 'GET', path: /\/blobs\/sha256:/, flipByteAt: 100, times: 1 });
+  const first = await sh(`cat ${file} > /dev/null`);
+  t.regex(first.stderr, /Input\/output error/, m.logs());
+  t.regex(m.logs(), /digest mismatch: streamed blob/);
+  let ok = false;
+  for (const until = Date.now() + 30_000; !ok && Date.now() < until; ) {
+    const r = await sh(`cat ${file} > ${src}/got.bin`);
+    if (r.code === 0) {
+      const c = await sh(`cmp ${src}/got.bin ${src}/s.bin`);
+      t.is(c.code, 0, `a read after the digest failure exited 0 with wrong bytes: ${c.stdout}`);
+      ok = true;
+    } else await sleep(500);
+  }
+  t.true(ok, 'the file became readable again');
+  await m.stop();
+  const strict = await startMount(t, reg.host, { cacheDir: path.join(fsDir, 'strict'), args: ['--verify', 'strict'] });
+  const r = await sh(`cat ${strict.mnt}/streamed/v1/s.bin > /dev/null`);
+  t.regex(r.stderr, /Input\/output error/);
+  t.regex(strict.logs(), /does not fit in the cache file system, and --verify strict serves no byte/);
+});
