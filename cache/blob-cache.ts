@@ -205,6 +205,7 @@ export class BlobCache {
           }
           continue;
         }
+        if (this.ctx.streaming(digest)) throw new RegfsError('IO', `blob ${digest} (${desc.size} bytes) does not fit in the cache file system (it is only streamed through)`);
         await fetcher.fill();
       }
       throw new RegfsError('IO', `blob ${digest}: could not be cached (it kept disappearing)`);

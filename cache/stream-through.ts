@@ -3,10 +3,14 @@
  * into small in-memory windows and never written to disk, as rclone reads without a VFS cache.
  *
  * Rules:
- * - Each streamed blob keeps at most MAX_WINDOWS windows (the newest); at most MAX_BLOBS blobs are kept
- *   (least recently read dropped), so memory stays under MAX_BLOBS * MAX_WINDOWS * MAX_WINDOW bytes.
+ * - Each streamed blob keeps at most MAX_WINDOWS fetched windows (the newest) plus those still loading
+ *   (bounded by the kernel's reads in flight); at most MAX_BLOBS blobs are kept (least recently read
+ *   dropped), so memory stays near MAX_BLOBS * MAX_WINDOWS * MAX_WINDOW bytes.
  * - A window is fetched once (reads waiting for the same bytes share it); a window grows (doubling up to
- *   MAX_WINDOW) while reads are sequential and starts small again after a seek.
+ *   MAX_WINDOW) while reads are sequential and starts small again after a seek. Live windows never
+ *   overlap (a new one ends where the next live one starts), so the bytes hashed for a range are the
+ *   bytes served from it: two concurrent reads cannot fetch one range twice and serve one copy while
+ *   hashing the other.
  * - Verified as it goes where possible: the contiguous prefix [0, hashed) is hashed as windows arrive;
  *   when it reaches the end the digest is checked, and a mismatch fails the read that brought the last
  *   bytes (and, through the cache's back-off, the reads after it). A blob at or under `wholeUpTo` is
@@ -35,6 +39,8 @@ interface Window {
   start: number;
   end: number;
   data: Promise<Buffer>;
+  /** settled is set once its fetch ended; only settled windows are dropped (a loading one is still waited for). */
+  settled: boolean;
 }
 
 interface StreamedBlob {
@@ -49,6 +55,8 @@ interface StreamedBlob {
   /** loaded holds windows whose bytes arrived but lie beyond `hashed` (fed once the prefix reaches them). */
   loaded: Array<{ start: number; data: Buffer }>;
   checked: boolean;
+  /** bad is the mismatch found when the prefix reached the end: reads still holding this blob fail with it. */
+  bad?: RegfsError;
 }
 
 function hashAlgorithm(d: Digest): 'sha256' | 'sha512' {
@@ -90,7 +98,7 @@ export class StreamThrough {
       this.ctx.assertOpen();
       const w = this.windowFor(repo, desc, b, pos, end);
       const data = await w.data;
-      if (this.blobs.get(digest) !== b) throw new RegfsError('IO', `blob ${digest}: streamed read was dropped (its content did not match)`);
+      if (b.bad) throw b.bad; // its bytes did not match: nothing more is served from these windows
       const upto = Math.min(end, w.end);
       data.copy(buf, pos - offset, pos - w.start, upto - w.start);
       pos = upto;
@@ -133,14 +141,32 @@ export class StreamThrough {
     else if (pos === b.lastEnd || b.windows.some((w) => w.end === pos)) len = b.next = Math.min(MAX_WINDOW, b.next * 2);
     else len = b.next = MIN_WINDOW;
     const start = b.size <= this.wholeUpTo ? 0 : pos;
-    const wEnd = Math.min(b.size, Math.max(end, start + len));
-    const w: Window = { start, end: wEnd, data: this.fetch(repo, desc, b, start, wEnd) };
-    w.data.catch(() => {
-      b.windows = b.windows.filter((x) => x !== w);
-    });
+    let wEnd = Math.min(b.size, Math.max(end, start + len));
+    // Live windows never overlap: each byte served comes from one window, the one whose bytes were hashed.
+    for (const w of b.windows) if (w.start > start && w.start < wEnd) wEnd = w.start;
+    const w: Window = { start, end: wEnd, data: this.fetch(repo, desc, b, start, wEnd), settled: false };
+    w.data.then(
+      () => {
+        w.settled = true;
+        this.trim(b);
+      },
+      () => {
+        w.settled = true;
+        b.windows = b.windows.filter((x) => x !== w);
+      },
+    );
     b.windows.push(w);
-    if (b.windows.length > MAX_WINDOWS) b.windows.shift();
+    this.trim(b);
     return w;
+  }
+
+  /** trim drops the oldest settled windows beyond MAX_WINDOWS (windows still loading stay, so none is fetched twice). */
+  private trim(b: StreamedBlob): void {
+    while (b.windows.length > MAX_WINDOWS) {
+      const i = b.windows.findIndex((w) => w.settled);
+      if (i < 0) return;
+      b.windows.splice(i, 1);
+    }
   }
 
   private async fetch(repo: ReadableRepository, desc: Descriptor, b: StreamedBlob, start: number, end: number): Promise<Buffer> {
@@ -186,7 +212,9 @@ export class StreamThrough {
       const err = new RegfsError('DIGEST_MISMATCH', `blob ${b.digest}: streamed bytes hash to ${actual}`);
       this.ctx.log.warn('digest mismatch: streamed blob', { expected: b.digest, actual });
       this.ctx.poison(b.digest, err);
-      this.drop(b.digest);
+      b.bad = err;
+      b.windows = [];
+      if (this.blobs.get(b.digest) === b) this.drop(b.digest);
       throw err;
     }
     this.ctx.log.debug('streamed blob verified', { digest: b.digest });
