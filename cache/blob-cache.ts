@@ -5,6 +5,7 @@
  *   blob-verify.ts     hashing complete blobs before first use, checking fetched partial blobs
  *   blob-fetch.ts      partial blobs, range and whole fetches, promotion into blobs/
  *   eviction.ts        LRU eviction by size and free space
+ *   stream-through.ts  reads of blobs the cache's file system cannot hold, from memory windows
  *
  * Ordering rules of the facade:
  * - Every public call on a digest runs as an operation(): while it runs the digest is `active` and never
@@ -23,11 +24,12 @@ import type { ReadableRepository } from '../registry/storage.js';
 import { nullLogger, type Logger } from '../util/log.js';
 import { PartialBlobs, type BlobFetcher } from './blob-fetch.js';
 import { BlobVerifier } from './blob-verify.js';
-import { CacheContext, type ResolvedOptions } from './cache-context.js';
+import { CacheContext, noSpace, type ResolvedOptions } from './cache-context.js';
 import { CacheLayout } from './cache-layout.js';
 import { CompleteBlobs } from './complete-blobs.js';
 import { acquireDirLock, type DirLock } from './dir-lock.js';
 import { Evictor, type EvictResult } from './eviction.js';
+import { StreamThrough } from './stream-through.js';
 
 export type { EvictResult } from './eviction.js';
 
@@ -103,6 +105,7 @@ export class BlobCache {
   private readonly verifier: BlobVerifier;
   private readonly partials: PartialBlobs;
   private readonly evictor: Evictor;
+  private readonly streamer: StreamThrough;
   private readonly pins = new Map<Digest, number>();
   private readonly active = new Map<Digest, number>();
   private readonly operations = new Set<Promise<unknown>>();
@@ -120,6 +123,7 @@ export class BlobCache {
     this.verifier = new BlobVerifier(this.ctx, this.blobs);
     this.partials = new PartialBlobs(this.ctx, this.blobs, () => this.evictor.maybeEvict());
     this.evictor = new Evictor(this.ctx, this.blobs, this.partials, (d) => this.evictable(d), () => this.stats().bytesOnDisk);
+    this.streamer = new StreamThrough(this.ctx, opts.smallBlobThreshold);
   }
 
   /** open prepares `dir` (0700, no symlinks, not group/world-writable), takes its lock, clears ingest/ (and stray links in extracted/) and loads what is cached. */
@@ -201,6 +205,7 @@ export class BlobCache {
           }
           continue;
         }
+        if (this.ctx.streaming(digest)) throw new RegfsError('IO', `blob ${digest} (${desc.size} bytes) does not fit in the cache file system (it is only streamed through)`);
         await fetcher.fill();
       }
       throw new RegfsError('IO', `blob ${digest}: could not be cached (it kept disappearing)`);
@@ -292,16 +297,47 @@ export class BlobCache {
         }
         continue; // corrupt or vanished: fetch again
       }
-      if (opts.verify === 'strict' || desc.size <= opts.smallBlobThreshold) {
-        fetched = true;
-        await fetcher.fill();
-        continue;
+      if (this.ctx.streaming(digest) || (await this.tooLargeToCache(desc, digest))) {
+        if (!this.ctx.canStream(desc.size)) {
+          throw new RegfsError('IO', `blob ${digest} (${desc.size} bytes) does not fit in the cache file system, and --verify strict serves no byte before the whole blob is verified`);
+        }
+        return { bytes: await this.streamer.read(fetcher.repo, desc, digest, buf, offset, n), fetched: true };
       }
-      const r = await fetcher.readPartial(buf, offset, n);
-      fetched ||= r.fetched;
-      if (r.bytes !== undefined) return { bytes: r.bytes, fetched };
+      try {
+        if (opts.verify === 'strict' || desc.size <= opts.smallBlobThreshold) {
+          fetched = true;
+          await fetcher.fill();
+          continue;
+        }
+        const r = await fetcher.readPartial(buf, offset, n);
+        fetched ||= r.fetched;
+        if (r.bytes !== undefined) return { bytes: r.bytes, fetched };
+      } catch (err) {
+        if (noSpace(err) && this.ctx.streaming(digest)) continue; // the cache filled up: read it through
+        throw err;
+      }
     }
     throw new RegfsError('IO', `blob ${digest}: could not be read from the cache (it kept disappearing)`);
+  }
+
+  /**
+   * tooLargeToCache tells, before a blob's first byte is written, whether the cache's file system cannot
+   * hold it even with everything the cache holds evicted; such a blob is read through (the decision is
+   * remembered for the retry back-off, then made afresh). A blob already partly cached is not asked.
+   */
+  private async tooLargeToCache(desc: Descriptor, digest: Digest): Promise<boolean> {
+    const p = this.partials.get(digest);
+    if (p && !p.dead) return false;
+    let free: number;
+    try {
+      const s = await fsp.statfs(this.layout.root);
+      free = s.bavail * s.bsize;
+    } catch {
+      return false;
+    }
+    if (desc.size <= free + this.stats().bytesOnDisk) return false;
+    this.ctx.streamFor(digest, this.ctx.opts.retryBackoffMs, `blob is ${desc.size} bytes, more than the cache file system can hold (${free} bytes free)`);
+    return true;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -325,6 +361,7 @@ export class BlobCache {
   private async shutdown(): Promise<void> {
     this.ctx.closed = true;
     this.partials.abortAll();
+    this.streamer.abortAll();
     // Reads and ensureBlob calls in flight fail fast now (their fetches are aborted); wait for them,
     // and for promotions and evictions already running, so no file is touched after close.
     while (this.operations.size > 0) await Promise.allSettled([...this.operations]);

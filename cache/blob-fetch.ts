@@ -33,6 +33,8 @@ import { ReadAhead } from './read-ahead.js';
 import { SingleFlight } from './single-flight.js';
 
 const MiB = 1024 * 1024;
+/** STREAM_AFTER_ENOSPC_MS is how long a blob whose fetch hit a full cache file system is read through without caching. */
+export const STREAM_AFTER_ENOSPC_MS = 30_000;
 /** PERSIST_INTERVAL_MS is how often a partial blob's range map is rewritten while its fetches stream on. */
 const PERSIST_INTERVAL_MS = 1000;
 
@@ -361,10 +363,12 @@ export class BlobFetcher {
         .catch(async (err: unknown) => {
           if (ctx.closed || p.dead) return;
           ctx.log.debug('range fetch failed', { digest: p.digest, start: span.start, end: span.end, error: errorMessage(err) });
-          if (unanswered(err) || noSpace(err)) ctx.poison(p.digest, err as RegfsError, ctx.opts.retryBackoffMs);
+          if (unanswered(err) || (noSpace(err) && !ctx.canStream(p.size))) ctx.poison(p.digest, err as RegfsError, ctx.opts.retryBackoffMs);
           if (noSpace(err)) {
-            // A full file system: give the space back instead of keeping a sparse file nobody can complete.
+            // A full file system: give the space back instead of keeping a sparse file nobody can complete,
+            // and read the blob through without caching it for a while (its waiters start over).
             ctx.log.warn('cache file system is full; discarding the partially fetched blob', { digest: p.digest, cache: ctx.layout.root });
+            if (ctx.canStream(p.size)) ctx.streamFor(p.digest, STREAM_AFTER_ENOSPC_MS, 'the cache file system is full');
             await store.discard(p, err as RegfsError);
           }
         })
@@ -391,6 +395,8 @@ export class BlobFetcher {
         if (e.code === 'DIGEST_MISMATCH' || e.code === 'SIZE_MISMATCH') {
           ctx.log.warn('digest mismatch: discarding fetched blob', { expected: digest, error: e.message });
           ctx.poison(digest, e);
+        } else if (noSpace(e) && ctx.canStream(desc.size)) {
+          ctx.streamFor(digest, STREAM_AFTER_ENOSPC_MS, 'the cache file system is full');
         } else if (unanswered(e) || noSpace(e)) ctx.poison(digest, e, ctx.opts.retryBackoffMs);
         throw e;
       }

@@ -54,6 +54,10 @@ export class CacheContext {
   /** poisoned remembers digest mismatches and unretryable failures: reads of that digest fail until `until` (or an evict()). */
   private readonly poisoned = new Map<Digest, { error: RegfsError; until: number }>();
   private readonly background = new Set<Promise<unknown>>();
+  /** streamed holds digests read through without caching (the cache's file system cannot hold them) until `until`. */
+  private readonly streamed = new Map<Digest, number>();
+  /** streamAnnounced holds the digests whose streaming was logged (once per process). */
+  private readonly streamAnnounced = new Set<Digest>();
   private clock = 0;
 
   constructor(
@@ -109,6 +113,28 @@ export class CacheContext {
   /** poison makes reads of a digest fail with `error` for `ms` (default: the mismatch back-off). */
   poison(d: Digest, error: RegfsError, ms = this.opts.mismatchBackoffMs): void {
     this.poisoned.set(d, { error, until: Date.now() + ms });
+  }
+
+  /** canStream tells whether a blob of this size may be read through without caching: always with lazy verify; with strict verify only when it is fetched whole and checked before serving. */
+  canStream(size: number): boolean {
+    return this.opts.verify === 'lazy' || size <= this.opts.smallBlobThreshold;
+  }
+
+  /** streamFor makes reads of a digest bypass the cache for `ms`, and logs the reason the first time for this digest. */
+  streamFor(d: Digest, ms: number, why: string): void {
+    this.streamed.set(d, Date.now() + ms);
+    if (this.streamAnnounced.has(d)) return;
+    this.streamAnnounced.add(d);
+    this.log.warn(`${why}: streaming it from the registry, nothing kept`, { digest: d, cache: this.layout.root });
+  }
+
+  /** streaming tells whether reads of a digest bypass the cache now. */
+  streaming(d: Digest): boolean {
+    const until = this.streamed.get(d);
+    if (until === undefined) return false;
+    if (Date.now() < until) return true;
+    this.streamed.delete(d);
+    return false;
   }
 
   /** clearPoison ends every back-off. */

@@ -1,13 +1,13 @@
 import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { errorMessage } from '../util/errors.js';
+import { errorMessage, isRegfsError } from '../util/errors.js';
 import type { Descriptor } from '../registry/descriptor.js';
 import type { ReadableRepository } from '../registry/storage.js';
 import type { Logger } from '../util/log.js';
 import { Errno, toErrno } from './errno.js';
 import type { WritableOverlay } from './writable-overlay.js';
 import type { WriteHandle } from './write-handle.js';
-import type { Attr, BlobReader, Tree } from './ports.js';
+import type { Attr, BlobReader, Resolved, Tree } from './ports.js';
 import { openFlagsWritable } from './vfs.js';
 
 type Cb<T = undefined> = (err: number, value?: T) => void;
@@ -51,6 +51,27 @@ export function createHandlers(opts: HandlerOptions): FuseHandlers {
   const handles = new Map<number, Handle>();
   let nextFd = 10;
   const reported = new Map<string, number>();
+  /**
+   * suspect maps the digest of a blob whose read failed its digest (or size) check to the mtime getattr
+   * reports for its files from then on. With auto_cache libfuse compares mtime and size at each open and,
+   * when they changed, opens without keep_cache, so the kernel drops the pages it cached of the file:
+   * bytes served before the check failed (lazy verify) are never served again from the page cache. An
+   * open within the attribute timeout (1 s) of the last getattr may still keep the pages, but the failed
+   * read's own pages are not cached and reads of the digest fail for the mismatch back-off (5 s), so such
+   * a read fails too instead of returning wrong bytes.
+   */
+  const suspect = new Map<string, { at: number; failures: number }>();
+  const markSuspect = (digest: string): void => {
+    const prev = suspect.get(digest);
+    suspect.set(digest, { at: Math.max(Date.now(), (prev?.at ?? 0) + 1), failures: (prev?.failures ?? 0) + 1 });
+  };
+  /** attrOf is getattr's answer: a suspect file's mtime changes with every failure (and differs from the manifest's). */
+  const attrOf = (r: Resolved): Attr => {
+    const s = r.type === 'file' ? suspect.get(r.layer.digest) : undefined;
+    if (!s) return r.attr;
+    const mtime = new Date(Math.max(s.at, r.attr.mtime.getTime() + s.failures));
+    return { ...r.attr, mtime, ctime: mtime };
+  };
 
   /** fail logs an error (not ENOENT, EEXIST) once per cause per minute (not per read) and returns its errno. */
   const fail = (op: string, p: string, err: unknown): number => {
@@ -68,13 +89,15 @@ export function createHandlers(opts: HandlerOptions): FuseHandlers {
 
   const handlers: FuseHandlers = {
     getattr(p, cb) {
-      vfs.lookup(p).then((r) => cb(0, r.attr), (e: unknown) => cb(fail('getattr', p, e)));
+      vfs.lookup(p).then((r) => cb(0, attrOf(r)), (e: unknown) => cb(fail('getattr', p, e)));
     },
     readdir(p, cb) {
       vfs.lookup(p).then(
         async (r) => {
           if (r.type !== 'dir') return cb(Errno.ENOTDIR);
-          cb(0, ['.', '..', ...(await r.list())]);
+          // The kernel gets each name once, never '.', '..', '' or a name with '/' or NUL from a tree (hostile listings).
+          const names = new Set((await r.list()).filter((n) => n !== '' && n !== '.' && n !== '..' && !/[/\u0000]/.test(n)));
+          cb(0, ['.', '..', ...names]);
         },
         (e: unknown) => cb(fail('readdir', p, e)),
       ).catch((e: unknown) => cb(fail('readdir', p, e)));
@@ -123,7 +146,10 @@ export function createHandlers(opts: HandlerOptions): FuseHandlers {
         h.fh.read(buf, 0, len, pos).then((r) => done(r.bytesRead), (e: unknown) => done(fail('read', p, e)));
         return;
       }
-      blobs.read(h.repo, h.layer, buf, pos, len).then(done, (e: unknown) => done(fail('read', p, e)));
+      blobs.read(h.repo, h.layer, buf, pos, len).then(done, (e: unknown) => {
+        if (isRegfsError(e, 'DIGEST_MISMATCH') || isRegfsError(e, 'SIZE_MISMATCH')) markSuspect(h.layer.digest);
+        done(fail('read', p, e));
+      });
     },
     readlink(p, cb) {
       vfs.lookup(p).then((r) => (r.type === 'symlink' ? cb(0, r.target) : cb(Errno.EINVAL)), (e: unknown) => cb(fail('readlink', p, e)));

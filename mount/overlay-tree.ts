@@ -15,6 +15,7 @@ import { fingerprint, isIgnoredName, isTagFolderListing, scanTagDir, TAG_MARKER,
 import { materialiseTag, type StagedLayer } from '../staging/materialise.js';
 import { lossyPushWarning, rebuildable } from '../staging/tag-artifact.js';
 import { TagLocks } from '../staging/tag-lock.js';
+import { stagingModes, type StagingModes } from '../staging/modes.js';
 import { isDigest } from '../registry/digest.js';
 import { isRegfsError } from '../util/errors.js';
 import { isRepositoryName, isTag } from '../registry/reference.js';
@@ -32,6 +33,8 @@ export interface StagingOptions {
   /** allowDelete lets rm, rmdir and rename remove what is published (`--allow-delete`). */
   allowDelete: boolean;
   hooks: StagingHooks;
+  /** shared (an allow-other mount) keeps staged files 0644 in 0755 folders; otherwise (default) they are 0600 / 0700. */
+  shared?: boolean;
 }
 
 /** OverlayTreeOptions wire an OverlayTree to the registry's tree and caches. */
@@ -79,6 +82,8 @@ export class OverlayTree implements Tree {
   protected readonly log: Logger;
   protected readonly handles: WriteHandles;
   protected readonly tags = new TagLocks();
+  /** modes are those of what this mount creates in staging (its privacy). */
+  protected readonly modes: StagingModes;
   /** fsMemo caches staging folder facts (is a folder, is a tag folder); landedMemo whether a tag folder landed. */
   private readonly fsMemo = new Map<string, { at: number; value: Promise<boolean> }>();
   private readonly landedMemo = new Map<string, { at: number; value: Promise<boolean> }>();
@@ -88,8 +93,10 @@ export class OverlayTree implements Tree {
     this.root = path.resolve(o.staging.dir);
     this.tmpRoot = path.join(this.root, WRITES_DIR);
     this.log = o.log ?? nullLogger;
+    this.modes = stagingModes(o.staging.shared === true);
     this.handles = new WriteHandles({
       tmpRoot: this.tmpRoot,
+      fileMode: this.modes.file,
       blobs: o.blobs,
       invalidate: () => this.invalidate(),
       touch: (p) => this.touch(p),
@@ -100,7 +107,7 @@ export class OverlayTree implements Tree {
 
   /** init creates the staging folder and drops files a crash left half-written. */
   async init(): Promise<void> {
-    await fsp.mkdir(this.root, { recursive: true });
+    await fsp.mkdir(this.root, { recursive: true, mode: this.modes.dir });
     const left = await fsp.readdir(this.tmpRoot).catch(() => []);
     if (left.length) this.log.warn(`removing ${left.length} unfinished write(s) through the mount left in ${this.tmpRoot} by a crash`);
     await fsp.rm(this.tmpRoot, { recursive: true, force: true });
@@ -282,7 +289,7 @@ export class OverlayTree implements Tree {
       const staged = await this.isTagFolderDir(T.dir);
       if (!staged) {
         if (T.remote) await this.materialise(T);
-        else await fsp.mkdir(T.dir, { recursive: true });
+        else await fsp.mkdir(T.dir, { recursive: true, mode: this.modes.dir });
       } else if ((await this.landed(T)) && (await this.remoteHasTag(T))) {
         await this.materialise(T);
       }
@@ -317,7 +324,7 @@ export class OverlayTree implements Tree {
     const repo = this.o.registry.repository(T.repository);
     const fm = await this.o.metadata.manifestByTag(repo, T.tag);
     const layers = this.rebuildableLayers(T, fm);
-    await materialiseTag({ repo, layers, dir: T.dir, workRoot: this.tmpRoot, blobs: this.o.blobs });
+    await materialiseTag({ repo, layers, dir: T.dir, workRoot: this.tmpRoot, blobs: this.o.blobs, modes: this.modes });
     this.invalidate();
     this.landedMemo.delete(T.dir);
     await this.o.staging.hooks.recordPublished(T.repository, T.tag, fingerprint(await scanTagDir(T.dir)), fm.descriptor.digest);

@@ -69,7 +69,9 @@ export async function serveMount(opts: ServeOptions): Promise<RunningMount> {
   const vfs = new Vfs({ registry: opts.registry, root: opts.root, repositories: opts.repositories, metadataTtlMs: opts.metadataTtlMs, metadata, blobs, extractDir: blobs.layout.extracted, log: opts.log });
   let writer: WritableOverlay | undefined;
   if (opts.staging) {
-    writer = new WritableOverlay({ vfs, registry: opts.registry, metadata, blobs, dropListings: (r) => metadata.dropListings(r), staging: opts.staging, log: opts.log });
+    // Staging inherits the mount's privacy: 0600/0700 unless the mount is shared with other users.
+    const staging = { ...opts.staging, shared: opts.staging.shared ?? opts.allowOther === true };
+    writer = new WritableOverlay({ vfs, registry: opts.registry, metadata, blobs, dropListings: (r) => metadata.dropListings(r), staging, log: opts.log });
     await writer.init();
   }
   const handlers = createHandlers({ tree: writer ?? vfs, blobs, statfsPath: opts.staging?.dir ?? cacheDir, log: opts.log, writer });

@@ -265,9 +265,10 @@ export class Vfs {
         const names = [...node.children.keys()];
         if (node.repo) {
           const tags = await this.opts.metadata.tags(this.opts.registry.repository(node.repo));
-          for (const t of tags) if (isTag(t)) names.push(node.children.has(t) ? `:${t}` : t);
+          // A hostile tag list may hold '.', '..', names with '/' (not tags: filtered) and duplicates (listed once).
+          for (const t of new Set(tags)) if (isTag(t)) names.push(node.children.has(t) ? `:${t}` : t);
         }
-        return names.sort();
+        return [...new Set(names)].sort();
       },
     };
   }
@@ -311,7 +312,10 @@ export class Vfs {
         const blob = await this.opts.blobs.ensureBlob(repo, layer);
         await fsp.mkdir(this.opts.extractDir, { recursive: true, mode: 0o700 });
         const gzip = layer.mediaType.endsWith('gzip');
-        await extractTarAtomic(createReadStream(blob), target, { gzip, stripPrefix: prefix });
+        // One unsafe entry (a symlink leaving the layer, say) is hidden, not the whole directory: logged once,
+        // as the extraction is kept in extractDir.
+        const onUnsafeEntry = (name: string, reason: string): void => this.log.warn(`hiding tar entry ${JSON.stringify(name)} of layer ${layer.digest}: ${reason}`);
+        await extractTarAtomic(createReadStream(blob), target, { gzip, stripPrefix: prefix, onUnsafeEntry });
         await fsp.writeFile(path.join(target, '.regfs-complete'), '');
         return target;
       })();

@@ -105,13 +105,13 @@ export class WritableOverlay extends OverlayTree {
     const T = await this.tagOf(comps);
     if (T && comps.length > T.depth) {
       this.checkName(name, p);
-      await this.withHold(T, () => fsp.mkdir(this.staged(comps)));
+      await this.withHold(T, () => fsp.mkdir(this.staged(comps), { mode: this.modes.dir }));
     } else if (!T) {
       if (!isRepositoryName(name) && !isTag(name)) throw fail(Errno.EINVAL, `${p}: "${name}" is neither a repository name component (lowercase) nor a tag`);
       const parent = comps.slice(0, -1);
-      await fsp.mkdir(this.staged(parent), { recursive: true });
-      await fsp.mkdir(this.staged(comps));
-      if (parent.length >= 1 && isTag(name) && (await this.isRepositoryFolder(parent))) await fsp.writeFile(path.join(this.staged(comps), TAG_MARKER), '');
+      await fsp.mkdir(this.staged(parent), { recursive: true, mode: this.modes.dir });
+      await fsp.mkdir(this.staged(comps), { mode: this.modes.dir });
+      if (parent.length >= 1 && isTag(name) && (await this.isRepositoryFolder(parent))) await fsp.writeFile(path.join(this.staged(comps), TAG_MARKER), '', { mode: this.modes.file });
     } else {
       throw fail(Errno.EEXIST, `${p} exists`);
     }
@@ -198,10 +198,11 @@ export class WritableOverlay extends OverlayTree {
       const final = this.staged(comps);
       const tmp = tempFile(this.tmpRoot);
       try {
-        if (size === 0) await fsp.writeFile(tmp, '');
+        if (size === 0) await fsp.writeFile(tmp, '', { mode: this.modes.file });
         else {
           await fsp.copyFile(final, tmp, C.COPYFILE_FICLONE);
           await fsp.truncate(tmp, size);
+          await fsp.chmod(tmp, this.modes.file);
         }
         await fsp.rename(tmp, final);
       } catch (err) {

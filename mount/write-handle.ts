@@ -66,6 +66,8 @@ export interface WriteHandle extends WriteTarget {
 export interface WriteHost {
   /** tmpRoot is `<staging>/.regfs-writes`, on the staging filesystem. */
   readonly tmpRoot: string;
+  /** fileMode is the mode of a staged file written through the mount (0600 for a private mount). */
+  readonly fileMode: number;
   readonly blobs: BlobReader;
   /** invalidate forgets the overlay's cached staging facts. */
   invalidate(): void;
@@ -161,7 +163,7 @@ export class WriteHandles {
       const st = await fsp.lstat(final).catch(() => undefined);
       if (st && !st.isFile()) throw fail(Errno.EISDIR, `${w.path} is not a regular file`);
       const tmp = tempFile(this.host.tmpRoot);
-      const fh = await fsp.open(tmp, 'wx+', 0o644);
+      const fh = await fsp.open(tmp, 'wx+', this.host.fileMode);
       w.size = st?.size ?? 0;
       w.active = { tmp, final, fh, base: st ? final : undefined, renamed: false, unhold };
       this.host.invalidate();
@@ -179,6 +181,7 @@ export class WriteHandles {
     await a.fh.close();
     await fsp.copyFile(a.base, a.tmp, C.COPYFILE_FICLONE);
     a.fh = await fsp.open(a.tmp, 'r+');
+    await a.fh.chmod(this.host.fileMode); // copyFile gave it the old file's mode
     a.base = undefined;
   }
 

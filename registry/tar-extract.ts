@@ -22,6 +22,13 @@ export interface ExtractOptions {
   stripPrefix?: string;
   /** tarDigest, when set, is checked against the uncompressed tar stream (ORAS's `io.deis.oras.content.digest`). */
   tarDigest?: Digest;
+  /**
+   * onUnsafeEntry, when set, makes an unsafe entry (a name or link target that would leave dest, an
+   * unknown hard-link target, a path through a symlink) skipped instead of aborting the extraction:
+   * nothing of it is written, the rest is extracted, and it is reported here (name, reason). The mount
+   * uses it; pull does not (it refuses the layer, as oras does).
+   */
+  onUnsafeEntry?: (name: string, reason: string) => void;
 }
 
 /** ExtractResult counts what an extraction wrote. */
@@ -273,6 +280,12 @@ export async function extractTar(src: Readable, dest: string, opts: ExtractOptio
       try {
         await extractEntry(entry);
       } catch (err) {
+        if (isRegfsError(err, 'UNSAFE_PATH') && opts.onUnsafeEntry) {
+          // Every unsafe check runs before the entry's content is read or anything of it is written.
+          await drain(entry);
+          opts.onUnsafeEntry(raw, reasonOf(err));
+          continue;
+        }
         // Name the tar entry, not the intermediate path mkdirInside/resolveInside saw.
         if (isRegfsError(err, 'UNSAFE_PATH') && !err.message.startsWith('unsafe tar entry')) throw unsafeEntry(raw, reasonOf(err));
         throw err;

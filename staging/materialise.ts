@@ -17,6 +17,7 @@ import { Annotation } from '../registry/media-types.js';
 import type { ReadableRepository } from '../registry/storage.js';
 import { extractTar } from '../registry/tar-extract.js';
 import { TAG_MARKER } from './layout.js';
+import type { StagingModes } from './modes.js';
 
 /** StagedLayer is one layer of a tag and the path (its title) it has inside the tag folder. */
 export interface StagedLayer {
@@ -33,6 +34,12 @@ export interface MaterialiseOptions {
   /** workRoot is a private folder on the staging filesystem for the work folder and the old copy. */
   workRoot: string;
   blobs: Pick<BlobCache, 'ensureBlob' | 'pin' | 'unpin'>;
+  /**
+   * modes, when given, are those of the copy: the tag folder, the folders of nested titles and the copied
+   * file layers get them (a private mount's copy is private). Entries of a directory layer keep the modes
+   * its tar records, which are published with it (the private tag folder already hides them).
+   */
+  modes?: StagingModes;
 }
 
 const rand = (): string => randomBytes(8).toString('hex');
@@ -42,11 +49,11 @@ export async function materialiseTag(o: MaterialiseOptions): Promise<void> {
   const work = path.join(o.workRoot, `tag-${rand()}`);
   const aside = path.join(o.workRoot, `old-${rand()}`);
   let movedAside = false;
-  await fsp.mkdir(work);
+  await fsp.mkdir(work, o.modes ? { mode: o.modes.dir } : {});
   try {
     for (const { layer, title } of o.layers) {
       const dest = path.join(work, ...title.split('/'));
-      await fsp.mkdir(path.dirname(dest), { recursive: true });
+      await fsp.mkdir(path.dirname(dest), { recursive: true, ...(o.modes ? { mode: o.modes.dir } : {}) });
       o.blobs.pin(layer.digest);
       try {
         const blob = await o.blobs.ensureBlob(o.repo, layer);
@@ -55,13 +62,14 @@ export async function materialiseTag(o: MaterialiseOptions): Promise<void> {
           await extractTar(createReadStream(blob), dest, { gzip: layer.mediaType.endsWith('gzip'), stripPrefix: title });
         } else {
           await fsp.copyFile(blob, dest, C.COPYFILE_FICLONE);
+          if (o.modes) await fsp.chmod(dest, o.modes.file); // a file layer records no mode: the copy gets the staging's
         }
       } finally {
         o.blobs.unpin(layer.digest);
       }
     }
-    await fsp.writeFile(path.join(work, TAG_MARKER), '');
-    await fsp.mkdir(path.dirname(o.dir), { recursive: true });
+    await fsp.writeFile(path.join(work, TAG_MARKER), '', o.modes ? { mode: o.modes.file } : {});
+    await fsp.mkdir(path.dirname(o.dir), { recursive: true, ...(o.modes ? { mode: o.modes.dir } : {}) });
     movedAside = await fsp.rename(o.dir, aside).then(() => true, (e: NodeJS.ErrnoException) => {
       if (e.code === 'ENOENT') return false;
       throw e;
