@@ -201,7 +201,7 @@ export class Daemon {
       }
     });
     if (staging) {
-      await fsp.mkdir(staging, { recursive: true });
+      await fsp.mkdir(staging, { recursive: true, mode: 0o700 });
       const writes = path.join(staging, WRITES_DIR);
       // No awaitWriteFinish: the queue decides when a tag folder is quiet (from file mtimes), so a file
       // moved in whole starts uploading at once. Files being written through the mount are ignored: they

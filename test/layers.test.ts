@@ -44,3 +44,14 @@ test('every layer imports only the layers below it, and product code never impor
   t.true(files > 50, `read ${files} source files`);
   t.deepEqual(violations, []);
 });
+
+test('no product source file is over 500 lines (one concept per file)', async (t) => {
+  const over: string[] = [];
+  for (const layer of LAYERS) {
+    for (const file of await sources(path.join(REPO_ROOT, layer))) {
+      const lines = (await fsp.readFile(file, 'utf8')).split('\n').length - 1;
+      if (lines > 500) over.push(`${path.relative(REPO_ROOT, file)}: ${lines} lines`);
+    }
+  }
+  t.deepEqual(over, []);
+});
