@@ -122,3 +122,19 @@ test('updateConfigSyncs rewrites only the syncs of a config file, atomically, ke
   await updateConfigSyncs(f, (list, baseDir) => list.filter((s) => path.resolve(baseDir, String(s.local)) !== '/data/models'));
   t.deepEqual((JSON.parse(await readFile(f, 'utf8')) as { syncs: unknown[] }).syncs, []);
 });
+
+test('mount sources in the config: namespace, repository and artifact sources, repositories, and staging only on a whole store', (t) => {
+  const ok = validateConfig({ mounts: [
+    { source: 'ghcr.io/myorg', mountpoint: 'a', repositories: ['myorg/app', 'myorg/team/web'] },
+    { source: 'localhost:5000/samples/artifact:1.0', mountpoint: 'b' },
+    { source: 'oci:store:1.0', mountpoint: 'c' },
+    { source: 'localhost:5000', mountpoint: 'd', staging: 'st' },
+  ] }, 'config F', '/etc/regfs');
+  t.deepEqual(ok.mounts!.map((m) => m.source), ['ghcr.io/myorg', 'localhost:5000/samples/artifact:1.0', 'oci:/etc/regfs/store:1.0', 'localhost:5000']);
+  t.deepEqual(ok.mounts![0]!.repositories, ['myorg/app', 'myorg/team/web']);
+  const bad = (m: Record<string, unknown>): string => t.throws(() => validateConfig({ mounts: [{ mountpoint: 'x', ...m }] }, 'config F', '/etc/regfs'), { instanceOf: RegfsError })!.message;
+  t.regex(bad({ source: 'localhost:5000/Team' }), /^config F: mounts\[0\]\.source: .*component "Team"/);
+  t.regex(bad({ source: 'localhost:5000', repositories: ['ok', 'Not OK'] }), /mounts\[0\]\.repositories: "Not OK" is not a repository name/);
+  t.regex(bad({ source: 'localhost:5000', repositories: 'team/app' }), /mounts\[0\]\.repositories: must be a list/);
+  t.regex(bad({ source: 'localhost:5000/team', staging: 'st' }), /mounts\[0\]\.staging: a mount of localhost:5000\/team is read-only; staging needs a whole-registry source/);
+});
