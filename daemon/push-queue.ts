@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { errorMessage } from '../util/errors.js';
 import type { Repository } from '../registry/storage.js';
 import { nullLogger, redactText, type Logger } from '../util/log.js';
-import { fingerprint, scanTagDir, type StagedEntry, type StagedTag } from '../staging/layout.js';
+import { fingerprint, scanTagDir, type SkippedEntry, type StagedEntry, type StagedTag } from '../staging/layout.js';
 import { pushTag } from '../staging/push-tag.js';
 import { isInside } from '../util/paths.js';
 import { QueueStore, type Pushed, type QueueItem } from './queue-store.js';
@@ -93,6 +93,7 @@ export class PushQueue {
       attempts: 0,
       notBefore: this.quietFrom(staged.entries),
       ...(existing?.blobs ? { blobs: existing.blobs } : {}),
+      ...(existing?.skipped ? { skipped: existing.skipped } : {}),
       updatedAt: '',
     };
     this.items.set(id, item);
@@ -136,8 +137,20 @@ export class PushQueue {
     }
   }
 
+  /** scan lists the item's folder; entries it cannot publish are recorded on the item and each named once in the log. */
+  private async scan(item: QueueItem): Promise<StagedEntry[]> {
+    const skipped: SkippedEntry[] = [];
+    const entries = await scanTagDir(item.dir, { skipped });
+    const before = new Set((item.skipped ?? []).map((s) => `${s.path}\0${s.reason}`));
+    for (const s of skipped) {
+      if (!before.has(`${s.path}\0${s.reason}`)) this.log.warn(`staging: ${item.repository}:${item.tag}: not publishing ${JSON.stringify(s.path)}: ${s.reason}`);
+    }
+    item.skipped = skipped.length ? skipped : undefined;
+    return entries;
+  }
+
   private async process(item: QueueItem): Promise<void> {
-    const entries = await scanTagDir(item.dir, this.log);
+    const entries = await this.scan(item);
     const fp = fingerprint(entries);
     if (entries.length === 0) {
       this.items.delete(item.id);
@@ -169,7 +182,7 @@ export class PushQueue {
           item.expectedDigest = digest;
           await this.save(item);
           // A file changed during the upload: never publish half; push again once it is quiet.
-          if (fingerprint(await scanTagDir(item.dir, this.log)) !== item.fingerprint) throw new ChangedDuringUpload();
+          if (fingerprint(await this.scan(item)) !== item.fingerprint) throw new ChangedDuringUpload();
         },
       });
       if (!put) this.log.info(`${item.repository}:${item.tag} already on ${expected}; not putting the manifest again`);
@@ -182,11 +195,12 @@ export class PushQueue {
     } catch (err) {
       // Abandoned by stop (the registries are being closed under it): the item stays `uploading` on disk and resumes on restart.
       if (this.abandoned) return;
-      const changed = err instanceof ChangedDuringUpload || fingerprint(await scanTagDir(item.dir, this.log)) !== item.fingerprint;
+      const now = fingerprint(await this.scan(item));
+      const changed = err instanceof ChangedDuringUpload || now !== item.fingerprint;
       if (changed) {
         this.log.info(`${item.repository}:${item.tag} changed during upload; pushing it again when quiet`);
         item.state = 'pending';
-        item.fingerprint = fingerprint(await scanTagDir(item.dir, this.log));
+        item.fingerprint = now;
         item.notBefore = Date.now() + this.quietMs;
       } else {
         item.attempts++;

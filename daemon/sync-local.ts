@@ -62,7 +62,7 @@ export async function scanLocalTags(pair: LocalScan): Promise<Map<string, LocalT
     }
     if (!pair.matches(e.name)) continue;
     const dir = path.join(root, e.name);
-    const entries = await scanTagDir(dir, pair.log);
+    const entries = await scanTagDir(dir);
     // An empty folder holds nothing to sync: it is not a tag (yet).
     if (entries.length) out.set(e.name, { dir, entries, fp: fingerprint(entries) });
   }
@@ -71,7 +71,7 @@ export async function scanLocalTags(pair: LocalScan): Promise<Map<string, LocalT
 
 /** stillQuiet tells whether a tag folder is unchanged since it was scanned. */
 export async function stillQuiet(l: LocalTag, log: Logger): Promise<boolean> {
-  return fingerprint(await scanTagDir(l.dir, log)) === l.fp;
+  return fingerprint(await scanTagDir(l.dir)) === l.fp;
 }
 
 /** freeName returns `name`, or `name-2`, `name-3`... when a folder of that name exists already. */

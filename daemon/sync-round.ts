@@ -240,9 +240,9 @@ export class SyncRounds {
     try {
       await pullArtifact(cachedRepository(pair.repo, this.opts.blobs), desc.digest, tmp);
       // The fingerprint of what we wrote, taken before the swap: an edit right after it counts as local.
-      fp = fingerprint(await scanTagDir(tmp, this.opts.log));
+      fp = fingerprint(await scanTagDir(tmp));
       // An edit made while we downloaded would be lost by the swap: leave it for the next round (a conflict).
-      const now = await scanTagDir(dir, this.opts.log);
+      const now = await scanTagDir(dir);
       if ((now.length ? fingerprint(now) : undefined) !== expect) {
         await fsp.rm(tmp, { recursive: true, force: true });
         this.opts.log.info(`sync ${pair.display}: ${dir} changed while ${tag} was being pulled; looking again next round`);
@@ -310,7 +310,7 @@ export class SyncRounds {
         `the local version is kept in ${dest}${c.direction === 'both' ? ` and pushed as ${kept}` : ''}`,
     );
     if (c.direction === 'both') {
-      const entries = await scanTagDir(dest, this.opts.log);
+      const entries = await scanTagDir(dest);
       if (await this.push(pair, kept, { dir: dest, entries, fp: fingerprint(entries) })) report.queued.push(kept);
     }
     if (await this.pull(pair, tag, r, undefined)) report.pulled.push(tag);
