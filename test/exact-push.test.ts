@@ -5,7 +5,7 @@
  */
 import test from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, utimes, writeFile, stat, lstat } from 'node:fs/promises';
+import { lstat, mkdir, readFile, rename, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { startRegistry } from '../lab/registry.js';
 import { startFaultProxy, type FaultProxy } from '../lab/fault-proxy.js';
@@ -42,7 +42,7 @@ const uploadStarted = (proxy: FaultProxy) => async (): Promise<boolean> => proxy
 test('a staged file swapped for a symlink to an outside secret mid-upload: the registry never receives the secret', async (t) => {
   const reg = await startRegistry(t, { flavour: 'plain' });
   const proxy = await startFaultProxy(t, reg.url);
-  slowUploads(proxy, 1500);
+  slowUploads(proxy, 4000);
   const d = await startDaemon(t, { source: proxy.host });
   const outside = path.join(d.dirs.base, 'outside');
   await mkdir(outside);
@@ -65,8 +65,15 @@ test('a staged file swapped for a symlink to an outside secret mid-upload: the r
   await mkdir(path.dirname(tagDir), { recursive: true });
   await rename(src, tagDir);
   await waitFor(uploadStarted(proxy), 60_000, 'the upload to start', d.logs);
-  for (const f of ['f5.bin', 'f6.bin', 'f7.bin', 'f8.bin']) await sh(`cd '${tagDir}' && ln -s '${outside}/secret.bin' f.new && mv -T f.new ${f}`);
-  await sh(`cd '${tagDir}' && ln -s '${outside}/small-secret.bin' s.new && mv -T s.new s2.bin`);
+  // `ln -s SECRET f.new && mv -T f.new f5.bin`, done in-process so all land while f1-f3 are still uploading.
+  const swap = async (name: string, target: string): Promise<void> => {
+    await symlink(target, path.join(tagDir, `${name}.new`));
+    await rename(path.join(tagDir, `${name}.new`), path.join(tagDir, name));
+  };
+  for (const f of ['f5.bin', 'f6.bin', 'f7.bin', 'f8.bin']) await swap(f, path.join(outside, 'secret.bin'));
+  await swap('s2.bin', path.join(outside, 'small-secret.bin'));
+  t.true((await lstat(path.join(tagDir, 'f5.bin'))).isSymbolicLink());
+  t.is(proxy.count('PUT', /\/manifests\//), 0, 'swapped before the first attempt could finish');
   const layers = await waitFor(async () => {
     const ls = await manifestLayers(reg.url, 'sec/app', 'v1');
     return ls && titles(ls).join() === 'f1.bin,f2.bin,f3.bin,f4.bin,s1.bin' ? ls : undefined;
@@ -74,7 +81,8 @@ test('a staged file swapped for a symlink to an outside secret mid-upload: the r
   for (const l of layers) t.is(l.digest, sha(files[l.annotations!['org.opencontainers.image.title']!]!));
   t.false(layers.some((l) => l.digest === sha(secret) || l.digest === sha(smallSecret)));
   for (const s of [secret, smallSecret]) {
-    const res = await fetch(`${reg.url}/v2/sec/app/blobs/${sha(s)}`, { method: 'HEAD' });
+    const res = await fetch(`${reg.url}/v2/sec/app/blobs/${sha(s)}`);
+    await res.arrayBuffer();
     t.is(res.status, 404, 'the outside file was never uploaded');
   }
   t.regex(d.logs(), /not publishing "f5\.bin": symlink/);
