@@ -3,11 +3,17 @@ import { errorMessage } from '../util/errors.js';
 import type { Repository } from '../registry/storage.js';
 import { nullLogger, redactText, type Logger } from '../util/log.js';
 import { fingerprint, scanTagDir, type SkippedEntry, type StagedEntry, type StagedTag } from '../staging/layout.js';
-import { pushTag } from '../staging/push-tag.js';
+import { pushTag, type TagMoved } from '../staging/push-tag.js';
 import { isInside } from '../util/paths.js';
 import { QueueStore, type Pushed, type QueueItem } from './queue-store.js';
 
 export type { QueueItem, QueueState } from './queue-store.js';
+
+/** EnqueueOptions qualify one enqueue. */
+export interface EnqueueOptions {
+  /** expectTag guards the push (sync): the digest the tag is on now, null when absent (QueueItem.expectTag). */
+  expectTag?: string | null;
+}
 
 /** PushQueueOptions tune the queue. */
 export interface PushQueueOptions {
@@ -42,6 +48,7 @@ export class PushQueue {
   private readonly quietMs: number;
   private readonly concurrency: number;
   private readonly stopWaitMs: number;
+  private movedHandler: ((item: QueueItem, e: TagMoved) => Promise<void>) | undefined;
 
   private constructor(private readonly store: QueueStore, private pushed: Record<string, Pushed>, private readonly opts: PushQueueOptions) {
     this.log = opts.log ?? nullLogger;
@@ -70,7 +77,7 @@ export class PushQueue {
   }
 
   /** enqueue records a staged tag; an unchanged tag (same fingerprint as its last push) is not queued. */
-  async enqueue(target: string, staged: StagedTag): Promise<'queued' | 'unchanged' | 'updated'> {
+  async enqueue(target: string, staged: StagedTag, opts: EnqueueOptions = {}): Promise<'queued' | 'unchanged' | 'updated'> {
     const key = this.keyOf(target, staged.repository, staged.tag);
     const id = createHash('sha256').update(key).digest('hex').slice(0, 24);
     const fp = fingerprint(staged.entries);
@@ -81,7 +88,10 @@ export class PushQueue {
     }
     if (staged.entries.length === 0) return 'unchanged';
     // A push in flight notices the change itself (it re-scans before the manifest PUT).
-    if (existing && this.inflight.has(id)) return 'updated';
+    if (existing && this.inflight.has(id)) {
+      if (opts.expectTag !== undefined) existing.expectTag = opts.expectTag;
+      return 'updated';
+    }
     const item: QueueItem = {
       id,
       target,
@@ -94,6 +104,7 @@ export class PushQueue {
       notBefore: this.quietFrom(staged.entries),
       ...(existing?.blobs ? { blobs: existing.blobs } : {}),
       ...(existing?.skipped ? { skipped: existing.skipped } : {}),
+      ...(opts.expectTag !== undefined ? { expectTag: opts.expectTag } : {}),
       updatedAt: '',
     };
     this.items.set(id, item);
@@ -178,6 +189,7 @@ export class PushQueue {
         onUploaded: (name, blob) => {
           item.blobs = { ...item.blobs, [name]: blob };
         },
+        ...(item.expectTag !== undefined ? { guard: { expect: item.expectTag, moved: (e: TagMoved) => this.tagMoved(item, e) } } : {}),
         beforePut: async (digest) => {
           item.expectedDigest = digest;
           await this.save(item);
@@ -306,6 +318,20 @@ export class PushQueue {
     }
   }
 
+
+  /**
+   * onTagMoved sets who handles a lost race of a guarded push (item.expectTag): another writer moved the tag
+   * right before our manifest PUT, or replaced ours right after it. The handler keeps the other version (sync:
+   * a conflict tag) before the push goes on; a throw fails this attempt (retried).
+   */
+  onTagMoved(handler: (item: QueueItem, e: TagMoved) => Promise<void>): void {
+    this.movedHandler = handler;
+  }
+
+  private async tagMoved(item: QueueItem, e: TagMoved): Promise<void> {
+    if (this.movedHandler) return this.movedHandler(item, e);
+    this.log.warn(`${item.repository}:${item.tag}: ${e.when === 'before' ? `moved to ${e.current.digest} by another writer before our push` : `replaced by ${e.current.digest} right after our push of ${e.ours.digest}`}`);
+  }
 
   /** onChange calls listener after every state change. */
   onChange(listener: (item: QueueItem) => void): void {

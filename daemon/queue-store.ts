@@ -27,6 +27,11 @@ export interface QueueItem {
   blobs?: Record<string, KnownBlob>;
   /** skipped are the folder's entries that are not published (symlinks, special files, bad names), named once in the log. */
   skipped?: SkippedEntry[];
+  /**
+   * expectTag (sync pushes) is the manifest digest the tag was on when the push was decided, null when it did
+   * not exist: a tag found elsewhere right before or after the manifest PUT is a lost race (PushQueue.onTagMoved).
+   */
+  expectTag?: string | null;
   updatedAt: string;
 }
 

@@ -34,6 +34,28 @@ export interface PushTagOptions {
    * caller records it durably and may throw to abort (the folder changed during the upload).
    */
   beforePut?(digest: Digest): Promise<void>;
+  /**
+   * guard makes the push compare-and-swap as far as a registry allows: the tag is read again right before
+   * the manifest PUT and right after it, and a tag found on another manifest than `expect` (before) or than
+   * ours (after) is reported to `moved`, which keeps the other version (sync: a conflict tag).
+   */
+  guard?: PushGuard;
+}
+
+/** TagMoved says that another writer moved the tag: before our PUT (`current` is theirs, ours lands next) or after it (`current` replaced ours). */
+export interface TagMoved {
+  when: 'before' | 'after';
+  /** current is where the tag points now. */
+  current: Descriptor;
+  /** ours is the manifest this push puts (after: the one that was replaced). */
+  ours: Descriptor;
+}
+
+/** PushGuard is what pushTag checks the tag against (see PushTagOptions.guard). */
+export interface PushGuard {
+  /** expect is the manifest digest the tag should be on, null when it should not exist yet. */
+  expect: string | null;
+  moved(e: TagMoved): Promise<void>;
 }
 
 /** PushTagResult is where the tag points after the push, and whether the manifest was PUT (false: the tag was already there). */
@@ -62,7 +84,13 @@ export async function pushTag(o: PushTagOptions): Promise<PushTagResult> {
   await o.beforePut?.(digest);
   const current = await o.repo.resolve(o.tag).catch(() => undefined);
   if (current?.digest === digest) return { digest, put: false };
+  const ours: Descriptor = { mediaType: MediaType.ociManifest, digest, size: manifest.length };
+  if (o.guard && current && current.digest !== o.guard.expect) await o.guard.moved({ when: 'before', current, ours });
   await o.repo.pushManifest(manifest, MediaType.ociManifest, [o.tag]);
+  if (o.guard) {
+    const after = await o.repo.resolve(o.tag).catch(() => undefined);
+    if (after && after.digest !== digest) await o.guard.moved({ when: 'after', current: after, ours });
+  }
   return { digest, put: true };
 }
 
