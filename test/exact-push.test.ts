@@ -5,13 +5,17 @@
  */
 import test from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
-import { lstat, mkdir, readFile, rename, stat, symlink, utimes, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readFile, rename, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { startRegistry } from '../lab/registry.js';
 import { startFaultProxy, type FaultProxy } from '../lab/fault-proxy.js';
-import { cliEnv, runCli } from '../lab/cli.js';
+import { cliEnv, runCli, tempDir } from '../lab/cli.js';
 import { startDaemon, waitFor } from '../lab/daemon.js';
 import { sh } from '../lab/mount.js';
+import { RemoteRegistry } from '../registry/remote.js';
+import { scanTagDir } from '../staging/layout.js';
+import { pushTag } from '../staging/push-tag.js';
+import type { RegfsError } from '../util/errors.js';
 
 const MiB = 1024 * 1024;
 const sha = (b: Buffer | string): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
@@ -177,4 +181,28 @@ test('unpublishable entries at every depth (newline name, symlinks, FIFO, socket
   for (const p of expected) t.is(d.logs().split(`not publishing ${JSON.stringify(p)}:`).length - 1, 1, `one warning for ${JSON.stringify(p)}`);
   t.notRegex(d.logs(), /retrying/);
   t.is(await d.stop(), 0);
+});
+
+test('pushTag opens each file once without following links: a symlink or another file put under a scanned name is refused, nothing of it uploaded', async (t) => {
+  const reg = await startRegistry(t, { flavour: 'plain' });
+  const base = await tempDir(t, 'regfs-exact-push-');
+  const repo = new RemoteRegistry(reg.host).repository('swap/unit');
+  const secret = randomBytes(4096);
+  await writeFile(path.join(base, 'secret.bin'), secret);
+  const dir = path.join(base, 'v1');
+  await mkdir(dir);
+  // A symlink to the secret, then another regular file (a new inode) with its bytes, renamed over the scanned file.
+  for (const swapIn of [() => symlink(path.join(base, 'secret.bin'), path.join(dir, 'small.new')), () => writeFile(path.join(dir, 'small.new'), secret)]) {
+    await rm(path.join(dir, 'small.bin'), { force: true });
+    await writeFile(path.join(dir, 'small.bin'), randomBytes(4096));
+    const entries = await scanTagDir(dir);
+    t.is(entries.length, 1);
+    await swapIn();
+    await rename(path.join(dir, 'small.new'), path.join(dir, 'small.bin'));
+    const err = await t.throwsAsync(pushTag({ repo, dir, entries, tag: 'v1' }));
+    t.is((err as RegfsError).code, 'CONFLICT', err?.message);
+    const res = await fetch(`${reg.url}/v2/swap/unit/blobs/${sha(secret)}`);
+    await res.arrayBuffer();
+    t.is(res.status, 404);
+  }
 });
