@@ -2,12 +2,16 @@
  * Issue 16, sync race: a guarded push (sync's, QueueItem.expectTag) reads the tag again right before and right
  * after its manifest PUT; another writer's push found there is reported (sync keeps it as a conflict tag),
  * never silently overwritten. Another writer is simulated by a repository that lets a second push land at
- * exactly the moment of the race.
+ * exactly the moment of the race, and (last test) through a daemon's sync pair with a slowed re-read.
  */
 import test from 'ava';
+import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { cliEnv, runCli, tempDir } from '../lab/cli.js';
+import { startDaemon, waitFor } from '../lab/daemon.js';
+import { startFaultProxy } from '../lab/fault-proxy.js';
 import { startRegistry } from '../lab/registry.js';
 import { PushQueue } from '../daemon/push-queue.js';
 import { RemoteRegistry } from '../registry/remote.js';
@@ -101,4 +105,41 @@ test('an unguarded push (plain staging) reads the tag once and is not reported',
   const r = await pushTag({ repo, dir, entries: await scanTagDir(dir), tag: 'v1' });
   t.true(r.put);
   t.is(resolves, 1);
+});
+
+test('sync: another writer pushing the tag while our pair pushes it (between the round and our manifest PUT) becomes a conflict tag, not an overwrite', async (t) => {
+  const reg = await startRegistry(t, { flavour: 'plain' });
+  const proxy = await startFaultProxy(t, reg.url);
+  const { env } = await cliEnv(t);
+  const base = await tempDir(t, 'regfs-sync-race-');
+  const cfg = path.join(base, 'config.json');
+  await fsp.writeFile(cfg, JSON.stringify({ syncs: [] }));
+  const d = await startDaemon(t, { source: proxy.host, staging: false, dirs: { base }, args: ['--config', cfg] });
+  const direct = new RemoteRegistry(reg.host).repository('team/race');
+  await pushTag({ repo: direct, dir: await folder(base, 'initial', 'registry 1\n'), entries: await scanTagDir(path.join(base, 'initial/v1')), tag: 'v1' });
+  const local = path.join(base, 'local');
+  t.is((await runCli(['sync', 'add', local, `${proxy.host}/team/race`, '--interval', '600', '--socket', d.dirs.socket], { env })).code, 0);
+  await waitFor(async () => (await fsp.readFile(path.join(local, 'v1/f.txt'), 'utf8').catch(() => '')) === 'registry 1\n', 60_000, 'the first pull', d.logs);
+
+  // Every re-read of the tag takes 3 s: the other writer lands while our pre-PUT read is on its way.
+  proxy.rules.push({ method: 'HEAD', path: /\/v2\/team\/race\/manifests\/v1$/, latencyMs: 3000 });
+  const mark = proxy.requests.length;
+  await fsp.writeFile(path.join(local, 'v1/f.txt'), 'local edit\n');
+  await waitFor(async () => {
+    const rs = proxy.requests.slice(mark);
+    const upload = rs.findIndex((r) => r.method === 'POST' && /\/blobs\/uploads\//.test(r.path));
+    return upload >= 0 && rs.slice(upload).some((r) => r.method === 'HEAD' && /\/manifests\/v1$/.test(r.path));
+  }, 60_000, 'the read right before our manifest PUT', d.logs);
+  const theirsDir = await folder(base, 'theirs', 'other writer\n');
+  const theirs = await pushTag({ repo: direct, dir: theirsDir, entries: await scanTagDir(theirsDir), tag: 'v1' });
+  const kept = `v1-conflict-${theirs.digest.slice('sha256:'.length, 'sha256:'.length + 12)}`;
+  await waitFor(async () => (await direct.resolve(kept).catch(() => undefined))?.digest === theirs.digest, 60_000, `the other writer's version kept as ${kept}`, d.logs);
+  const ours = await waitFor(async () => {
+    const r = await direct.resolve('v1');
+    return r.digest !== theirs.digest ? r : undefined;
+  }, 60_000, 'our push on v1', d.logs);
+  const m = JSON.parse((await direct.fetchManifest(ours.digest)).bytes.toString()) as { layers: Array<{ digest: string }> };
+  t.is(m.layers[0]?.digest, `sha256:${createHash('sha256').update('local edit\n').digest('hex')}`);
+  t.regex(d.logs(), /conflict on v1: another writer moved it/);
+  t.is(await d.stop(), 0);
 });
