@@ -2,12 +2,18 @@ import { createHash } from 'node:crypto';
 import { errorMessage } from '../util/errors.js';
 import type { Repository } from '../registry/storage.js';
 import { nullLogger, redactText, type Logger } from '../util/log.js';
-import { fingerprint, scanTagDir, type StagedEntry, type StagedTag } from '../staging/layout.js';
-import { pushTag } from '../staging/push-tag.js';
+import { fingerprint, scanTagDir, type SkippedEntry, type StagedEntry, type StagedTag } from '../staging/layout.js';
+import { pushTag, type TagMoved } from '../staging/push-tag.js';
 import { isInside } from '../util/paths.js';
 import { QueueStore, type Pushed, type QueueItem } from './queue-store.js';
 
 export type { QueueItem, QueueState } from './queue-store.js';
+
+/** EnqueueOptions qualify one enqueue. */
+export interface EnqueueOptions {
+  /** expectTag guards the push (sync): the digest the tag is on now, null when absent (QueueItem.expectTag). */
+  expectTag?: string | null;
+}
 
 /** PushQueueOptions tune the queue. */
 export interface PushQueueOptions {
@@ -42,6 +48,7 @@ export class PushQueue {
   private readonly quietMs: number;
   private readonly concurrency: number;
   private readonly stopWaitMs: number;
+  private movedHandler: ((item: QueueItem, e: TagMoved) => Promise<void>) | undefined;
 
   private constructor(private readonly store: QueueStore, private pushed: Record<string, Pushed>, private readonly opts: PushQueueOptions) {
     this.log = opts.log ?? nullLogger;
@@ -70,7 +77,7 @@ export class PushQueue {
   }
 
   /** enqueue records a staged tag; an unchanged tag (same fingerprint as its last push) is not queued. */
-  async enqueue(target: string, staged: StagedTag): Promise<'queued' | 'unchanged' | 'updated'> {
+  async enqueue(target: string, staged: StagedTag, opts: EnqueueOptions = {}): Promise<'queued' | 'unchanged' | 'updated'> {
     const key = this.keyOf(target, staged.repository, staged.tag);
     const id = createHash('sha256').update(key).digest('hex').slice(0, 24);
     const fp = fingerprint(staged.entries);
@@ -81,7 +88,10 @@ export class PushQueue {
     }
     if (staged.entries.length === 0) return 'unchanged';
     // A push in flight notices the change itself (it re-scans before the manifest PUT).
-    if (existing && this.inflight.has(id)) return 'updated';
+    if (existing && this.inflight.has(id)) {
+      if (opts.expectTag !== undefined) existing.expectTag = opts.expectTag;
+      return 'updated';
+    }
     const item: QueueItem = {
       id,
       target,
@@ -93,6 +103,8 @@ export class PushQueue {
       attempts: 0,
       notBefore: this.quietFrom(staged.entries),
       ...(existing?.blobs ? { blobs: existing.blobs } : {}),
+      ...(existing?.skipped ? { skipped: existing.skipped } : {}),
+      ...(opts.expectTag !== undefined ? { expectTag: opts.expectTag } : {}),
       updatedAt: '',
     };
     this.items.set(id, item);
@@ -136,8 +148,20 @@ export class PushQueue {
     }
   }
 
+  /** scan lists the item's folder; entries it cannot publish are recorded on the item and each named once in the log. */
+  private async scan(item: QueueItem): Promise<StagedEntry[]> {
+    const skipped: SkippedEntry[] = [];
+    const entries = await scanTagDir(item.dir, { skipped });
+    const before = new Set((item.skipped ?? []).map((s) => `${s.path}\0${s.reason}`));
+    for (const s of skipped) {
+      if (!before.has(`${s.path}\0${s.reason}`)) this.log.warn(`staging: ${item.repository}:${item.tag}: not publishing ${JSON.stringify(s.path)}: ${s.reason}`);
+    }
+    item.skipped = skipped.length ? skipped : undefined;
+    return entries;
+  }
+
   private async process(item: QueueItem): Promise<void> {
-    const entries = await scanTagDir(item.dir, this.log);
+    const entries = await this.scan(item);
     const fp = fingerprint(entries);
     if (entries.length === 0) {
       this.items.delete(item.id);
@@ -165,11 +189,12 @@ export class PushQueue {
         onUploaded: (name, blob) => {
           item.blobs = { ...item.blobs, [name]: blob };
         },
+        ...(item.expectTag !== undefined ? { guard: { expect: item.expectTag, moved: (e: TagMoved) => this.tagMoved(item, e) } } : {}),
         beforePut: async (digest) => {
           item.expectedDigest = digest;
           await this.save(item);
           // A file changed during the upload: never publish half; push again once it is quiet.
-          if (fingerprint(await scanTagDir(item.dir, this.log)) !== item.fingerprint) throw new ChangedDuringUpload();
+          if (fingerprint(await this.scan(item)) !== item.fingerprint) throw new ChangedDuringUpload();
         },
       });
       if (!put) this.log.info(`${item.repository}:${item.tag} already on ${expected}; not putting the manifest again`);
@@ -182,11 +207,12 @@ export class PushQueue {
     } catch (err) {
       // Abandoned by stop (the registries are being closed under it): the item stays `uploading` on disk and resumes on restart.
       if (this.abandoned) return;
-      const changed = err instanceof ChangedDuringUpload || fingerprint(await scanTagDir(item.dir, this.log)) !== item.fingerprint;
+      const now = fingerprint(await this.scan(item));
+      const changed = err instanceof ChangedDuringUpload || now !== item.fingerprint;
       if (changed) {
         this.log.info(`${item.repository}:${item.tag} changed during upload; pushing it again when quiet`);
         item.state = 'pending';
-        item.fingerprint = fingerprint(await scanTagDir(item.dir, this.log));
+        item.fingerprint = now;
         item.notBefore = Date.now() + this.quietMs;
       } else {
         item.attempts++;
@@ -292,6 +318,20 @@ export class PushQueue {
     }
   }
 
+
+  /**
+   * onTagMoved sets who handles a lost race of a guarded push (item.expectTag): another writer moved the tag
+   * right before our manifest PUT, or replaced ours right after it. The handler keeps the other version (sync:
+   * a conflict tag) before the push goes on; a throw fails this attempt (retried).
+   */
+  onTagMoved(handler: (item: QueueItem, e: TagMoved) => Promise<void>): void {
+    this.movedHandler = handler;
+  }
+
+  private async tagMoved(item: QueueItem, e: TagMoved): Promise<void> {
+    if (this.movedHandler) return this.movedHandler(item, e);
+    this.log.warn(`${item.repository}:${item.tag}: ${e.when === 'before' ? `moved to ${e.current.digest} by another writer before our push` : `replaced by ${e.current.digest} right after our push of ${e.ours.digest}`}`);
+  }
 
   /** onChange calls listener after every state change. */
   onChange(listener: (item: QueueItem) => void): void {

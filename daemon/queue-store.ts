@@ -3,6 +3,7 @@ import path from 'node:path';
 import { writeFileAtomic } from '../util/fs-atomic.js';
 import { nullLogger, type Logger } from '../util/log.js';
 import { ensurePrivateDir } from '../util/private-dir.js';
+import type { SkippedEntry } from '../staging/layout.js';
 import type { KnownBlob } from '../staging/push-tag.js';
 
 /** QueueState is where a staged push stands. */
@@ -24,6 +25,13 @@ export interface QueueItem {
   pushedDigest?: string;
   /** blobs remembers each file's digest by inode, size and mtime, so an unchanged file is not read again. */
   blobs?: Record<string, KnownBlob>;
+  /** skipped are the folder's entries that are not published (symlinks, special files, bad names), named once in the log. */
+  skipped?: SkippedEntry[];
+  /**
+   * expectTag (sync pushes) is the manifest digest the tag was on when the push was decided, null when it did
+   * not exist: a tag found elsewhere right before or after the manifest PUT is a lost race (PushQueue.onTagMoved).
+   */
+  expectTag?: string | null;
   updatedAt: string;
 }
 

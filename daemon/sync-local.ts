@@ -3,6 +3,7 @@ import path from 'node:path';
 import { Annotation } from '../registry/media-types.js';
 import { hashStream } from '../registry/pack.js';
 import { isTag } from '../registry/reference.js';
+import { unpublishableReason } from '../registry/publishable.js';
 import { packDirectory, packDirectoryGzip } from '../registry/tar-pack.js';
 import { RegfsError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
@@ -62,7 +63,7 @@ export async function scanLocalTags(pair: LocalScan): Promise<Map<string, LocalT
     }
     if (!pair.matches(e.name)) continue;
     const dir = path.join(root, e.name);
-    const entries = await scanTagDir(dir, pair.log);
+    const entries = await scanTagDir(dir);
     // An empty folder holds nothing to sync: it is not a tag (yet).
     if (entries.length) out.set(e.name, { dir, entries, fp: fingerprint(entries) });
   }
@@ -71,7 +72,7 @@ export async function scanLocalTags(pair: LocalScan): Promise<Map<string, LocalT
 
 /** stillQuiet tells whether a tag folder is unchanged since it was scanned. */
 export async function stillQuiet(l: LocalTag, log: Logger): Promise<boolean> {
-  return fingerprint(await scanTagDir(l.dir, log)) === l.fp;
+  return fingerprint(await scanTagDir(l.dir)) === l.fp;
 }
 
 /** freeName returns `name`, or `name-2`, `name-3`... when a folder of that name exists already. */
@@ -97,7 +98,8 @@ function coverage(layers: TagLayer[]): { files: Set<string>; dirs: Set<string>; 
 /**
  * sameContent tells whether a tag folder holds exactly the manifest's files: every file layer's bytes hash
  * to its digest, every folder layer packs to the same tar (ORAS's tar digest annotation, else the gzip
- * digest), and no other file is there. Hidden and temp files are not synced and do not count.
+ * digest; packed with staging's rule, as a push would), and no other file is there. Hidden and temp files, and
+ * entries that are not published (symlinks, special files, bad names), do not count.
  */
 export async function sameContent(root: string, layers: TagLayer[]): Promise<boolean> {
   const { files, dirs, parents } = coverage(layers);
@@ -107,7 +109,9 @@ export async function sameContent(root: string, layers: TagLayer[]): Promise<boo
     if (l.dir) {
       if (!st?.isDirectory()) return false;
       const tarDigest = l.desc.annotations?.[Annotation.digestAnnotation];
-      const got = tarDigest ? await hashStream(packDirectory(abs, { prefix: l.title })) : await hashStream(packDirectoryGzip(abs, { prefix: l.title }));
+      // Packed as a push from this folder would pack it (only publishable entries: registry/publishable.ts).
+      const opts = { prefix: l.title, publishableOnly: true };
+      const got = tarDigest ? await hashStream(packDirectory(abs, opts)) : await hashStream(packDirectoryGzip(abs, opts));
       if (got.digest !== (tarDigest ?? l.desc.digest)) return false;
     } else {
       if (!st?.isFile() || st.size !== l.desc.size) return false;
@@ -123,7 +127,7 @@ export async function sameContent(root: string, layers: TagLayer[]): Promise<boo
         if (await extra(p)) return true;
         continue;
       }
-      if (e.isFile() || e.isDirectory()) return true;
+      if ((e.isFile() || e.isDirectory()) && unpublishableReason(e.name, e) === undefined) return true;
     }
     return false;
   };

@@ -149,7 +149,7 @@ export class SyncRounds {
         return;
       case 'push':
         if (action.why) say(`pushing ${tag} from ${l!.dir}`, action.why);
-        if (await this.push(pair, tag, l!)) report.queued.push(tag);
+        if (await this.push(pair, tag, l!, r?.digest ?? null)) report.queued.push(tag);
         return;
       case 'pull':
         if (!(await this.queueSettled(pair, tag))) return;
@@ -188,11 +188,15 @@ export class SyncRounds {
     }
   }
 
-  /** push hands a tag folder to the durable queue; the base is recorded when the queue reports it done. */
-  private async push(pair: Pair, tag: string, l: LocalTag): Promise<boolean> {
+  /**
+   * push hands a tag folder to the durable queue; the base is recorded when the queue reports it done. `expect`
+   * is where the registry's tag is now (null: absent): the queue reads the tag again right before and after its
+   * manifest PUT, and another writer's push found there is a conflict (SyncManager keeps it as a conflict tag).
+   */
+  private async push(pair: Pair, tag: string, l: LocalTag, expect: string | null): Promise<boolean> {
     // The queue skips files it pushed before; a tag deleted in the registry since must be pushed again.
     await this.opts.queue.forget(pair.source, pair.repoName, tag);
-    const r = await this.opts.queue.enqueue(pair.source, { repository: pair.repoName, tag, dir: l.dir, entries: l.entries });
+    const r = await this.opts.queue.enqueue(pair.source, { repository: pair.repoName, tag, dir: l.dir, entries: l.entries }, { expectTag: expect });
     return r !== 'unchanged';
   }
 
@@ -240,9 +244,9 @@ export class SyncRounds {
     try {
       await pullArtifact(cachedRepository(pair.repo, this.opts.blobs), desc.digest, tmp);
       // The fingerprint of what we wrote, taken before the swap: an edit right after it counts as local.
-      fp = fingerprint(await scanTagDir(tmp, this.opts.log));
+      fp = fingerprint(await scanTagDir(tmp));
       // An edit made while we downloaded would be lost by the swap: leave it for the next round (a conflict).
-      const now = await scanTagDir(dir, this.opts.log);
+      const now = await scanTagDir(dir);
       if ((now.length ? fingerprint(now) : undefined) !== expect) {
         await fsp.rm(tmp, { recursive: true, force: true });
         this.opts.log.info(`sync ${pair.display}: ${dir} changed while ${tag} was being pulled; looking again next round`);
@@ -291,7 +295,7 @@ export class SyncRounds {
     if (c.direction === 'up') {
       // The local folder is the source: it keeps the tag, the registry's version is kept as a conflict tag.
       await this.keepRegistryVersion(pair, tag, r, l.fp, report);
-      if (await this.push(pair, tag, l)) report.queued.push(tag);
+      if (await this.push(pair, tag, l, r.digest)) report.queued.push(tag);
       return;
     }
     let localId: string;
@@ -310,8 +314,8 @@ export class SyncRounds {
         `the local version is kept in ${dest}${c.direction === 'both' ? ` and pushed as ${kept}` : ''}`,
     );
     if (c.direction === 'both') {
-      const entries = await scanTagDir(dest, this.opts.log);
-      if (await this.push(pair, kept, { dir: dest, entries, fp: fingerprint(entries) })) report.queued.push(kept);
+      const entries = await scanTagDir(dest);
+      if (await this.push(pair, kept, { dir: dest, entries, fp: fingerprint(entries) }, null)) report.queued.push(kept);
     }
     if (await this.pull(pair, tag, r, undefined)) report.pulled.push(tag);
   }

@@ -11,8 +11,10 @@ import type { RoundReport, SyncPairStatus } from './protocol.js';
 import type { PushQueue, QueueItem } from './push-queue.js';
 import { checkSyncPlacement, syncEndpoint, type SyncConfig } from './settings.js';
 import { SyncRounds, type Pair } from './sync-round.js';
-import { tagMatcher } from './sync-rule.js';
-import { loadState, pairId, sameConfig, setBase } from './sync-state.js';
+import { conflictTag, tagMatcher } from './sync-rule.js';
+import { loadState, pairId, recordConflict, sameConfig, setBase } from './sync-state.js';
+import { digestHex } from '../registry/digest.js';
+import type { TagMoved } from '../staging/push-tag.js';
 
 /** SyncManagerOptions wire the sync pairs into the daemon. */
 export interface SyncManagerOptions {
@@ -43,6 +45,7 @@ export class SyncManager {
     this.dir = path.join(opts.stateDir, 'sync');
     this.rounds = new SyncRounds(opts);
     opts.queue.onChange((item) => this.onQueue(item));
+    opts.queue.onTagMoved((item, e) => this.onTagMoved(item, e));
   }
 
   /** registryFor returns the registry a pair opened for a push target (the queue's item.target). */
@@ -200,6 +203,32 @@ export class SyncManager {
       if (item.state === 'done' && item.pushedDigest) void setBase(pair, this.opts.log, item.tag, item.pushedDigest, item.fingerprint);
       else if (item.state === 'failed') pair.lastError = `push of ${item.tag} failed: ${item.lastError ?? 'unknown error'}`;
     }
+  }
+
+  /**
+   * onTagMoved turns a lost race of a pair's push into a conflict, never a silent overwrite (docs/sync.md,
+   * Limits): another writer's manifest found on the tag right before our PUT is tagged aside as
+   * `<tag>-conflict-<its hex>` (ours then takes the tag); one found right after our PUT keeps the tag and ours
+   * is tagged aside as `<tag>-conflict-<our hex>` (the next round pulls theirs into the folder).
+   */
+  private async onTagMoved(item: QueueItem, e: TagMoved): Promise<void> {
+    const pair = [...this.pairs.values()].find((p) => item.target === p.source && item.repository === p.repoName && path.dirname(item.dir) === p.config.local);
+    const aside = e.when === 'before' ? e.current : e.ours;
+    const kept = conflictTag(item.tag, digestHex(aside.digest));
+    if (!pair) {
+      this.opts.log.warn(`sync: ${item.repository}:${item.tag} moved by another writer (${e.current.digest}) ${e.when} our push; no pair to keep it`);
+      return;
+    }
+    // Kept already (a round saw the race first, or a retry after a crash): nothing more to record.
+    if ((await pair.repo.resolve(kept).catch(() => undefined))?.digest === aside.digest) return;
+    await pair.repo.tag(aside, kept);
+    this.opts.changed?.(item.repository);
+    await recordConflict(pair, this.opts.log, { tag: item.tag, kept, at: new Date().toISOString(), registryDigest: e.current.digest, localDigest: e.ours.digest });
+    this.opts.log.warn(
+      e.when === 'before'
+        ? `sync ${pair.display}: conflict on ${item.tag}: another writer moved it to ${e.current.digest} just before our push; theirs is kept as ${kept}, ours (${e.ours.digest}) takes ${item.tag}`
+        : `sync ${pair.display}: conflict on ${item.tag}: another writer's push (${e.current.digest}) landed right after ours; the registry keeps ${item.tag}, ours (${e.ours.digest}) is kept as ${kept}`,
+    );
   }
 
   /** schedule runs a round after the current one; triggers before it starts share it. */

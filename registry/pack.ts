@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { createReadStream, promises as fsp } from 'node:fs';
+import { constants as C, createReadStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { digestOf, type Digest } from './digest.js';
@@ -99,8 +99,57 @@ export function titleFor(p: string): string {
   return checkTitle(cleaned);
 }
 
-/** prepareFile hashes one file or directory (a directory becomes a tar+gzip layer with the unpack annotation). */
-export async function prepareFile(arg: FileArg, cwd: string, extra?: Record<string, string>): Promise<PreparedBlob> {
+/** OpenedFile is a regular file opened once (openRegularFile): every read of its bytes goes through this descriptor. */
+export interface OpenedFile {
+  handle: fsp.FileHandle;
+  /** size, mtimeMs, ctimeMs, dev and ino are fstat's, taken when it was opened. */
+  size: number;
+  mtimeMs: number;
+  ctimeMs: number;
+  dev: number;
+  ino: number;
+  /** open streams its bytes from offset 0 (through the descriptor, which stays open), as often as asked. */
+  open(): Readable;
+  close(): Promise<void>;
+}
+
+/**
+ * openRegularFile opens abs with O_NOFOLLOW (a symlink swapped in is refused, never followed), checks with fstat
+ * that it is a regular file and, when `expect` is given, the very file a scan saw (same device and inode).
+ * It throws RegfsError('CONFLICT') when the path now names something else.
+ */
+export async function openRegularFile(abs: string, expect?: { dev: number; ino: number }): Promise<OpenedFile> {
+  let handle: fsp.FileHandle;
+  try {
+    handle = await fsp.open(abs, C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ELOOP') throw new RegfsError('CONFLICT', `${JSON.stringify(abs)} is now a symlink; it is not followed`);
+    if (code === 'ENOENT') throw new RegfsError('CONFLICT', `${JSON.stringify(abs)} vanished`);
+    throw err;
+  }
+  try {
+    const st = await handle.stat();
+    if (!st.isFile()) throw new RegfsError('CONFLICT', `${JSON.stringify(abs)} is no longer a regular file`);
+    if (expect && (st.dev !== expect.dev || st.ino !== expect.ino)) throw new RegfsError('CONFLICT', `${JSON.stringify(abs)} was replaced since it was scanned`);
+    return {
+      handle,
+      size: st.size,
+      mtimeMs: st.mtimeMs,
+      ctimeMs: st.ctimeMs,
+      dev: st.dev,
+      ino: st.ino,
+      open: () => handle.createReadStream({ start: 0, autoClose: false, highWaterMark: 1024 * 1024 }),
+      close: () => handle.close().catch(() => undefined),
+    };
+  } catch (err) {
+    await handle.close().catch(() => undefined);
+    throw err;
+  }
+}
+
+/** prepareFile hashes one file or directory (a directory becomes a tar+gzip layer with the unpack annotation; `pack` tunes its tar). */
+export async function prepareFile(arg: FileArg, cwd: string, extra?: Record<string, string>, pack: { publishableOnly?: boolean } = {}): Promise<PreparedBlob> {
   const title = titleFor(arg.path);
   const abs = path.resolve(cwd, arg.path);
   let st;
@@ -110,8 +159,8 @@ export async function prepareFile(arg: FileArg, cwd: string, extra?: Record<stri
     throw new RegfsError('NOT_FOUND', `file ${JSON.stringify(arg.path)} not found`);
   }
   if (st.isDirectory()) {
-    const tarInfo = await hashStream(packDirectory(abs, { prefix: title }));
-    const gz = await hashStream(packDirectoryGzip(abs, { prefix: title }));
+    const tarInfo = await hashStream(packDirectory(abs, { prefix: title, ...pack }));
+    const gz = await hashStream(packDirectoryGzip(abs, { prefix: title, ...pack }));
     return {
       name: title,
       desc: {
@@ -120,7 +169,7 @@ export async function prepareFile(arg: FileArg, cwd: string, extra?: Record<stri
         size: gz.size,
         annotations: { [Annotation.title]: title, [Annotation.digestAnnotation]: tarInfo.digest, [Annotation.unpack]: 'true', ...extra },
       },
-      open: () => packDirectoryGzip(abs, { prefix: title }),
+      open: () => packDirectoryGzip(abs, { prefix: title, ...pack }),
     };
   }
   if (!st.isFile()) throw new RegfsError('INVALID_ARGUMENT', `${JSON.stringify(arg.path)} is not a regular file or directory`);

@@ -4,6 +4,7 @@ import { pipeline, Readable } from 'node:stream';
 import { createGzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { RegfsError, ioError } from '../util/errors.js';
+import { unpublishableReason } from './publishable.js';
 import { checkTitle } from './safe-path.js';
 
 /*
@@ -19,6 +20,11 @@ import { checkTitle } from './safe-path.js';
 export interface PackOptions {
   /** prefix names the entries `<prefix>/...` (ORAS uses the layer title); default basename(dir). */
   prefix?: string;
+  /**
+   * publishableOnly packs only what registry/publishable.ts allows (staging's rule): symlinks, special files
+   * and names pull would refuse are left out, and dir itself must not be a symlink.
+   */
+  publishableOnly?: boolean;
 }
 
 /** HeaderArg is what tar-stream's pack.entry takes. */
@@ -110,7 +116,7 @@ async function addFile(pack: tar.Pack, abs: string, name: string): Promise<void>
 }
 
 /** walk adds dir's children depth-first, names sorted bytewise within each directory (Go's filepath.Walk order). */
-async function walk(pack: tar.Pack, absDir: string, nameDir: string): Promise<void> {
+async function walk(pack: tar.Pack, absDir: string, nameDir: string, publishableOnly: boolean): Promise<void> {
   const names = (
     await fsp.readdir(absDir).catch((err: unknown) => {
       throw ioError(`cannot pack ${JSON.stringify(absDir)}`, err);
@@ -125,10 +131,11 @@ async function walk(pack: tar.Pack, absDir: string, nameDir: string): Promise<vo
     } catch (err) {
       throw ioError(`cannot pack ${JSON.stringify(abs)}`, err);
     }
+    if (publishableOnly && unpublishableReason(child, st) !== undefined) continue;
     const common = commonHeader(name, st);
     if (st.isDirectory()) {
       await addEntry(pack, { ...common, type: 'directory', size: 0 });
-      await walk(pack, abs, name);
+      await walk(pack, abs, name, publishableOnly);
     } else if (st.isSymbolicLink()) {
       const linkname = await fsp.readlink(abs).catch((err: unknown) => {
         throw ioError(`cannot pack ${JSON.stringify(abs)}`, err);
@@ -154,10 +161,10 @@ export function packDirectory(dir: string, opts: PackOptions = {}): Readable {
   const run = async (): Promise<void> => {
     const root = path.resolve(dir);
     const prefix = checkTitle(opts.prefix ?? path.basename(root));
-    const st = await fsp.stat(root);
+    const st = opts.publishableOnly ? await fsp.lstat(root) : await fsp.stat(root);
     if (!st.isDirectory()) throw new RegfsError('INVALID_ARGUMENT', `cannot pack ${JSON.stringify(dir)}: not a directory`);
     await addEntry(pack, { ...commonHeader(prefix, st), type: 'directory', size: 0 });
-    await walk(pack, root, prefix);
+    await walk(pack, root, prefix, opts.publishableOnly === true);
     pack.finalize();
   };
   run().catch((err: unknown) => {

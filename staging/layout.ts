@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { promises as fsp, type Dirent } from 'node:fs';
 import path from 'node:path';
+import { unpublishableReason } from '../registry/publishable.js';
 import { isRepositoryName, isTag } from '../registry/reference.js';
 import { nullLogger, type Logger } from '../util/log.js';
 
@@ -8,9 +9,21 @@ import { nullLogger, type Logger } from '../util/log.js';
 export interface StagedEntry {
   name: string;
   kind: 'file' | 'dir';
-  /** size and mtimeMs are totals/maxima over a folder's subtree, so any change inside shows. */
+  /** size, mtimeMs and ctimeMs are totals/maxima over a folder's subtree, so any change inside shows. */
   size: number;
   mtimeMs: number;
+  /** ctimeMs changes with every write, rename or chmod of the file (a rename over it gives another inode too). */
+  ctimeMs: number;
+  /** dev and ino name the file (or folder) the scan saw: the upload checks it opened that very one. */
+  dev: number;
+  ino: number;
+}
+
+/** SkippedEntry is an entry of a tag folder that is not published (registry/publishable.ts), and why. */
+export interface SkippedEntry {
+  /** path is relative to the tag folder (`sub/link` for one inside a subfolder). */
+  path: string;
+  reason: string;
 }
 
 /** StagedTag is a tag folder found in staging: what would be pushed as repository:tag. */
@@ -19,6 +32,8 @@ export interface StagedTag {
   tag: string;
   dir: string;
   entries: StagedEntry[];
+  /** skipped are the entries left out (symlinks, special files, names pull would refuse), at every depth. */
+  skipped?: SkippedEntry[];
 }
 
 /** isIgnoredName tells whether a staged name is skipped: hidden files and editor or download temp files. */
@@ -40,28 +55,54 @@ export function isTagFolderListing(list: Dirent[]): boolean {
   return list.some((e) => e.name === TAG_MARKER || (!isIgnoredName(e.name) && e.isFile()));
 }
 
-async function subtree(dir: string): Promise<{ size: number; mtimeMs: number }> {
+interface Subtree {
+  size: number;
+  mtimeMs: number;
+  ctimeMs: number;
+}
+
+async function subtree(dir: string, rel: string, skipped: SkippedEntry[]): Promise<Subtree> {
   let size = 0;
-  let mtimeMs = (await fsp.lstat(dir)).mtimeMs;
+  const top = await fsp.lstat(dir);
+  let mtimeMs = top.mtimeMs;
+  let ctimeMs = top.ctimeMs;
   for (const e of await fsp.readdir(dir, { withFileTypes: true })) {
     if (isIgnoredName(e.name)) continue;
     const p = path.join(dir, e.name);
+    const why = unpublishableReason(e.name, e);
+    if (why !== undefined) {
+      skipped.push({ path: `${rel}/${e.name}`, reason: why });
+      continue;
+    }
     if (e.isDirectory()) {
-      const s = await subtree(p);
+      const s = await subtree(p, `${rel}/${e.name}`, skipped);
       size += s.size;
       mtimeMs = Math.max(mtimeMs, s.mtimeMs);
+      ctimeMs = Math.max(ctimeMs, s.ctimeMs);
     } else if (e.isFile()) {
       const st = await fsp.lstat(p);
       size += st.size;
       mtimeMs = Math.max(mtimeMs, st.mtimeMs);
+      ctimeMs = Math.max(ctimeMs, st.ctimeMs);
     }
   }
-  return { size, mtimeMs };
+  return { size, mtimeMs, ctimeMs };
 }
 
-/** scanTagDir lists what a tag folder holds now (regular files and folders; symlinks are skipped). */
-export async function scanTagDir(dir: string, log: Logger = nullLogger): Promise<StagedEntry[]> {
+/** ScanOptions collect what scanTagDir leaves out. */
+export interface ScanOptions {
+  /** skipped receives every entry not published (registry/publishable.ts), at every depth, in scan order. */
+  skipped?: SkippedEntry[];
+}
+
+/**
+ * scanTagDir lists what a tag folder holds now: its regular files and folders. Entries that cannot be
+ * published (registry/publishable.ts: symlinks, FIFOs, sockets, names pull would refuse), at any depth, are
+ * left out and reported in `opts.skipped`; the caller names them (once) to the user.
+ */
+export async function scanTagDir(dir: string, opts: ScanOptions = {}): Promise<StagedEntry[]> {
   const out: StagedEntry[] = [];
+  const skipped = opts.skipped ?? [];
   let list: Dirent[];
   try {
     list = await fsp.readdir(dir, { withFileTypes: true });
@@ -71,16 +112,18 @@ export async function scanTagDir(dir: string, log: Logger = nullLogger): Promise
   for (const e of list) {
     if (isIgnoredName(e.name)) continue;
     const p = path.join(dir, e.name);
-    if (e.isSymbolicLink()) {
-      log.warn(`staging: skipping symlink ${p}`);
+    const why = unpublishableReason(e.name, e);
+    if (why !== undefined) {
+      skipped.push({ path: e.name, reason: why });
       continue;
     }
     try {
-      if (e.isFile()) {
-        const st = await fsp.lstat(p);
-        out.push({ name: e.name, kind: 'file', size: st.size, mtimeMs: st.mtimeMs });
-      } else if (e.isDirectory()) {
-        out.push({ name: e.name, kind: 'dir', ...(await subtree(p)) });
+      const st = await fsp.lstat(p);
+      const id = { dev: st.dev, ino: st.ino };
+      if (st.isFile()) {
+        out.push({ name: e.name, kind: 'file', size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, ...id });
+      } else if (st.isDirectory()) {
+        out.push({ name: e.name, kind: 'dir', ...(await subtree(p, e.name, skipped)), ...id });
       }
     } catch {
       // vanished while scanning: the next scan sees the new state
@@ -113,7 +156,8 @@ export async function scanStaging(root: string, log: Logger = nullLogger): Promi
         log.warn(`staging: skipping ${dir}: "${repository}:${tag}" is not a valid repository:tag (lowercase repository path, tag [A-Za-z0-9_][A-Za-z0-9_.-]*)`);
         return;
       }
-      found.push({ repository, tag, dir, entries: await scanTagDir(dir, log) });
+      const skipped: SkippedEntry[] = [];
+      found.push({ repository, tag, dir, entries: await scanTagDir(dir, { skipped }), skipped });
       return;
     }
     if (depth > 32) return;
@@ -123,7 +167,15 @@ export async function scanStaging(root: string, log: Logger = nullLogger): Promi
   return found;
 }
 
-/** fingerprint is a stable hash of a tag folder's names, kinds, sizes and mtimes. */
+/**
+ * fingerprint is a stable hash of a tag folder's names, kinds, sizes, mtimes, ctimes and inodes: a file
+ * renamed over another (same size, same mtime) still changes it (another inode, a new ctime). Fingerprints
+ * recorded by older versions (names, kinds, sizes, mtimes only) never match, which costs one push check: its
+ * blobs are already there (HEAD) and its manifest digest equals the tag's, so nothing is PUT.
+ */
 export function fingerprint(entries: StagedEntry[]): string {
-  return createHash('sha256').update(JSON.stringify(entries.map((e) => [e.name, e.kind, e.size, Math.round(e.mtimeMs)]))).digest('hex').slice(0, 32);
+  return createHash('sha256')
+    .update(JSON.stringify(entries.map((e) => [e.name, e.kind, e.size, Math.round(e.mtimeMs), Math.round(e.ctimeMs), e.dev, e.ino])))
+    .digest('hex')
+    .slice(0, 32);
 }

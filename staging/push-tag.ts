@@ -1,9 +1,9 @@
-import { createReadStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import type { Descriptor } from '../registry/descriptor.js';
 import { digestOf, type Digest } from '../registry/digest.js';
 import { MediaType } from '../registry/media-types.js';
+import { hashStream, openRegularFile } from '../registry/pack.js';
 import type { Repository } from '../registry/storage.js';
 import { runLimited } from '../util/limit.js';
 import type { StagedEntry } from './layout.js';
@@ -34,6 +34,28 @@ export interface PushTagOptions {
    * caller records it durably and may throw to abort (the folder changed during the upload).
    */
   beforePut?(digest: Digest): Promise<void>;
+  /**
+   * guard makes the push compare-and-swap as far as a registry allows: the tag is read again right before
+   * the manifest PUT and right after it, and a tag found on another manifest than `expect` (before) or than
+   * ours (after) is reported to `moved`, which keeps the other version (sync: a conflict tag).
+   */
+  guard?: PushGuard;
+}
+
+/** TagMoved says that another writer moved the tag: before our PUT (`current` is theirs, ours lands next) or after it (`current` replaced ours). */
+export interface TagMoved {
+  when: 'before' | 'after';
+  /** current is where the tag points now. */
+  current: Descriptor;
+  /** ours is the manifest this push puts (after: the one that was replaced). */
+  ours: Descriptor;
+}
+
+/** PushGuard is what pushTag checks the tag against (see PushTagOptions.guard). */
+export interface PushGuard {
+  /** expect is the manifest digest the tag should be on, null when it should not exist yet. */
+  expect: string | null;
+  moved(e: TagMoved): Promise<void>;
 }
 
 /** PushTagResult is where the tag points after the push, and whether the manifest was PUT (false: the tag was already there). */
@@ -62,15 +84,25 @@ export async function pushTag(o: PushTagOptions): Promise<PushTagResult> {
   await o.beforePut?.(digest);
   const current = await o.repo.resolve(o.tag).catch(() => undefined);
   if (current?.digest === digest) return { digest, put: false };
+  const ours: Descriptor = { mediaType: MediaType.ociManifest, digest, size: manifest.length };
+  if (o.guard && current && current.digest !== o.guard.expect) await o.guard.moved({ when: 'before', current, ours });
   await o.repo.pushManifest(manifest, MediaType.ociManifest, [o.tag]);
+  if (o.guard) {
+    const after = await o.repo.resolve(o.tag).catch(() => undefined);
+    if (after && after.digest !== digest) await o.guard.moved({ when: 'after', current: after, ours });
+  }
   return { digest, put: true };
 }
 
 /**
- * uploadEntry uploads one entry of a tag folder and returns its layer descriptor. A file whose digest is
- * known (same inode, size and mtime as at its last upload) goes through pushBlob, which skips a blob the
- * registry has; a small file is hashed first for the same reason; a big new file is streamed while it is
- * hashed, so its bytes are read once. A folder becomes one tar+gzip layer.
+ * uploadEntry uploads one entry of a tag folder and returns its layer descriptor. A file is opened once,
+ * without following symlinks, and must be the very file the scan saw (same device and inode); its bytes are
+ * hashed and uploaded from that one descriptor, so a symlink or another file swapped in under its name is
+ * never read. A file whose digest is known (same inode, size and mtime as at its last upload) goes through
+ * pushBlob, which skips a blob the registry has; a small file is hashed first for the same reason; a big new
+ * file is streamed while it is hashed, so its bytes are read once. pushBlob checks the bytes it sends against
+ * the digest, so what is uploaded is what was hashed. A folder becomes one tar+gzip layer of its publishable
+ * entries (registry/publishable.ts).
  */
 async function uploadEntry(o: PushTagOptions, e: StagedEntry): Promise<Descriptor> {
   const abs = path.join(o.dir, e.name);
@@ -79,20 +111,23 @@ async function uploadEntry(o: PushTagOptions, e: StagedEntry): Promise<Descripto
     await o.repo.pushBlob(b.desc, b.open);
     return b.desc;
   }
-  const st = await fsp.stat(abs);
-  const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}`;
-  const known = o.known?.[e.name];
-  let digest: Digest;
-  if (known && known.key === key) {
-    digest = known.digest;
-    await o.repo.pushBlob(fileLayer(e.name, digest, st.size), () => createReadStream(abs));
-  } else if (st.size <= HASH_FIRST_BYTES) {
-    const b = await prepareEntry(o.dir, e);
-    digest = b.desc.digest;
-    await o.repo.pushBlob(fileLayer(e.name, digest, st.size), b.open);
-  } else {
-    digest = (await o.repo.pushStream(createReadStream(abs, { highWaterMark: 1024 * 1024 }), st.size)).digest;
+  const f = await openRegularFile(abs, e);
+  try {
+    const key = `${f.dev}:${f.ino}:${f.size}:${f.mtimeMs}`;
+    const known = o.known?.[e.name];
+    let digest: Digest;
+    if (known && known.key === key) {
+      digest = known.digest;
+      await o.repo.pushBlob(fileLayer(e.name, digest, f.size), f.open);
+    } else if (f.size <= HASH_FIRST_BYTES) {
+      digest = (await hashStream(f.open())).digest;
+      await o.repo.pushBlob(fileLayer(e.name, digest, f.size), f.open);
+    } else {
+      digest = (await o.repo.pushStream(f.open(), f.size)).digest;
+    }
+    o.onUploaded?.(e.name, { key, digest });
+    return fileLayer(e.name, digest, f.size);
+  } finally {
+    await f.close();
   }
-  o.onUploaded?.(e.name, { key, digest });
-  return fileLayer(e.name, digest, st.size);
 }

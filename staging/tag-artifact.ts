@@ -29,10 +29,11 @@ export function fileLayer(title: string, digest: Digest, size: number): Descript
 
 /**
  * prepareEntry hashes one entry of a tag folder into its layer (a folder becomes a tar+gzip layer with the
- * unpack annotation, see registry/pack.ts prepareFile) and a way to open its bytes.
+ * unpack annotation, see registry/pack.ts prepareFile, holding only what registry/publishable.ts allows) and a
+ * way to open its bytes.
  */
 export function prepareEntry(dir: string, entry: Pick<StagedEntry, 'name'>): Promise<PreparedBlob> {
-  return prepareFile({ path: entry.name }, dir);
+  return prepareFile({ path: entry.name }, dir, undefined, { publishableOnly: true });
 }
 
 /** tagManifest serialises the manifest of a tag folder whose entries became these layers (in entry order). */

@@ -114,7 +114,10 @@ function renderStatus(s: DaemonStatus): string[] {
   const c = s.cache;
   lines.push(`Cache: ${c.blobs ?? 0} blobs, ${humanBytes(c.bytesOnDisk ?? 0)} on disk; hits ${c.hits ?? 0}, misses ${c.misses ?? 0}, fetched ${humanBytes(c.bytesFetched ?? 0)}, served ${humanBytes(c.bytesServed ?? 0)}, evictions ${c.evictions ?? 0}`);
   lines.push('Queue:');
-  for (const q of s.queue) lines.push(`  ${q.state.padEnd(9)} ${q.repository}:${q.tag}  (${q.target}, attempts ${q.attempts})${q.lastError ? `  ${q.lastError}` : ''}`);
+  for (const q of s.queue) {
+    lines.push(`  ${q.state.padEnd(9)} ${q.repository}:${q.tag}  (${q.target}, attempts ${q.attempts})${q.lastError ? `  ${q.lastError}` : ''}`);
+    for (const k of q.skipped ?? []) lines.push(`    skipped ${JSON.stringify(k.path)}: ${k.reason}`);
+  }
   if (!s.queue.length) lines.push('  (empty)');
   if (s.sync?.length) {
     lines.push('Sync:');
