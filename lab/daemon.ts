@@ -29,6 +29,8 @@ export interface DaemonOptions {
   staging?: boolean;
   /** waitReady: false returns at once (for start failures). */
   waitReady?: boolean;
+  /** nodeArgs go before the CLI path (e.g. `--import` of lab/fault-inject.js). */
+  nodeArgs?: string[];
 }
 
 /** startDaemon runs `regfs daemon` for one mount with a staging folder and waits until it is ready. */
@@ -46,7 +48,7 @@ export async function startDaemon(t: { teardown(fn: () => unknown): void }, opts
   await mkdir(dirs.mnt, { recursive: true }).catch(() => undefined);
   const args = [REGFS_BIN, 'daemon', '--source', opts.source, '--mountpoint', dirs.mnt, '--cache-dir', dirs.cache, '--state-dir', dirs.state, '--socket', dirs.socket, '--quiet-period', '0.5'];
   if (opts.staging !== false) args.push('--staging', dirs.staging);
-  const child = spawn(process.execPath, [...args, ...(opts.args ?? [])], { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), ...args, ...(opts.args ?? [])], { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let logs = '';
   child.stdout!.on('data', (d: Buffer) => (logs += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (logs += d.toString()));

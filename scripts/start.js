@@ -7,6 +7,9 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+// `npm start | tee log` and the tee is gone: printing must not kill this process before the daemon unmounts.
+process.stdout.on('error', () => undefined);
+process.stderr.on('error', () => undefined);
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const bin = path.join(root, 'bin', 'regfs');
 const args = process.argv.slice(2);

@@ -32,10 +32,48 @@ export function redactFields(fields: Record<string, unknown>): Record<string, un
   return out;
 }
 
-/** createLogger returns a logger writing to a stream (stderr by default) at or above `level`. */
-export function createLogger(opts: { level?: LogLevel; format?: 'text' | 'json'; stream?: { write(s: string): unknown } } = {}): Logger {
+/** LogStream is what a logger writes to: process.stderr, or any object with write(). */
+export type LogStream = { write(s: string): unknown };
+
+type Guardable = LogStream & { on?(event: 'error', fn: (err: Error) => void): unknown; destroyed?: boolean; writable?: boolean };
+const guarded = new WeakSet<object>();
+const broken = new WeakSet<object>();
+
+/**
+ * guardStream makes write errors of a stream harmless: an EPIPE (the reader of a pipe is gone), an EIO
+ * (the terminal is gone) or any other error of the stream marks it broken instead of being an uncaught
+ * 'error' event that kills the process. Writes through a logger to a broken stream are dropped.
+ */
+export function guardStream(stream: LogStream): void {
+  const s = stream as Guardable;
+  if (guarded.has(s) || typeof s.on !== 'function') return;
+  guarded.add(s);
+  s.on('error', () => broken.add(s));
+}
+
+/** guardStdio guards process.stdout and process.stderr (see guardStream): a service must outlive its log reader. */
+export function guardStdio(): void {
+  guardStream(process.stdout);
+  guardStream(process.stderr);
+}
+
+/** writeSafely writes to a stream unless it is broken, destroyed or throws; it never throws. */
+export function writeSafely(stream: LogStream, text: string): void {
+  const s = stream as Guardable;
+  if (broken.has(s) || s.destroyed === true || s.writable === false) return;
+  try {
+    s.write(text);
+  } catch {
+    broken.add(s);
+  }
+}
+
+/** createLogger returns a logger writing to a stream (stderr by default) at or above `level`; write errors never escape it. */
+export function createLogger(opts: { level?: LogLevel; format?: 'text' | 'json'; stream?: LogStream } = {}): Logger {
   const min = ORDER[opts.level ?? 'info'];
-  const stream = opts.stream ?? process.stderr;
+  const target = opts.stream ?? process.stderr;
+  guardStream(target);
+  const stream = { write: (text: string) => writeSafely(target, text) };
   const emit = (level: LogLevel, msg: string, fields?: Record<string, unknown>): void => {
     if (ORDER[level] < min) return;
     const safe = fields ? redactFields(fields) : {};

@@ -1,6 +1,8 @@
 import type { Command } from 'commander';
 import { RegfsError } from '../../util/errors.js';
-import { createLogger } from '../../util/log.js';
+import { installFatalHandlers } from '../../util/fatal.js';
+import { createLogger, guardStdio } from '../../util/log.js';
+import { ExitCode } from '../exit-codes.js';
 import type { DaemonStatus, SyncPairStatus } from '../../daemon/protocol.js';
 import { humanBytes } from '../output.js';
 import { addFormatOption } from '../context.js';
@@ -58,8 +60,14 @@ export function registerDaemon(program: Command): void {
         logFormat: opts.logFormat,
         logLevel: opts.logLevel as 'info',
       } as never);
+      // A service outlives its log reader: EPIPE/EIO on stdout or stderr only silences the log.
+      guardStdio();
       const log = createLogger({ level: config.logLevel, format: config.logFormat });
+      let started: { stop(): Promise<void> } | undefined;
+      // A bug that escapes every handler still unmounts every mount before the exit (status 1).
+      installFatalHandlers(log, { cleanup: async () => started?.stop(), exitCode: ExitCode.failure });
       const daemon = await Daemon.start(config, { configFile: opts.config, log });
+      started = daemon;
       await new Promise<void>((resolve) => {
         let stopping = false;
         const onStop = (sig: NodeJS.Signals): void => {

@@ -3,8 +3,10 @@ import path from 'node:path';
 import { invalidateCredentials } from '../../registry/credentials.js';
 import { checkRepositories } from '../../registry/open-mount.js';
 import { RegfsError } from '../../util/errors.js';
-import { createLogger } from '../../util/log.js';
+import { installFatalHandlers } from '../../util/fatal.js';
+import { createLogger, guardStdio } from '../../util/log.js';
 import { defaultPaths } from '../../util/paths.js';
+import { ExitCode } from '../exit-codes.js';
 import { parseSeconds, parseSize } from '../parse.js';
 import { addRemoteOptions } from '../context.js';
 import { action } from '../run.js';
@@ -35,7 +37,10 @@ export function registerMount(program: Command): void {
       if (!['debug', 'info', 'warn', 'error'].includes(o.logLevel)) throw new RegfsError('INVALID_ARGUMENT', `invalid --log-level ${o.logLevel}`);
       // Loaded on demand: push/pull never pay for the FUSE binding.
       const { serveMount } = await import('../../mount/serve.js');
+      guardStdio();
       const log = createLogger({ level: o.debug ? 'debug' : (o.logLevel as 'info'), format: o.logFormat });
+      let mounted: { stop(): Promise<void> } | undefined;
+      installFatalHandlers(log, { cleanup: async () => mounted?.stop(), exitCode: ExitCode.failure });
       const opened = await ctx.mountSource(source, { log });
       const repositories = checkRepositories(o.repository ?? [], '--repository');
       const running = await serveMount({
@@ -53,6 +58,7 @@ export function registerMount(program: Command): void {
         log,
         allowOther: o.allowOther,
       });
+      mounted = running;
       await new Promise<void>((resolve) => {
         let stopping = false;
         // Handlers stay installed while unmounting: a second Ctrl-C (a terminal signals the whole
