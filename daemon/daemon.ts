@@ -7,11 +7,12 @@ import { invalidateCredentials } from '../registry/credentials.js';
 import { checkRepositories, openMountSource } from '../registry/open-mount.js';
 import type { Registry } from '../registry/storage.js';
 import { serveMount, type RunningMount } from '../mount/serve.js';
+import { probeMount } from '../mount/mounter.js';
 import { isInside } from '../util/paths.js';
 import type { Logger } from '../util/log.js';
 import { loadConfigFile, resolveConfig, updateConfigSyncs, validateSync, type DaemonConfig, type MountConfig } from './settings.js';
 import { startControlServer } from './control.js';
-import type { DaemonStatus, LoggedEvent } from './protocol.js';
+import type { DaemonStatus, LoggedEvent, ReloadResult } from './protocol.js';
 import { PushQueue } from './push-queue.js';
 import { scanStaging, WRITES_DIR } from '../staging/layout.js';
 import { watchFolder, type FolderWatcher } from '../staging/watcher.js';
@@ -66,6 +67,7 @@ export class Daemon {
   readonly startedAt = new Date();
   /** fileMounts are the mountpoints the config file names (SIGHUP may remove only these). */
   private fileMounts = new Set<string>();
+  private lastReload: ReloadResult | undefined;
   readonly sync: SyncManager;
 
   private constructor(
@@ -323,11 +325,47 @@ export class Daemon {
       queue: this.queue.status(),
       sync: this.sync.status(),
       recentErrors: [...this.recent],
+      lastReload: this.lastReload ?? null,
     };
   }
 
-  /** reload re-reads the config file (adding and removing mounts), drops listings and has credentials read again (SIGHUP). */
-  async reload(): Promise<void> {
+  /**
+   * answering waits until every mount answers a stat (from a child process: the daemon never touches
+   * its own mounts) and returns the mountpoints that did not within `ms`.
+   */
+  async answering(ms = 30_000): Promise<string[]> {
+    const until = Date.now() + ms;
+    const pending = new Set(this.mounts.keys());
+    while (pending.size) {
+      for (const mp of [...pending]) if ((await probeMount(mp, Math.max(500, Math.min(5000, until - Date.now())))) === 'ok') pending.delete(mp);
+      if (!pending.size || Date.now() >= until) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return [...pending];
+  }
+
+  /** mountCount is how many mounts the daemon serves now. */
+  get mountCount(): number {
+    return this.mounts.size;
+  }
+
+  /**
+   * reload re-reads the config file (adding and removing mounts) and drops listings (SIGHUP). Its
+   * result, success or the first error, is kept for `regfs status` and returned; it never throws.
+   */
+  async reload(): Promise<ReloadResult> {
+    const errors: string[] = [];
+    try {
+      await this.reloadOnce(errors);
+    } catch (err) {
+      errors.unshift((err as Error).message);
+    }
+    this.lastReload = { time: new Date().toISOString(), ok: errors.length === 0, ...(errors.length ? { error: errors[0] } : {}), mounts: this.mounts.size };
+    if (errors.length) this.log.error(`reload failed: ${errors.join('; ')}`);
+    return this.lastReload;
+  }
+
+  private async reloadOnce(errors: string[]): Promise<void> {
     this.metadata.dropListings();
     // A `regfs login` since the credentials were read takes effect now.
     invalidateCredentials();
@@ -341,10 +379,16 @@ export class Daemon {
     // with `regfs mounts add` stay.
     for (const [mp, m] of this.mounts) if (this.fileMounts.has(mp) && !wanted.has(mp)) await this.detach(m);
     this.fileMounts = new Set(wanted.keys());
-    for (const [mp, mc] of wanted) if (!this.mounts.has(mp)) await this.addMount(mc).catch((e: unknown) => this.log.error(`reload: cannot mount ${mp}: ${(e as Error).message}`));
+    for (const [mp, mc] of wanted) {
+      if (!this.mounts.has(mp)) {
+        await this.addMount(mc).catch((e: unknown) => {
+          errors.push(`cannot mount ${mp}: ${(e as Error).message}`);
+        });
+      }
+    }
     await this.sync.reconcile(next.syncs);
     this.config = { ...this.config, mounts: next.mounts, syncs: next.syncs };
-    this.log.info('SIGHUP: configuration reloaded, listings dropped', { mounts: this.mounts.size });
+    if (!errors.length) this.log.info('SIGHUP: configuration reloaded, listings dropped', { mounts: this.mounts.size });
   }
 
   private routes(): Parameters<typeof startControlServer>[1] {

@@ -60,6 +60,15 @@ export type MountStatus = {
   registry: TransportStats | null;
 } & ReturnType<RunningMount['view']>;
 
+/** ReloadResult is the outcome of the last SIGHUP reload, shown by `regfs status`. */
+export interface ReloadResult {
+  time: string;
+  ok: boolean;
+  /** error is the first problem: an unreadable or invalid config file, or a mount that could not be added. */
+  error?: string;
+  mounts: number;
+}
+
 /** DaemonStatus is what `GET /status` answers (`regfs status`). */
 export interface DaemonStatus {
   pid: number;
@@ -73,6 +82,8 @@ export interface DaemonStatus {
   queue: QueueItem[];
   sync: SyncPairStatus[];
   recentErrors: LoggedEvent[];
+  /** lastReload is the result of the last SIGHUP, null before the first. */
+  lastReload: ReloadResult | null;
 }
 
 /** RoundsReply is what `POST /syncs/now` answers (`regfs sync now`). */

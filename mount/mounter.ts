@@ -28,7 +28,15 @@ export function fusermountUnmount(mountpoint: string): Promise<void> {
   });
 }
 
-/** statWithDeadline stats a path from a child process so a hung mount can never block this one. */
+/**
+ * probeMount stats a path from a child process (`stat`), so a hung mount can never block this one and
+ * a process never touches its own mount: 'ok' when it answered, 'stale' (ENOTCONN, or another error),
+ * 'hung' when it did not answer within `ms`.
+ */
+export function probeMount(mountpoint: string, ms: number): Promise<'ok' | 'stale' | 'hung'> {
+  return probe(mountpoint, ms);
+}
+
 function probe(mountpoint: string, ms: number): Promise<'ok' | 'stale' | 'hung'> {
   return new Promise((resolve) => {
     const child = execFile('stat', ['-c', '%i', mountpoint], { timeout: ms }, (err, _out, stderr) => {

@@ -170,6 +170,7 @@ test('systemd/regfs-user.service passes systemd-analyze --user verify with %h se
   const r = await run(analyze, ['--user', 'verify', unitPath], { env });
   t.is(r.code, 0, r.stderr);
   t.deepEqual(complaintsAbout(r.stderr, dir, t), [], r.stderr);
+  for (const [key, value] of [['Type', 'notify'], ['NotifyAccess', 'all'], ['RestartPreventExitStatus', '2'], ['ExecReload', '/bin/kill -HUP $MAINPID']] as const) t.deepEqual(unitValues(unit, key), [value], key);
   // No capability or sandboxing lines: a user manager cannot apply them (see the unit's comments).
   for (const key of ['CapabilityBoundingSet', 'AmbientCapabilities', 'NoNewPrivileges', 'SystemCallArchitectures', 'PrivateTmp', 'ProtectSystem']) {
     t.deepEqual(unitValues(unit, key), [], key);
@@ -184,7 +185,9 @@ test('the system unit keeps FUSE mounts visible: no setting that puts the servic
     t.deepEqual(unitValues(unit, key), [], `${key}= would hide the mounts from the host`);
   }
   t.deepEqual(unitValues(unit, 'ProtectHome'), ['no']);
-  t.deepEqual(unitValues(unit, 'Type'), ['simple']);
+  t.deepEqual(unitValues(unit, 'Type'), ['notify']);
+  t.deepEqual(unitValues(unit, 'NotifyAccess'), ['all']);
+  t.deepEqual(unitValues(unit, 'RestartPreventExitStatus'), ['2']);
   t.deepEqual(unitValues(unit, 'ExecReload'), ['/bin/kill -HUP $MAINPID']);
   t.deepEqual(unitValues(unit, 'Restart'), ['on-failure']);
   t.deepEqual(unitValues(unit, 'KillSignal'), ['SIGTERM']);

@@ -1,3 +1,5 @@
+import { fstatSync } from 'node:fs';
+
 /** Log levels in increasing order of importance. */
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 
@@ -68,22 +70,49 @@ export function writeSafely(stream: LogStream, text: string): void {
   }
 }
 
-/** createLogger returns a logger writing to a stream (stderr by default) at or above `level`; write errors never escape it. */
-export function createLogger(opts: { level?: LogLevel; format?: 'text' | 'json'; stream?: LogStream } = {}): Logger {
+/** SYSLOG_PRIORITY is the sd-daemon(3) prefix of each level: err, warning, info, debug. */
+const SYSLOG_PRIORITY: Record<LogLevel, string> = { error: '<3>', warn: '<4>', info: '<6>', debug: '<7>' };
+
+/**
+ * stderrIsJournal tells whether fd 2 is the journal's stream: systemd sets $JOURNAL_STREAM to the
+ * `device:inode` of the stream it connects, and a redirected stderr (`2>file`, a pipe) no longer matches.
+ */
+export function stderrIsJournal(env: NodeJS.ProcessEnv = process.env, fd = 2): boolean {
+  const want = env.JOURNAL_STREAM;
+  if (!want) return false;
+  try {
+    const st = fstatSync(fd);
+    return `${st.dev}:${st.ino}` === want;
+  } catch {
+    return false;
+  }
+}
+
+/** textValue renders a field value for the text format: strings as they are unless empty or holding spaces, quotes or `=`. */
+export function textValue(v: unknown): string {
+  if (typeof v === 'string') return v === '' || /[\s"=\\]/.test(v) ? JSON.stringify(v) : v;
+  return JSON.stringify(v) ?? String(v);
+}
+
+/**
+ * createLogger returns a logger writing to a stream (stderr by default) at or above `level`; write errors
+ * never escape it. Each line starts with a syslog priority (`<3>` for errors ... `<7>` for debug), which
+ * journald turns into the entry's PRIORITY, when `journal` says so, by default when the stream is stderr
+ * and stderr is the journal.
+ */
+export function createLogger(opts: { level?: LogLevel; format?: 'text' | 'json'; stream?: LogStream; journal?: boolean } = {}): Logger {
   const min = ORDER[opts.level ?? 'info'];
   const target = opts.stream ?? process.stderr;
   guardStream(target);
-  const stream = { write: (text: string) => writeSafely(target, text) };
+  const journal = opts.journal ?? (target === process.stderr && stderrIsJournal());
   const emit = (level: LogLevel, msg: string, fields?: Record<string, unknown>): void => {
     if (ORDER[level] < min) return;
     const safe = fields ? redactFields(fields) : {};
     const text = redactText(msg);
-    if (opts.format === 'json') {
-      stream.write(JSON.stringify({ time: new Date().toISOString(), level, msg: text, ...safe }) + '\n');
-    } else {
-      const extra = Object.entries(safe).map(([k, v]) => ` ${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`).join('');
-      stream.write(`${new Date().toISOString()} ${level.toUpperCase().padEnd(5)} ${text}${extra}\n`);
-    }
+    const line = opts.format === 'json'
+      ? JSON.stringify({ time: new Date().toISOString(), level, msg: text, ...safe })
+      : `${new Date().toISOString()} ${level.toUpperCase().padEnd(5)} ${text}${Object.entries(safe).map(([k, v]) => ` ${k}=${textValue(v)}`).join('')}`;
+    writeSafely(target, `${journal ? SYSLOG_PRIORITY[level] : ''}${line}\n`);
   };
   return {
     debug: (m, f) => emit('debug', m, f),

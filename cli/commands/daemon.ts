@@ -66,14 +66,17 @@ export function registerDaemon(program: Command): void {
       let started: { stop(): Promise<void> } | undefined;
       // A bug that escapes every handler still unmounts every mount before the exit (status 1).
       installFatalHandlers(log, { cleanup: async () => started?.stop(), exitCode: ExitCode.failure });
+      const { ServiceNotifier } = await import('../../daemon/notify.js');
+      const notifier = new ServiceNotifier(log);
       const daemon = await Daemon.start(config, { configFile: opts.config, log });
       started = daemon;
-      await new Promise<void>((resolve) => {
-        let stopping = false;
+      let stopping = false;
+      const stopped = new Promise<void>((resolve) => {
         const onStop = (sig: NodeJS.Signals): void => {
           if (stopping) return log.info(`received ${sig} again; still stopping`);
           stopping = true;
           log.info(`received ${sig}: finishing, unmounting`);
+          void notifier.send({ stopping: true, status: `stopping (${sig}): finishing pushes, unmounting` });
           daemon.stop().then(resolve, (e: unknown) => {
             log.error(`stop: ${(e as Error).message}`);
             resolve();
@@ -81,8 +84,24 @@ export function registerDaemon(program: Command): void {
         };
         process.on('SIGINT', onStop);
         process.on('SIGTERM', onStop);
-        process.on('SIGHUP', () => void daemon.reload().catch((e: unknown) => log.error(`reload failed: ${(e as Error).message}`)));
+        process.on('SIGHUP', () => {
+          void daemon.reload().then((r) => notifier.send({ status: r.ok ? `reloaded at ${r.time}: ${r.mounts} mounts` : `reload at ${r.time} failed: ${r.error ?? 'unknown error'}` }));
+        });
       });
+      // Ready (systemd's READY=1 for Type=notify) once every mount answers a stat, not merely once
+      // mount(2) returned: units ordered After=regfs.service may read the mounts at once.
+      for (;;) {
+        const silent = await daemon.answering(30_000);
+        if (stopping) break;
+        if (!silent.length) {
+          log.info('regfs daemon ready: every mount answers', { mounts: daemon.mountCount });
+          await notifier.send({ ready: true, status: `serving ${daemon.mountCount} mount${daemon.mountCount === 1 ? '' : 's'}; control socket ${config.socket}` });
+          break;
+        }
+        log.warn(`not ready yet: ${silent.join(', ')} do not answer`);
+        await notifier.send({ status: `waiting for ${silent.join(', ')} to answer` });
+      }
+      await stopped;
       setTimeout(() => process.exit(process.exitCode ?? 0), 500).unref();
     }),
   );
@@ -131,6 +150,7 @@ function renderStatus(s: DaemonStatus): string[] {
     lines.push('Sync:');
     for (const p of s.sync) lines.push(...renderSyncPair(p));
   }
+  if (s.lastReload) lines.push(`Last reload (SIGHUP): ${s.lastReload.time} ${s.lastReload.ok ? `ok, ${s.lastReload.mounts} mounts` : `FAILED: ${s.lastReload.error ?? 'unknown error'}`}`);
   if (s.recentErrors.length) {
     lines.push('Recent errors:');
     for (const e of s.recentErrors.slice(-5)) lines.push(`  ${e.time} ${e.level} ${e.msg}`);
