@@ -10,7 +10,8 @@ import { serveMount, type RunningMount } from '../mount/serve.js';
 import { probeMount } from '../mount/mounter.js';
 import { isInside } from '../util/paths.js';
 import type { Logger } from '../util/log.js';
-import { loadConfigFile, resolveConfig, updateConfigSyncs, validateSync, type DaemonConfig, type MountConfig } from './settings.js';
+import { loadConfigFile, pickAccess, resolveConfig, updateConfigSyncs, validateAccess, validateSync, type DaemonConfig, type MountConfig } from './settings.js';
+import { DEFAULT_ATTR_POLICY } from '../mount/attr-policy.js';
 import { startControlServer } from './control.js';
 import type { DaemonStatus, LoggedEvent, ReloadResult } from './protocol.js';
 import { PushQueue } from './push-queue.js';
@@ -162,12 +163,21 @@ export class Daemon {
     const staging = mc.staging ? path.resolve(mc.staging) : undefined;
     let active: ActiveMount | undefined;
     let running: RunningMount;
+    const access = { ...this.config.mountDefaults, ...pickAccess(mc) };
     try {
       running = await serveMount({
         registry,
         root: opened.root,
         repositories: mc.repositories,
         mountpoint,
+        allowOther: access.allowOther === true,
+        attrs: {
+          uid: access.uid,
+          gid: access.gid,
+          fileMode: access.fileMode ?? DEFAULT_ATTR_POLICY.fileMode,
+          dirMode: access.dirMode ?? DEFAULT_ATTR_POLICY.dirMode,
+          umask: access.umask ?? DEFAULT_ATTR_POLICY.umask,
+        },
         cacheDir: this.config.cacheDir,
         metadataTtlMs: this.config.metadataTtlSeconds * 1000,
         cache: {},
@@ -319,7 +329,7 @@ export class Daemon {
       socket: this.config.socket,
       cacheDir: this.config.cacheDir,
       stateDir: this.config.stateDir,
-      mounts: [...this.mounts.values()].map((m) => ({ source: m.config.source, mountpoint: m.running.mountpoint, staging: m.config.staging ?? null, allowDelete: m.config.allowDelete === true, ...m.running.view(), registry: m.registry.stats?.() ?? null })),
+      mounts: [...this.mounts.values()].map((m) => ({ source: m.config.source, mountpoint: m.running.mountpoint, staging: m.config.staging ?? null, allowDelete: m.config.allowDelete === true, allowOther: (m.config.allowOther ?? this.config.mountDefaults.allowOther) === true, ...m.running.view(), registry: m.registry.stats?.() ?? null })),
       cache: this.blobs.stats(),
       metadata: this.metadata.stats(),
       queue: this.queue.status(),
@@ -404,7 +414,7 @@ export class Daemon {
       'POST /mounts': async (b) => {
         const o = body(b);
         const repositories = Array.isArray(o.repositories) ? checkRepositories(o.repositories as string[], 'repositories') : undefined;
-        const mc: MountConfig = { source: str(o.source, 'source'), mountpoint: path.resolve(str(o.mountpoint, 'mountpoint')), ...(typeof o.staging === 'string' ? { staging: path.resolve(o.staging) } : {}), ...(repositories?.length ? { repositories } : {}) };
+        const mc: MountConfig = { source: str(o.source, 'source'), mountpoint: path.resolve(str(o.mountpoint, 'mountpoint')), ...(typeof o.staging === 'string' ? { staging: path.resolve(o.staging) } : {}), ...(repositories?.length ? { repositories } : {}), ...pickAccess(validateAccess(o, 'mount')) };
         if (o.allowDelete === true) {
           if (!mc.staging) throw new RegfsError('INVALID_ARGUMENT', '--allow-delete needs --staging (writes through the mount go there)');
           mc.allowDelete = true;

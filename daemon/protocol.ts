@@ -58,6 +58,8 @@ export type MountStatus = {
   allowDelete: boolean;
   /** registry holds the transport counters (requests, 429s, 503s, time waited) of a registry mount; null for an OCI layout. */
   registry: TransportStats | null;
+  /** allowOther tells whether other users may use the mount (FUSE allow_other, modes enforced). */
+  allowOther: boolean;
 } & ReturnType<RunningMount['view']>;
 
 /** ReloadResult is the outcome of the last SIGHUP reload, shown by `regfs status`. */

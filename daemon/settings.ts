@@ -6,9 +6,44 @@ import { isRepositoryName, parseMountSource, parseReference } from '../registry/
 import { checkRepositories } from '../registry/open-mount.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
 import { defaultPaths, isInside } from '../util/paths.js';
+import { parseId, parseMode } from '../mount/attr-policy.js';
+
+/**
+ * MountAccess says who may use a mount and what it shows: allowOther (FUSE allow_other with
+ * default_permissions), the owner and the permission bits (see mount/attr-policy.ts). In a config
+ * file these keys go on a mount, or at the top level as the default of every mount.
+ */
+export interface MountAccess {
+  allowOther?: boolean;
+  uid?: number;
+  gid?: number;
+  umask?: number;
+  fileMode?: number;
+  dirMode?: number;
+}
+
+/** ACCESS_KEYS are the MountAccess keys, valid on a mount and at the top level of a config file. */
+export const ACCESS_KEYS = ['allowOther', 'uid', 'gid', 'umask', 'fileMode', 'dirMode'] as const;
+
+/** validateAccess reads the MountAccess keys of a config object (modes are octal strings like "0644", ids numbers). */
+export function validateAccess(r: Record<string, unknown>, where: string): MountAccess {
+  const out: MountAccess = {};
+  if (r.allowOther !== undefined) {
+    if (typeof r.allowOther !== 'boolean') throw new RegfsError('INVALID_ARGUMENT', `${where}.allowOther: must be true or false`);
+    out.allowOther = r.allowOther;
+  }
+  for (const k of ['uid', 'gid'] as const) if (r[k] !== undefined) out[k] = parseId(r[k], `${where}.${k}`);
+  for (const k of ['umask', 'fileMode', 'dirMode'] as const) if (r[k] !== undefined) out[k] = parseMode(r[k], `${where}.${k}`);
+  return out;
+}
+
+/** pickAccess keeps the MountAccess keys of an object that are set. */
+export function pickAccess(o: MountAccess): MountAccess {
+  return Object.fromEntries(ACCESS_KEYS.filter((k) => o[k] !== undefined).map((k) => [k, o[k]])) as MountAccess;
+}
 
 /** MountConfig is one mount of the daemon, with an optional staging folder. */
-export interface MountConfig {
+export interface MountConfig extends MountAccess {
   source: string;
   mountpoint: string;
   staging?: string;
@@ -52,12 +87,14 @@ export interface DaemonConfig {
   quietSeconds: number;
   logFormat: 'text' | 'json';
   logLevel: 'debug' | 'info' | 'warn' | 'error';
+  /** mountDefaults apply to every mount that does not set the key itself (top-level keys, daemon flags). */
+  mountDefaults: MountAccess;
   mounts: MountConfig[];
   syncs: SyncConfig[];
 }
 
-const TOP_KEYS = ['cacheDir', 'stateDir', 'socket', 'metadataTtlSeconds', 'cacheMaxSize', 'minFreeBytes', 'quietSeconds', 'logFormat', 'logLevel', 'mounts', 'syncs'] as const;
-const MOUNT_KEYS = ['source', 'mountpoint', 'staging', 'allowDelete', 'plainHttp', 'insecure', 'caFile', 'registryConfig', 'repositories'] as const;
+const TOP_KEYS = ['cacheDir', 'stateDir', 'socket', 'metadataTtlSeconds', 'cacheMaxSize', 'minFreeBytes', 'quietSeconds', 'logFormat', 'logLevel', 'mounts', 'syncs', ...ACCESS_KEYS] as const;
+const MOUNT_KEYS = ['source', 'mountpoint', 'staging', 'allowDelete', 'plainHttp', 'insecure', 'caFile', 'registryConfig', 'repositories', ...ACCESS_KEYS] as const;
 const SYNC_KEYS = ['local', 'repository', 'tags', 'direction', 'intervalSeconds', 'propagateDeletes', 'plainHttp', 'insecure', 'caFile', 'registryConfig'] as const;
 
 function editDistance(a: string, b: string): number {
@@ -119,6 +156,14 @@ export function validateConfig(raw: unknown, where: string, baseDir: string): Pa
         if (!Array.isArray(v)) throw new RegfsError('INVALID_ARGUMENT', `${where}: syncs: must be a list`);
         out.syncs = v.map((m, i) => validateSync(m, `${where}: syncs[${i}]`, baseDir));
         break;
+      case 'allowOther':
+      case 'uid':
+      case 'gid':
+      case 'umask':
+      case 'fileMode':
+      case 'dirMode':
+        out.mountDefaults = { ...out.mountDefaults, ...validateAccess({ [k]: v }, where) };
+        break;
       default:
         throw unknownKey(where, k, TOP_KEYS);
     }
@@ -158,6 +203,7 @@ function validateMount(raw: unknown, where: string, baseDir: string): MountConfi
     ...(r.insecure ? { insecure: true } : {}),
     ...(r.caFile ? { caFile: path.resolve(baseDir, r.caFile as string) } : {}),
     ...(r.registryConfig ? { registryConfig: path.resolve(baseDir, r.registryConfig as string) } : {}),
+    ...validateAccess(r, where),
   };
 }
 
@@ -283,7 +329,9 @@ export type FlagConfig = Partial<Omit<DaemonConfig, 'mounts' | 'syncs'>> & Parti
 /** resolveConfig merges file values, flags (which win) and defaults, and refuses overlapping paths. */
 export function resolveConfig(file: Partial<DaemonConfig> | undefined, flags: FlagConfig): DaemonConfig {
   const d = defaultPaths();
-  const { source, mountpoint, staging, allowDelete, plainHttp, insecure, caFile, registryConfig, repositories, ...rest } = flags;
+  const { source, mountpoint, staging, allowDelete, plainHttp, insecure, caFile, registryConfig, repositories, allowOther, uid, gid, umask, fileMode, dirMode, mountDefaults: _ignored, ...rest } = flags;
+  // Access flags of `regfs daemon` are defaults for every mount (the config file's and the flag one).
+  const mountDefaults = { ...file?.mountDefaults, ...pickAccess({ allowOther, uid, gid, umask, fileMode, dirMode }) };
   const mounts = [...(file?.mounts ?? [])];
   if (source || mountpoint) {
     if (!source || !mountpoint) throw new RegfsError('INVALID_ARGUMENT', '--source and --mountpoint go together');
@@ -304,6 +352,7 @@ export function resolveConfig(file: Partial<DaemonConfig> | undefined, flags: Fl
     logLevel: 'info',
     ...file,
     ...Object.fromEntries(Object.entries(rest).filter(([, v]) => v !== undefined)),
+    mountDefaults,
     mounts,
     syncs: file?.syncs ?? [],
   } as DaemonConfig;

@@ -4,6 +4,7 @@ import { errorMessage, isRegfsError } from '../util/errors.js';
 import type { Descriptor } from '../registry/descriptor.js';
 import type { ReadableRepository } from '../registry/storage.js';
 import type { Logger } from '../util/log.js';
+import { applyAttrPolicy, DEFAULT_ATTR_POLICY, type AttrPolicy } from './attr-policy.js';
 import { Errno, toErrno } from './errno.js';
 import type { WritableOverlay } from './writable-overlay.js';
 import type { WriteHandle } from './write-handle.js';
@@ -38,6 +39,8 @@ export interface HandlerOptions {
   log: Logger;
   /** writer, when given, makes the mount writable through its staging folder; without it every change is EROFS. */
   writer?: WritableOverlay;
+  /** attrs is the owner and the permission bits stat shows (default 0644 files, 0755 directories). */
+  attrs?: AttrPolicy;
 }
 
 /**
@@ -48,6 +51,7 @@ export interface HandlerOptions {
  */
 export function createHandlers(opts: HandlerOptions): FuseHandlers {
   const { tree: vfs, blobs, log, writer } = opts;
+  const policy = opts.attrs ?? DEFAULT_ATTR_POLICY;
   const handles = new Map<number, Handle>();
   let nextFd = 10;
   const reported = new Map<string, number>();
@@ -89,7 +93,7 @@ export function createHandlers(opts: HandlerOptions): FuseHandlers {
 
   const handlers: FuseHandlers = {
     getattr(p, cb) {
-      vfs.lookup(p).then((r) => cb(0, attrOf(r)), (e: unknown) => cb(fail('getattr', p, e)));
+      vfs.lookup(p).then((r) => cb(0, applyAttrPolicy(attrOf(r), policy)), (e: unknown) => cb(fail('getattr', p, e)));
     },
     readdir(p, cb) {
       vfs.lookup(p).then(

@@ -71,6 +71,17 @@ export async function prepareMountpoint(mountpoint: string, log: Logger): Promis
   return abs;
 }
 
+/**
+ * checkAllowOther refuses `allow_other` for a non-root user when /etc/fuse.conf does not hold
+ * `user_allow_other`, with the fix, instead of libfuse's own message after the mount failed.
+ */
+export async function checkAllowOther(uid: number = process.getuid?.() ?? 0, confFile = '/etc/fuse.conf'): Promise<void> {
+  if (uid === 0) return;
+  const text = await fsp.readFile(confFile, 'utf8').catch(() => '');
+  if (text.split('\n').some((l) => l.trim() === 'user_allow_other')) return;
+  throw new RegfsError('INVALID_ARGUMENT', `--allow-other needs "user_allow_other" in ${confFile} for users other than root; as root: echo user_allow_other >> ${confFile}`);
+}
+
 /** FuseMountOptions tune the kernel side of a mount. */
 export interface FuseMountOptions {
   /** attrTimeout and entryTimeout are the kernel's attribute/entry cache lifetimes in seconds. */
@@ -79,6 +90,8 @@ export interface FuseMountOptions {
   /** opTimeoutMs is when fuse-native answers an operation itself (ETIMEDOUT) if a handler has not. */
   opTimeoutMs?: number;
   allowOther?: boolean;
+  /** defaultPermissions makes the kernel enforce the modes and owners stat shows (FUSE default_permissions). */
+  defaultPermissions?: boolean;
   fsname?: string;
 }
 
@@ -100,6 +113,7 @@ export class FuseMount {
       maxRead: 1024 * 1024,
       timeout: opts.opTimeoutMs ?? 60_000,
       allowOther: opts.allowOther,
+      defaultPermissions: opts.defaultPermissions,
     });
     return new Promise((resolve, reject) => {
       fuse.mount((err) => {

@@ -8,7 +8,8 @@ import { isWholeRegistry, type MountRoot } from '../registry/open-mount.js';
 import type { Registry } from '../registry/storage.js';
 import type { Logger } from '../util/log.js';
 import { createHandlers } from './fuse-ops.js';
-import { FuseMount, prepareMountpoint, procMountpoints } from './mounter.js';
+import type { AttrPolicy } from './attr-policy.js';
+import { checkAllowOther, FuseMount, prepareMountpoint, procMountpoints } from './mounter.js';
 import type { StagingOptions } from './overlay-tree.js';
 import type { RepositoryIndexStats } from './repository-index.js';
 import { WritableOverlay } from './writable-overlay.js';
@@ -26,7 +27,10 @@ export interface ServeOptions {
   metadataTtlMs: number;
   cache: Omit<BlobCacheOptions, 'log'>;
   log: Logger;
+  /** allowOther lets other users (and root) use the mount, with the kernel enforcing the modes (default_permissions). */
   allowOther?: boolean;
+  /** attrs is the owner and the permission bits the mount shows (default 0644/0755, the process's uid/gid). */
+  attrs?: AttrPolicy;
   /** blobs and metadata, when given, are shared caches (the daemon's); the mount then does not close them. */
   blobs?: BlobCache;
   metadata?: MetadataCache;
@@ -61,6 +65,7 @@ export async function serveMount(opts: ServeOptions): Promise<RunningMount> {
   if (opts.staging && opts.root && !isWholeRegistry(opts.root)) {
     throw new RegfsError('INVALID_ARGUMENT', `a mount of ${opts.root.kind === 'artifact' ? 'one artifact' : `the namespace ${opts.root.prefix}`} is read-only: staging needs a whole-registry source (HOST or oci:DIR)`);
   }
+  if (opts.allowOther) await checkAllowOther();
   await prepareMountpoint(mountpoint, opts.log);
   await fsp.mkdir(cacheDir, { recursive: true, mode: 0o700 });
   const ownsCache = !opts.blobs;
@@ -74,10 +79,10 @@ export async function serveMount(opts: ServeOptions): Promise<RunningMount> {
     writer = new WritableOverlay({ vfs, registry: opts.registry, metadata, blobs, dropListings: (r) => metadata.dropListings(r), staging, log: opts.log });
     await writer.init();
   }
-  const handlers = createHandlers({ tree: writer ?? vfs, blobs, statfsPath: opts.staging?.dir ?? cacheDir, log: opts.log, writer });
+  const handlers = createHandlers({ tree: writer ?? vfs, blobs, statfsPath: opts.staging?.dir ?? cacheDir, log: opts.log, writer, attrs: opts.attrs });
   let fuse: FuseMount;
   try {
-    fuse = await FuseMount.mount(mountpoint, handlers, { allowOther: opts.allowOther });
+    fuse = await FuseMount.mount(mountpoint, handlers, { allowOther: opts.allowOther, defaultPermissions: opts.allowOther });
   } catch (err) {
     if (ownsCache) await blobs.close();
     throw err;

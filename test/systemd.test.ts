@@ -217,7 +217,7 @@ test('the unit\'s ExecStart line run by hand mounts, survives ExecReload (SIGHUP
 
   const unit = await readFile(SYSTEM_UNIT, 'utf8');
   const [execStart] = unitValues(unit, 'ExecStart');
-  t.is(execStart, '/usr/local/bin/regfs daemon --config /etc/regfs/config.json --log-format json');
+  t.is(execStart, '/usr/local/bin/regfs daemon --config /etc/regfs/config.json --log-format json --allow-other');
   const argv = execStart!.split(/\s+/).map((a) => (a === '/usr/local/bin/regfs' ? REGFS : a === '/etc/regfs/config.json' ? config : a));
   // The unit's Environment= lines, with /run, /var/cache and /var/lib moved into the temp dir.
   const env: NodeJS.ProcessEnv = { ...process.env };
@@ -231,6 +231,10 @@ test('the unit\'s ExecStart line run by hand mounts, survives ExecReload (SIGHUP
   await waitUntil(`${mnt} in /proc/mounts`, 20_000, async () => (await regfsMounts()).includes(mnt), d);
   t.is(await readFile(path.join(mnt, 'demo', '1', 'file.txt'), 'utf8'), content);
   t.true((await stat(socket)).isSocket());
+  // --allow-other: another user of the host reads the mount (the temp dir above it opened up first).
+  await chmod(base, 0o755);
+  const asNobody = await run('setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', 'cat', path.join(mnt, 'demo', '1', 'file.txt')]);
+  t.is(asNobody.stdout, content, asNobody.stderr);
 
   // ExecReload exactly as systemd runs it, with $MAINPID filled in.
   const [reload] = unitValues(unit, 'ExecReload');

@@ -9,6 +9,7 @@ declare module 'fuse-native' {
     entryTimeout?: number;
     maxRead?: number;
     allowOther?: boolean;
+    defaultPermissions?: boolean;
     autoUnmount?: boolean;
     timeout?: number | false;
     force?: boolean;

@@ -8,6 +8,7 @@ import { humanBytes } from '../output.js';
 import { addFormatOption } from '../context.js';
 import { action } from '../run.js';
 import { parseSeconds, parseSize } from '../parse.js';
+import { accessFromFlags, addAccessOptions, type AccessFlags } from './mount.js';
 
 /** registerDaemon adds `regfs daemon` (foreground service) and the commands that control it over its socket. */
 export function registerDaemon(program: Command): void {
@@ -30,10 +31,12 @@ export function registerDaemon(program: Command): void {
     .option('--quiet-period <seconds>', 'how long staged files must be unchanged before they are pushed (default 2)')
     .option('--log-format <format>', 'text or json (for journald pipelines)', 'text')
     .option('--log-level <level>', 'debug, info, warn or error', 'info');
-  d.addHelpText('after', '\nExamples:\n  regfs daemon --source localhost:5000 --mountpoint /srv/registry --staging /srv/staging\n  regfs daemon --config /etc/regfs/config.json --log-format json\n');
+  // Access flags are defaults for every mount of the daemon (a mount's own config keys win).
+  addAccessOptions(d);
+  d.addHelpText('after', '\nExamples:\n  regfs daemon --source localhost:5000 --mountpoint /srv/registry --staging /srv/staging\n  regfs daemon --config /etc/regfs/config.json --log-format json --allow-other\n');
   d.action(
     action(async (ctx) => {
-      const opts = ctx.opts as unknown as {
+      const opts = ctx.opts as unknown as AccessFlags & {
         config?: string; source?: string; repository?: string[]; mountpoint?: string; staging?: string; allowDelete?: boolean; cacheDir?: string; stateDir?: string; socket?: string;
         plainHttp?: boolean; registryConfig?: string; metadataTtl?: string; cacheMaxSize?: string; quietPeriod?: string; logFormat: string; logLevel: string;
       };
@@ -59,6 +62,7 @@ export function registerDaemon(program: Command): void {
         ...(opts.quietPeriod ? { quietSeconds: parseSeconds(opts.quietPeriod, '--quiet-period') } : {}),
         logFormat: opts.logFormat,
         logLevel: opts.logLevel as 'info',
+        ...accessFromFlags(opts),
       } as never);
       // A service outlives its log reader: EPIPE/EIO on stdout or stderr only silences the log.
       guardStdio();
@@ -182,13 +186,16 @@ export function registerControl(program: Command): void {
   );
 
   const mounts = program.command('mounts').description('add, list and remove mounts of the running daemon');
-  const add = socketOption(mounts.command('add').description('mount SOURCE at MOUNTPOINT in the running daemon').argument('<source>', 'HOST, HOST/NAMESPACE, HOST/REPO, HOST/REPO:TAG or oci:DIR').argument('<mountpoint>', 'an existing directory').option('--staging <dir>', 'staging folder to watch (makes the mount writable)').option('--repository <name...>', 'show these repositories at the root even when the registry does not list them').option('--allow-delete', 'let rm and rmdir through the mount remove published files and delete tags'));
+  const add = socketOption(addAccessOptions(mounts.command('add').description('mount SOURCE at MOUNTPOINT in the running daemon').argument('<source>', 'HOST, HOST/NAMESPACE, HOST/REPO, HOST/REPO:TAG or oci:DIR').argument('<mountpoint>', 'an existing directory').option('--staging <dir>', 'staging folder to watch (makes the mount writable)').option('--repository <name...>', 'show these repositories at the root even when the registry does not list them').option('--allow-delete', 'let rm and rmdir through the mount remove published files and delete tags')));
   add.addHelpText('after', '\nExample:\n  regfs mounts add localhost:5000 /srv/registry --staging /srv/staging\n');
   add.action(
     action(async (ctx, source: string, mountpoint: string) => {
-      const o = ctx.opts as typeof ctx.opts & { socket?: string; staging?: string; allowDelete?: boolean; repository?: string[] };
+      const o = ctx.opts as typeof ctx.opts & AccessFlags & { socket?: string; staging?: string; allowDelete?: boolean; repository?: string[] };
       const path = await import('node:path');
-      const r = await (await client(o.socket)).request<{ mounted: string }>('POST', '/mounts', { source, mountpoint: path.resolve(mountpoint), ...(o.staging ? { staging: path.resolve(o.staging) } : {}), ...(o.allowDelete ? { allowDelete: true } : {}), ...(o.repository?.length ? { repositories: o.repository } : {}) });
+      const access = accessFromFlags(o);
+      // Modes travel as octal strings, as in the config file.
+      const body = { ...access, ...Object.fromEntries((['umask', 'fileMode', 'dirMode'] as const).filter((k) => access[k] !== undefined).map((k) => [k, access[k]!.toString(8).padStart(4, '0')])) };
+      const r = await (await client(o.socket)).request<{ mounted: string }>('POST', '/mounts', { source, mountpoint: path.resolve(mountpoint), ...(o.staging ? { staging: path.resolve(o.staging) } : {}), ...(o.allowDelete ? { allowDelete: true } : {}), ...(o.repository?.length ? { repositories: o.repository } : {}), ...body });
       ctx.out.result(r, `Mounted ${source} at ${r.mounted}`);
     }),
   );

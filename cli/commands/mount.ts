@@ -7,9 +7,45 @@ import { installFatalHandlers } from '../../util/fatal.js';
 import { createLogger, guardStdio } from '../../util/log.js';
 import { defaultPaths } from '../../util/paths.js';
 import { ExitCode } from '../exit-codes.js';
+import type { MountAccess } from '../../daemon/settings.js';
+import { DEFAULT_ATTR_POLICY, parseId, parseMode } from '../../mount/attr-policy.js';
 import { parseSeconds, parseSize } from '../parse.js';
 import { addRemoteOptions } from '../context.js';
 import { action } from '../run.js';
+
+
+/** AccessFlags are the --allow-other, --uid, --gid, --umask, --file-mode and --dir-mode values as commander gives them. */
+export interface AccessFlags {
+  allowOther?: boolean;
+  uid?: string;
+  gid?: string;
+  umask?: string;
+  fileMode?: string;
+  dirMode?: string;
+}
+
+/** addAccessOptions adds who may use a mount and what it shows (rclone's spellings), on mount, daemon and mounts add. */
+export function addAccessOptions(cmd: Command, allowOther = true): Command {
+  if (allowOther) cmd.option('--allow-other', 'let other users read the mount, with the modes enforced (needs user_allow_other in /etc/fuse.conf for non-root)');
+  return cmd
+    .option('--uid <id>', 'owner shown for every file (default: the user running regfs)')
+    .option('--gid <id>', 'group shown for every file (default: the group running regfs)')
+    .option('--umask <octal>', 'permission bits removed from --file-mode and --dir-mode, e.g. 022 (default 000)')
+    .option('--file-mode <octal>', 'permission bits of files (default 0644)')
+    .option('--dir-mode <octal>', 'permission bits of directories (default 0755)');
+}
+
+/** accessFromFlags checks and converts the access flags (exit 2 on a bad value). */
+export function accessFromFlags(o: AccessFlags): MountAccess {
+  return {
+    ...(o.allowOther ? { allowOther: true } : {}),
+    ...(o.uid !== undefined ? { uid: parseId(o.uid, '--uid') } : {}),
+    ...(o.gid !== undefined ? { gid: parseId(o.gid, '--gid') } : {}),
+    ...(o.umask !== undefined ? { umask: parseMode(o.umask, '--umask') } : {}),
+    ...(o.fileMode !== undefined ? { fileMode: parseMode(o.fileMode, '--file-mode') } : {}),
+    ...(o.dirMode !== undefined ? { dirMode: parseMode(o.dirMode, '--dir-mode') } : {}),
+  };
+}
 
 /** registerMount adds `regfs mount` (foreground, like rclone mount) and `regfs unmount`. */
 export function registerMount(program: Command): void {
@@ -24,14 +60,15 @@ export function registerMount(program: Command): void {
     .option('--min-free-space <size>', 'keep at least this much disk free in the cache filesystem', '1G')
     .option('--verify <mode>', 'lazy: serve ranges before the whole blob is verified; strict: only verified bytes', 'lazy')
     .option('--repository <name...>', 'show these repositories at the root even when the registry does not list them (no catalog)')
-    .option('--allow-other', 'let other users read the mount (needs user_allow_other in /etc/fuse.conf for non-root)')
     .option('--log-format <format>', 'text or json', 'text')
     .option('--log-level <level>', 'debug, info, warn or error', 'info');
+  addAccessOptions(cmd);
   addRemoteOptions(cmd, { credentials: false });
   cmd.addHelpText('after', '\nExamples:\n  regfs mount localhost:5000 /mnt/registry\n  regfs mount ghcr.io/myorg /mnt/myorg              # a namespace: its repositories at the root\n  regfs mount docker.io/library/alpine /mnt/alpine  # a repository: its tags at the root\n  regfs mount localhost:5000/samples/artifact:1.0 /mnt/a  # one artifact: its files at the root\n  regfs mount oci:./store ./mnt --cache-max-size 20G\n  ls /mnt/registry/samples/artifact/1.0/ && cat /mnt/registry/samples/artifact/1.0/artifact.txt\n');
   cmd.action(
     action(async (ctx, source: string, mountpoint: string) => {
-      const o = ctx.opts as typeof ctx.opts & { repository?: string[]; cacheDir?: string; metadataTtl: string; cacheMaxSize?: string; minFreeSpace: string; verify: string; allowOther?: boolean; logFormat: string; logLevel: string };
+      const o = ctx.opts as typeof ctx.opts & AccessFlags & { repository?: string[]; cacheDir?: string; metadataTtl: string; cacheMaxSize?: string; minFreeSpace: string; verify: string; logFormat: string; logLevel: string };
+      const access = accessFromFlags(o);
       if (o.verify !== 'lazy' && o.verify !== 'strict') throw new RegfsError('INVALID_ARGUMENT', `invalid --verify ${o.verify}: expected lazy or strict`);
       if (o.logFormat !== 'text' && o.logFormat !== 'json') throw new RegfsError('INVALID_ARGUMENT', `invalid --log-format ${o.logFormat}: expected text or json`);
       if (!['debug', 'info', 'warn', 'error'].includes(o.logLevel)) throw new RegfsError('INVALID_ARGUMENT', `invalid --log-level ${o.logLevel}`);
@@ -56,7 +93,8 @@ export function registerMount(program: Command): void {
           verify: o.verify,
         },
         log,
-        allowOther: o.allowOther,
+        allowOther: access.allowOther,
+        attrs: { ...DEFAULT_ATTR_POLICY, ...access },
       });
       mounted = running;
       await new Promise<void>((resolve) => {
