@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { promises as fsp } from 'node:fs';
+import { constants as fsConstants, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import Fuse from 'fuse-native';
 import { RegfsError } from '../util/errors.js';
@@ -68,7 +68,30 @@ export async function prepareMountpoint(mountpoint: string, log: Logger): Promis
     throw new RegfsError('NOT_FOUND', `mountpoint ${abs} does not exist: create it with mkdir -p ${abs}`);
   }
   if (!st.isDirectory()) throw new RegfsError('INVALID_ARGUMENT', `mountpoint ${abs} is not a directory`);
+  // libfuse 2 refuses a non-empty mountpoint with two lines of its own and "fuse failed": say it first, once.
+  const entries = await fsp.readdir(abs).catch(() => [] as string[]);
+  if (entries.length) throw new RegfsError('INVALID_ARGUMENT', `mountpoint ${abs} is not empty (${entries.length} entr${entries.length === 1 ? 'y' : 'ies'}, e.g. ${JSON.stringify(entries[0])}): mount on an empty directory`);
   return abs;
+}
+
+/**
+ * checkFuseAvailable says in one line what to do when FUSE cannot work here, before libfuse prints its
+ * own lines: no /dev/fuse (module not loaded, or a container without the device), no permission on it,
+ * or (for a user other than root, whose mounts go through it) no fusermount on PATH.
+ */
+export async function checkFuseAvailable(opts: { device?: string; uid?: number; path?: string } = {}): Promise<void> {
+  const device = opts.device ?? '/dev/fuse';
+  try {
+    await fsp.access(device, fsConstants.R_OK | fsConstants.W_OK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new RegfsError('UNSUPPORTED', `FUSE is not available: ${device} does not exist; load the module (modprobe fuse), or in a container run with --device /dev/fuse --cap-add SYS_ADMIN`);
+    throw new RegfsError('UNSUPPORTED', `FUSE is not available: cannot open ${device} (${code ?? (err as Error).message}); check its permissions (crw-rw-rw- root root)`);
+  }
+  if ((opts.uid ?? process.getuid?.() ?? 0) === 0) return;
+  const dirs = (opts.path ?? process.env.PATH ?? '').split(':').filter(Boolean);
+  for (const d of dirs) if (await fsp.access(path.join(d, 'fusermount'), fsConstants.X_OK).then(() => true, () => false)) return;
+  throw new RegfsError('UNSUPPORTED', 'fusermount is not on PATH (mounts by users other than root go through it): install the Debian packages fuse and libfuse2');
 }
 
 /**
@@ -100,7 +123,8 @@ export class FuseMount {
   private constructor(readonly mountpoint: string, private readonly fuse: Fuse) {}
 
   /** mount attaches handlers at mountpoint (which prepareMountpoint checked). */
-  static mount(mountpoint: string, handlers: FuseHandlers, opts: FuseMountOptions = {}): Promise<FuseMount> {
+  static async mount(mountpoint: string, handlers: FuseHandlers, opts: FuseMountOptions = {}): Promise<FuseMount> {
+    await checkFuseAvailable();
     const fuse = new Fuse(mountpoint, handlers, {
       fsname: opts.fsname ?? 'regfs',
       // fuse-native joins its options into one `-o` list and has no big_writes: appended here it becomes its

@@ -125,7 +125,8 @@ test('exit codes and one-line errors for bad input', async (t) => {
   t.is(missingFile.code, 4);
   t.regex(missingFile.stderr, /nope\.txt/);
   const absTitle = await runCli(['push', `${reg.host}/r:v1`, '/etc/hostname'], { env });
-  t.is(absTitle.code, 1);
+  // Bad local input, as README's exit codes say (was 1).
+  t.is(absTitle.code, 2);
   t.regex(absTitle.stderr, /absolute/);
   const badOpt = await runCli(['push', `${reg.host}/r:v1`, '--concurrency', 'x', 'a'], { env });
   t.is(badOpt.code, 2);

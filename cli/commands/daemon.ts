@@ -6,6 +6,7 @@ import { ExitCode } from '../exit-codes.js';
 import type { DaemonStatus, SyncPairStatus } from '../../daemon/protocol.js';
 import { humanBytes } from '../output.js';
 import { addFormatOption } from '../context.js';
+import { loadFuseModule } from '../fuse-binding.js';
 import { action } from '../run.js';
 import { parseSeconds, parseSize } from '../parse.js';
 import { accessFromFlags, addAccessOptions, type AccessFlags } from './mount.js';
@@ -43,7 +44,7 @@ export function registerDaemon(program: Command): void {
       if (opts.logFormat !== 'text' && opts.logFormat !== 'json') throw new RegfsError('INVALID_ARGUMENT', `invalid --log-format ${opts.logFormat}: expected text or json`);
       if (!['debug', 'info', 'warn', 'error'].includes(opts.logLevel)) throw new RegfsError('INVALID_ARGUMENT', `invalid --log-level ${opts.logLevel}: expected debug, info, warn or error`);
       const { loadConfigFile, resolveConfig } = await import('../../daemon/settings.js');
-      const { Daemon } = await import('../../daemon/daemon.js');
+      const { Daemon } = await loadFuseModule(() => import('../../daemon/daemon.js'));
       const file = opts.config ? await loadConfigFile(opts.config) : undefined;
       if (!opts.config && !opts.source) throw new RegfsError('INVALID_ARGUMENT', 'give --config FILE, or --source with --mountpoint');
       const config = resolveConfig(file, {
@@ -165,7 +166,7 @@ function renderStatus(s: DaemonStatus): string[] {
 /** registerControl adds status, mounts, refresh, rescan, retry and cache commands (they ask the running daemon). */
 export function registerControl(program: Command): void {
   const status = socketOption(program.command('status').description('show mounts, cache statistics, the push queue and recent errors of the running daemon').option('-w, --watch', 'redraw every second until Ctrl-C (on a TTY)'));
-  status.addHelpText('after', '\nExamples:\n  regfs status\n  regfs status --format json\n  regfs status --watch\n');
+  status.addHelpText('after', '\nExamples:\n  regfs status\n  regfs status --format json\n  regfs status --watch\n  regfs status --watch --format json   # one JSON object per line (NDJSON), every second\n');
   status.action(
     action(async (ctx) => {
       const o = ctx.opts as typeof ctx.opts & { socket?: string; watch?: boolean };
@@ -178,8 +179,12 @@ export function registerControl(program: Command): void {
       }
       for (;;) {
         const s = await once();
-        if (process.stdout.isTTY && ctx.out.format === 'text') process.stdout.write('\x1b[H\x1b[2J');
-        ctx.out.result(s, renderStatus(s));
+        // JSON: one object per line (NDJSON), so `| jq -c .` or a line reader takes each snapshot whole.
+        if (ctx.out.format === 'json') process.stdout.write(JSON.stringify(s) + '\n');
+        else {
+          if (process.stdout.isTTY) process.stdout.write('\x1b[H\x1b[2J');
+          ctx.out.result(s, renderStatus(s));
+        }
         await new Promise((r) => setTimeout(r, 1000));
       }
     }),

@@ -11,6 +11,7 @@ import type { MountAccess } from '../../daemon/settings.js';
 import { DEFAULT_ATTR_POLICY, parseId, parseMode } from '../../mount/attr-policy.js';
 import { parseSeconds, parseSize } from '../parse.js';
 import { addRemoteOptions } from '../context.js';
+import { loadFuseModule } from '../fuse-binding.js';
 import { action } from '../run.js';
 
 
@@ -73,7 +74,7 @@ export function registerMount(program: Command): void {
       if (o.logFormat !== 'text' && o.logFormat !== 'json') throw new RegfsError('INVALID_ARGUMENT', `invalid --log-format ${o.logFormat}: expected text or json`);
       if (!['debug', 'info', 'warn', 'error'].includes(o.logLevel)) throw new RegfsError('INVALID_ARGUMENT', `invalid --log-level ${o.logLevel}`);
       // Loaded on demand: push/pull never pay for the FUSE binding.
-      const { serveMount } = await import('../../mount/serve.js');
+      const { serveMount } = await loadFuseModule(() => import('../../mount/serve.js'));
       guardStdio();
       const log = createLogger({ level: o.debug ? 'debug' : (o.logLevel as 'info'), format: o.logFormat });
       let mounted: { stop(): Promise<void> } | undefined;

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { RegfsError } from '../../util/errors.js';
+import { isRegfsError, RegfsError } from '../../util/errors.js';
 import { packArtifact, parseAnnotationArgs, parseFileArg } from '../../registry/pack.js';
 import { isTag, referenceString } from '../../registry/reference.js';
 import { pullArtifact, pushArtifact } from '../../registry/transfer.js';
@@ -47,6 +47,11 @@ export function registerPush(program: Command): void {
         artifactType: o.artifactType,
         annotations: parseAnnotationArgs(o.annotation),
         annotationFile: o.annotationFile,
+      }).catch((err: unknown) => {
+        // An absolute or `..` file argument is bad local input (exit 2, as README says); the same
+        // check on titles a registry serves to pull is a runtime failure and stays UNSAFE_PATH (exit 1).
+        if (isRegfsError(err, 'UNSAFE_PATH')) throw new RegfsError('INVALID_ARGUMENT', err.message, { cause: err });
+        throw err;
       });
       const tags = [ref.tag ?? 'latest', ...extraTags];
       const repo = ctx.repository(ref, { create: true });
