@@ -12,6 +12,7 @@ export class Progress {
   private done = 0;
   private lastDraw = 0;
   private drawn = false;
+  private started: { at: number; got: number } | undefined;
 
   constructor(
     private readonly verb: { start: string; done: string },
@@ -49,10 +50,10 @@ export class Progress {
       total += size;
       got += this.bytes.get(k) ?? 0;
     }
-    const pct = total ? Math.floor((got / total) * 100) : 100;
-    const width = 30;
-    const fill = Math.round((pct / 100) * width);
-    this.tty.write(`\r\x1b[K[${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${pct}% ${humanBytes(got)}/${humanBytes(total)} (${this.done}/${this.sizes.size} blobs)`);
+    this.started ??= { at: now, got };
+    const secs = (now - this.started.at) / 1000;
+    const rate = secs >= 0.5 ? (got - this.started.got) / secs : undefined;
+    this.tty.write(`\r\x1b[K${progressLine({ got, total, done: this.done, blobs: this.sizes.size, rate, columns: this.tty.columns || 80 })}`);
     this.drawn = true;
   }
 
@@ -63,4 +64,51 @@ export class Progress {
       this.drawn = false;
     }
   }
+}
+
+/** ProgressState is what one status line shows. */
+export interface ProgressState {
+  got: number;
+  total: number;
+  done: number;
+  blobs: number;
+  /** rate in bytes per second, once known. */
+  rate?: number;
+  /** columns is the terminal width; the line is kept shorter than it, so a redraw never wraps. */
+  columns: number;
+}
+
+/** clock renders seconds as m:ss or h:mm:ss. */
+function clock(secs: number): string {
+  const s = Math.max(0, Math.round(secs));
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const ss = String(s % 60).padStart(2, '0');
+  return h ? `${h}:${String(m).padStart(2, '0')}:${ss}` : `${m}:${ss}`;
+}
+
+/**
+ * progressLine renders `[####....] 42% 3.1 MiB/7.4 MiB 1.2 MiB/s ETA 0:04 (1/3 blobs)` in fewer than
+ * `columns` characters: the bar takes what the numbers leave (at most 30), and on a narrow terminal the
+ * bar goes first, then the blob count, the ETA, the rate and the byte counts.
+ */
+export function progressLine(p: ProgressState): string {
+  const pct = p.total ? Math.min(100, Math.floor((p.got / p.total) * 100)) : 100;
+  const max = Math.max(1, p.columns - 1);
+  const parts = [`${pct}%`, `${humanBytes(p.got)}/${humanBytes(p.total)}`];
+  const rate = p.rate !== undefined && p.rate > 0 ? `${humanBytes(Math.round(p.rate))}/s` : undefined;
+  const eta = rate && p.total > p.got ? `ETA ${clock((p.total - p.got) / p.rate!)}` : undefined;
+  const blobs = `(${p.done}/${p.blobs} blobs)`;
+  const optional = [rate, eta, blobs];
+  for (let keep = optional.length; keep >= 0; keep--) {
+    const text = [...parts, ...optional.slice(0, keep).filter((x): x is string => Boolean(x))].join(' ');
+    const room = max - text.length - 3;
+    if (keep === optional.length && room >= 10) {
+      const width = Math.min(30, room);
+      const fill = Math.round((pct / 100) * width);
+      return `[${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${text}`;
+    }
+    if (text.length <= max) return text;
+  }
+  return `${pct}%`.slice(0, max);
 }

@@ -72,9 +72,9 @@ async function pushFile(t: Parameters<typeof tempDir>[0], env: Record<string, st
 }
 
 /** runUnderPty runs bin/regfs ARGS under a pseudo-terminal with util-linux `script`; output is what the terminal got. */
-function runUnderPty(args: string[], opts: { cwd: string; env: Record<string, string> }): Promise<{ code: number; output: string }> {
+function runUnderPty(args: string[], opts: { cwd: string; env: Record<string, string>; columns?: number }): Promise<{ code: number; output: string }> {
   const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
-  const cmd = ['exec', process.execPath, REGFS_BIN, ...args].map(q).join(' ');
+  const cmd = `${opts.columns ? `stty cols ${opts.columns} rows 24; ` : ''}${['exec', process.execPath, REGFS_BIN, ...args].map(q).join(' ')}`;
   return new Promise<{ code: number; output: string }>((resolve, reject) => {
     const child = spawn('script', ['-qfec', cmd, '/dev/null'], { cwd: opts.cwd, env: { ...process.env, ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'] });
     const out: Buffer[] = [];
@@ -488,14 +488,28 @@ test('push draws a progress bar on a TTY (under script(1)) and none when stderr 
 
   const tty = await runUnderPty(['push', `${reg.host}/bar:tty`, 'big.bin'], { cwd: src, env });
   t.is(tty.code, 0, tty.output);
-  // cli/progress.ts redraws one line: "\r\x1b[K[####....] NN% X/Y (d/n blobs)".
-  const bars = [...tty.output.matchAll(/\r\x1b\[K\[([#.]{30})\] (\d{1,3})% ([\d.]+ (?:B|KiB|MiB))\/([\d.]+ (?:B|KiB|MiB)) \((\d+)\/(\d+) blobs\)/g)];
+  // cli/progress.ts redraws one line: "\r\x1b[K[####....] NN% X/Y RATE/s ETA m:ss (d/n blobs)", the bar as wide as
+  // the terminal leaves room for (at most 30), the rate and ETA once they are known.
+  const bars = [...tty.output.matchAll(/\r\x1b\[K\[([#.]{10,30})\] (\d{1,3})% ([\d.]+ (?:B|KiB|MiB))\/([\d.]+ (?:B|KiB|MiB))(?: ([\d.]+ (?:B|KiB|MiB|GiB))\/s)?(?: ETA (\d+:\d\d))? \((\d+)\/(\d+) blobs\)/g)];
   t.true(bars.length >= 1, JSON.stringify(tty.output.slice(0, 2000)));
   for (const b of bars) {
+    const width = b[1]!.length;
     const fill = b[1]!.replace(/\./g, '').length;
-    t.is(fill, Math.round((Number(b[2]) / 100) * 30), 'the bar length follows the percentage');
+    t.is(fill, Math.round((Number(b[2]) / 100) * width), 'the bar length follows the percentage');
     t.is(b[4], '20.0 MiB', 'total is the config plus the 20 MiB layer');
-    t.is(b[6], '2');
+    t.is(b[8], '2');
+  }
+  const redraws = (out: string): string[] => out.split('\r\x1b[K').slice(1).map((seg) => seg.split(/[\r\n]/)[0]!).filter((l) => l.includes('%'));
+  for (const l of redraws(tty.output)) t.true(l.length < 80, `fits 80 columns: ${JSON.stringify(l)}`);
+
+  // A 50-column terminal: every redraw still fits on one line (no wrapped trail), the numbers kept first.
+  const narrow = await runUnderPty(['push', `${reg.host}/bar-narrow:v1`, 'big.bin'], { cwd: src, env, columns: 50 });
+  t.is(narrow.code, 0, narrow.output);
+  const lines50 = redraws(narrow.output);
+  t.true(lines50.length >= 1, JSON.stringify(narrow.output.slice(0, 2000)));
+  for (const l of lines50) {
+    t.true(l.length < 50, `fits 50 columns: ${JSON.stringify(l)}`);
+    t.regex(l, /\d{1,3}% [\d.]+ (?:B|KiB|MiB)\/20\.0 MiB/);
   }
   t.regex(tty.output, /Uploaded\s+[0-9a-f]{12} big\.bin/);
   t.regex(tty.output, /Digest: sha256:[0-9a-f]{64}/);
