@@ -4,13 +4,13 @@ import { BlobCache } from '../cache/blob-cache.js';
 import { MetadataCache } from '../cache/metadata-cache.js';
 import { RegfsError } from '../util/errors.js';
 import { invalidateCredentials } from '../registry/credentials.js';
-import { checkRepositories, openMountSource } from '../registry/open-mount.js';
+import { openMountSource } from '../registry/open-mount.js';
 import type { Registry } from '../registry/storage.js';
 import { serveMount, type RunningMount } from '../mount/serve.js';
 import { probeMount } from '../mount/mounter.js';
 import { isInside } from '../util/paths.js';
 import type { Logger } from '../util/log.js';
-import { loadConfigFile, pickAccess, resolveConfig, updateConfigSyncs, validateAccess, validateSync, type DaemonConfig, type MountConfig } from './settings.js';
+import { loadConfigFile, mountToJson, pickAccess, resolveConfig, updateConfigMounts, updateConfigSyncs, validateMount, validateSync, type DaemonConfig, type MountConfig } from './settings.js';
 import { DEFAULT_ATTR_POLICY } from '../mount/attr-policy.js';
 import { startControlServer } from './control.js';
 import type { DaemonStatus, LoggedEvent, ReloadResult } from './protocol.js';
@@ -413,19 +413,28 @@ export class Daemon {
       'GET /mounts': async () => ({ mounts: this.status().mounts }),
       'POST /mounts': async (b) => {
         const o = body(b);
-        const repositories = Array.isArray(o.repositories) ? checkRepositories(o.repositories as string[], 'repositories') : undefined;
-        const mc: MountConfig = { source: str(o.source, 'source'), mountpoint: path.resolve(str(o.mountpoint, 'mountpoint')), ...(typeof o.staging === 'string' ? { staging: path.resolve(o.staging) } : {}), ...(repositories?.length ? { repositories } : {}), ...pickAccess(validateAccess(o, 'mount')) };
-        if (o.allowDelete === true) {
-          if (!mc.staging) throw new RegfsError('INVALID_ARGUMENT', '--allow-delete needs --staging (writes through the mount go there)');
-          mc.allowDelete = true;
-        }
+        if (o.allowDelete === true && typeof o.staging !== 'string') throw new RegfsError('INVALID_ARGUMENT', '--allow-delete needs --staging (writes through the mount go there)');
+        const mc = validateMount({ ...o, source: str(o.source, 'source'), mountpoint: str(o.mountpoint, 'mountpoint') }, 'mount', process.cwd());
         await this.addMount(mc);
-        return { mounted: mc.mountpoint };
+        // Saved into the config file as `sync add` is, so the mount comes back after a restart (and a
+        // later edit of the file plus SIGHUP may remove it again).
+        if (this.configFile) {
+          await updateConfigMounts(this.configFile, (list, base) => [...list.filter((m) => path.resolve(base, String(m.mountpoint)) !== mc.mountpoint), mountToJson(mc)]).catch(async (err: unknown) => {
+            await this.removeMount(mc.mountpoint).catch(() => undefined);
+            throw err;
+          });
+          this.fileMounts.add(mc.mountpoint);
+        }
+        return { mounted: mc.mountpoint, savedTo: this.configFile ?? null };
       },
       'POST /mounts/remove': async (b) => {
-        const mp = str(body(b).mountpoint, 'mountpoint');
+        const mp = path.resolve(str(body(b).mountpoint, 'mountpoint'));
         await this.removeMount(mp);
-        return { unmounted: path.resolve(mp) };
+        if (this.configFile && this.fileMounts.has(mp)) {
+          await updateConfigMounts(this.configFile, (list, base) => list.filter((m) => path.resolve(base, String(m.mountpoint)) !== mp));
+          this.fileMounts.delete(mp);
+        }
+        return { unmounted: mp, savedTo: this.configFile ?? null };
       },
       'POST /refresh': async (b) => ({ refreshed: this.refresh(typeof body(b).path === 'string' ? (body(b).path as string) : undefined) }),
       'POST /rescan': async () => ({ queued: await this.rescan() }),

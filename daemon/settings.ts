@@ -171,7 +171,8 @@ export function validateConfig(raw: unknown, where: string, baseDir: string): Pa
   return out;
 }
 
-function validateMount(raw: unknown, where: string, baseDir: string): MountConfig {
+/** validateMount checks one mount (a config entry, or `regfs mounts add`), naming the key of every problem. */
+export function validateMount(raw: unknown, where: string, baseDir: string): MountConfig {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new RegfsError('INVALID_ARGUMENT', `${where}: must be an object`);
   const r = raw as Record<string, unknown>;
   for (const k of Object.keys(r)) if (!(MOUNT_KEYS as readonly string[]).includes(k)) throw unknownKey(where, k, MOUNT_KEYS);
@@ -287,6 +288,22 @@ export function checkSyncPlacement(local: string, others: { mountpoints: string[
  * written atomically with the file's mode), so `regfs sync add`/`rm` survive a restart.
  */
 export async function updateConfigSyncs(file: string, change: (syncs: Array<Record<string, unknown>>, baseDir: string) => Array<Record<string, unknown>>): Promise<void> {
+  return updateConfigList(file, 'syncs', change);
+}
+
+/** updateConfigMounts rewrites the `mounts` list of a JSON config file as updateConfigSyncs does, so `regfs mounts add`/`rm` survive a restart. */
+export async function updateConfigMounts(file: string, change: (mounts: Array<Record<string, unknown>>, baseDir: string) => Array<Record<string, unknown>>): Promise<void> {
+  return updateConfigList(file, 'mounts', change);
+}
+
+/** mountToJson is a mount as a config file holds it (modes as octal strings). */
+export function mountToJson(m: MountConfig): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...m };
+  for (const k of ['umask', 'fileMode', 'dirMode'] as const) if (m[k] !== undefined) out[k] = m[k]!.toString(8).padStart(4, '0');
+  return out;
+}
+
+async function updateConfigList(file: string, key: 'syncs' | 'mounts', change: (list: Array<Record<string, unknown>>, baseDir: string) => Array<Record<string, unknown>>): Promise<void> {
   const baseDir = path.dirname(path.resolve(file));
   let raw: Record<string, unknown>;
   let mode = 0o600;
@@ -294,15 +311,15 @@ export async function updateConfigSyncs(file: string, change: (syncs: Array<Reco
     raw = JSON.parse(await fsp.readFile(file, 'utf8')) as Record<string, unknown>;
     mode = (await fsp.stat(file)).mode & 0o777;
   } catch (err) {
-    throw new RegfsError('IO', `config ${file}: cannot read it to save the sync pairs (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    throw new RegfsError('IO', `config ${file}: cannot read it to save the ${key === 'syncs' ? 'sync pairs' : 'mounts'} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
   }
-  const before = Array.isArray(raw.syncs) ? (raw.syncs as Array<Record<string, unknown>>) : [];
-  const next = { ...raw, syncs: change(before, baseDir) };
+  const before = Array.isArray(raw[key]) ? (raw[key] as Array<Record<string, unknown>>) : [];
+  const next = { ...raw, [key]: change(before, baseDir) };
   validateConfig(next, `config ${file}`, baseDir);
   try {
     await writeFileAtomic(file, JSON.stringify(next, null, 2) + '\n', mode);
   } catch (err) {
-    throw new RegfsError('IO', `config ${file}: cannot save the sync pairs (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    throw new RegfsError('IO', `config ${file}: cannot save the ${key === 'syncs' ? 'sync pairs' : 'mounts'} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
   }
 }
 

@@ -191,17 +191,23 @@ export function registerControl(program: Command): void {
   );
 
   const mounts = program.command('mounts').description('add, list and remove mounts of the running daemon');
-  const add = socketOption(addAccessOptions(mounts.command('add').description('mount SOURCE at MOUNTPOINT in the running daemon').argument('<source>', 'HOST, HOST/NAMESPACE, HOST/REPO, HOST/REPO:TAG or oci:DIR').argument('<mountpoint>', 'an existing directory').option('--staging <dir>', 'staging folder to watch (makes the mount writable)').option('--repository <name...>', 'show these repositories at the root even when the registry does not list them').option('--allow-delete', 'let rm and rmdir through the mount remove published files and delete tags')));
+  const add = socketOption(addAccessOptions(mounts.command('add').description('mount SOURCE at MOUNTPOINT in the running daemon').argument('<source>', 'HOST, HOST/NAMESPACE, HOST/REPO, HOST/REPO:TAG or oci:DIR').argument('<mountpoint>', 'an existing directory').option('--staging <dir>', 'staging folder to watch (makes the mount writable)').option('--repository <name...>', 'show these repositories at the root even when the registry does not list them').option('--allow-delete', 'let rm and rmdir through the mount remove published files and delete tags').option('--plain-http', 'use plain HTTP for a non-loopback registry').option('--insecure', 'use HTTPS but skip TLS certificate verification').option('--ca-file <file>', 'trust the CA certificates in this PEM file').option('--registry-config <file>', 'docker-compatible credentials file for this mount')));
   add.addHelpText('after', '\nExample:\n  regfs mounts add localhost:5000 /srv/registry --staging /srv/staging\n');
   add.action(
     action(async (ctx, source: string, mountpoint: string) => {
-      const o = ctx.opts as typeof ctx.opts & AccessFlags & { socket?: string; staging?: string; allowDelete?: boolean; repository?: string[] };
+      const o = ctx.opts as typeof ctx.opts & AccessFlags & { socket?: string; staging?: string; allowDelete?: boolean; repository?: string[]; plainHttp?: boolean; insecure?: boolean; caFile?: string; registryConfig?: string };
       const path = await import('node:path');
       const access = accessFromFlags(o);
       // Modes travel as octal strings, as in the config file.
       const body = { ...access, ...Object.fromEntries((['umask', 'fileMode', 'dirMode'] as const).filter((k) => access[k] !== undefined).map((k) => [k, access[k]!.toString(8).padStart(4, '0')])) };
-      const r = await (await client(o.socket)).request<{ mounted: string }>('POST', '/mounts', { source, mountpoint: path.resolve(mountpoint), ...(o.staging ? { staging: path.resolve(o.staging) } : {}), ...(o.allowDelete ? { allowDelete: true } : {}), ...(o.repository?.length ? { repositories: o.repository } : {}), ...body });
-      ctx.out.result(r, `Mounted ${source} at ${r.mounted}`);
+      const transport = {
+        ...(o.plainHttp ? { plainHttp: true } : {}),
+        ...(o.insecure ? { insecure: true } : {}),
+        ...(o.caFile ? { caFile: path.resolve(o.caFile) } : {}),
+        ...(o.registryConfig ? { registryConfig: path.resolve(o.registryConfig) } : {}),
+      };
+      const r = await (await client(o.socket)).request<{ mounted: string; savedTo: string | null }>('POST', '/mounts', { source, mountpoint: path.resolve(mountpoint), ...(o.staging ? { staging: path.resolve(o.staging) } : {}), ...(o.allowDelete ? { allowDelete: true } : {}), ...(o.repository?.length ? { repositories: o.repository } : {}), ...transport, ...body });
+      ctx.out.result(r, `Mounted ${source} at ${r.mounted}${r.savedTo ? ` (saved to ${r.savedTo})` : ' (not saved: the daemon has no --config file)'}`);
     }),
   );
   const ls = socketOption(mounts.command('ls').description('list the mounts of the running daemon'));
@@ -219,7 +225,7 @@ export function registerControl(program: Command): void {
     action(async (ctx, mountpoint: string) => {
       const o = ctx.opts as typeof ctx.opts & { socket?: string };
       const path = await import('node:path');
-      const r = await (await client(o.socket)).request<{ unmounted: string }>('POST', '/mounts/remove', { mountpoint: path.resolve(mountpoint) });
+      const r = await (await client(o.socket)).request<{ unmounted: string; savedTo: string | null }>('POST', '/mounts/remove', { mountpoint: path.resolve(mountpoint) });
       ctx.out.result(r, `Unmounted ${r.unmounted}`);
     }),
   );
