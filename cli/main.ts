@@ -5,6 +5,7 @@ import { registerControl, registerDaemon } from './commands/daemon.js';
 import { registerPull, registerPush } from './commands/push.js';
 import { registerInspect, registerRepo } from './commands/repo.js';
 import { registerSync } from './commands/sync.js';
+import { registerCompletion } from './completion.js';
 import { ExitCode } from './exit-codes.js';
 import { exitState } from './run.js';
 
@@ -27,6 +28,7 @@ export function buildProgram(): Command {
   registerDaemon(program);
   registerControl(program);
   registerSync(program);
+  registerCompletion(program);
   const exit = (cmd: Command): void => {
     cmd.exitOverride();
     cmd.commands.forEach(exit);

@@ -1,10 +1,10 @@
 import test from 'ava';
-import { spawn } from 'node:child_process';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { REGFS_BIN, cliEnv, runCli, tempDir } from '../lab/cli.js';
 import { startDaemon } from '../lab/daemon.js';
-import { isMounted } from '../lab/mount.js';
+import { fusermount, isMounted, startMount } from '../lab/mount.js';
 import { checkFuseAvailable } from '../mount/mounter.js';
 import { isRegfsError } from '../util/errors.js';
 
@@ -83,4 +83,93 @@ test('status --watch --format json prints one JSON object per line (NDJSON)', as
     t.is(s.pid, d.child.pid!);
     t.is(s.mounts.length, 1);
   }
+});
+
+test('logout and unmount answer --format json; push/pull -q print only the result; --no-tty draws no bar on a terminal', async (t) => {
+  const { env, configDir } = await cliEnv(t);
+  const out = await runCli(['logout', 'localhost:5000', '--format', 'json', '--registry-config', path.join(configDir, 'config.json')], { env });
+  t.is(out.code, 0, out.stderr);
+  t.deepEqual(JSON.parse(out.stdout), { registry: 'localhost:5000', removed: false });
+
+  const src = await tempDir(t, 'regfs-first-q-');
+  await writeFile(path.join(src, 'big.bin'), Buffer.alloc(8 * 1024 * 1024, 7));
+  const store = path.join(src, 'store');
+  const quiet = await runCli(['push', `oci:${store}/q:1`, 'big.bin', '-q'], { cwd: src, env });
+  t.is(quiet.code, 0, quiet.stderr);
+  t.notRegex(quiet.stdout, /Uploading|Uploaded/);
+  t.regex(quiet.stdout, /^Digest: sha256:/m);
+  const pulled = await runCli(['pull', `oci:${store}/q:1`, '-o', path.join(src, 'out'), '--quiet'], { cwd: src, env });
+  t.is(pulled.code, 0, pulled.stderr);
+  t.notRegex(pulled.stdout, /Downloading|Downloaded/);
+
+  // Under a terminal (script(1)): --no-tty keeps the per-blob lines but draws no bar.
+  const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+  const run = (args: string[]): Promise<string> => new Promise((resolve) => {
+    const child = spawn('script', ['-qfec', ['exec', process.execPath, REGFS_BIN, ...args].map(q).join(' '), '/dev/null'], { cwd: src, env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    let text = '';
+    child.stdout.on('data', (d: Buffer) => (text += d.toString()));
+    child.on('close', () => resolve(text));
+  });
+  const noTty = await run(['push', `oci:${path.join(src, 'store2')}/q:2`, 'big.bin', '--no-tty']);
+  t.regex(noTty, /Uploaded\s+[0-9a-f]{12} big\.bin/);
+  t.false(noTty.includes('\x1b[K'), JSON.stringify(noTty));
+
+  const mstore = await makeStore(t);
+  const m = await startMount(t, `oci:${mstore}`);
+  const un = await runCli(['unmount', m.mnt, '--format', 'json'], { env });
+  t.is(un.code, 0, un.stderr);
+  t.deepEqual(JSON.parse(un.stdout), { unmounted: m.mnt });
+});
+
+test('--log-file sends the log of mount (and daemon) to a file, created 0600', async (t) => {
+  const store = await makeStore(t);
+  const dir = await tempDir(t, 'regfs-first-log-');
+  const log = path.join(dir, 'regfs.log');
+  const m = await startLoggedMount(t, store, dir, log);
+  t.is(await m.stop(), 0);
+  const text = await readFile(log, 'utf8');
+  t.regex(text, / mounted oci:\S+ at /);
+  t.regex(text, / unmounted /);
+  t.is((await stat(log)).mode & 0o777, 0o600);
+  t.notRegex(m.stderr(), /mounted/);
+});
+
+/** startLoggedMount runs `regfs mount --log-file` and waits for the mount (the log is not on stderr to wait for). */
+async function startLoggedMount(t: Parameters<typeof tempDir>[0], store: string, dir: string, log: string) {
+  const mnt = path.join(dir, 'mnt');
+  await mkdir(mnt);
+  const child = spawn(process.execPath, [REGFS_BIN, 'mount', `oci:${store}`, mnt, '--cache-dir', path.join(dir, 'cache'), '--log-file', log], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+  t.teardown(async () => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+    await fusermount(mnt);
+  });
+  const until = Date.now() + 30_000;
+  const logged = async (): Promise<boolean> => / mounted \S+ at /.test(await readFile(log, 'utf8').catch(() => ''));
+  while (!((await isMounted(mnt)) && (await logged())) && Date.now() < until && child.exitCode === null) await new Promise((r) => setTimeout(r, 50));
+  await new Promise((r) => setTimeout(r, 200));
+  return {
+    stderr: () => stderr,
+    stop: async () => {
+      child.kill('SIGTERM');
+      return exited;
+    },
+  };
+}
+
+test('regfs completion bash completes commands, subcommands and each command\'s options; zsh loads it through bashcompinit', async (t) => {
+  const bash = await runCli(['completion', 'bash']);
+  t.is(bash.code, 0, bash.stderr);
+  const dir = await tempDir(t, 'regfs-first-comp-');
+  await writeFile(path.join(dir, 'regfs.bash'), bash.stdout);
+  const probe = `source ${JSON.stringify(path.join(dir, 'regfs.bash'))}; t(){ COMP_WORDS=("$@"); COMP_CWORD=$(( \${#COMP_WORDS[@]} - 1 )); _regfs; echo "\${COMPREPLY[*]}"; }; t regfs mou; t regfs mounts a; t regfs push --con; t regfs status --socket /x --wa`;
+  const r = spawnSync('bash', ['-c', probe], { encoding: 'utf8' });
+  t.is(r.status, 0, r.stderr);
+  t.deepEqual(r.stdout.trim().split('\n'), ['mount mounts', 'add', '--config --concurrency', '--watch']);
+  const zsh = await runCli(['completion', 'zsh']);
+  t.regex(zsh.stdout, /^#compdef regfs\n.*bashcompinit/s);
+  const fish = await runCli(['completion', 'fish']);
+  t.is(fish.code, 2);
 });

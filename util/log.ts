@@ -1,4 +1,4 @@
-import { fstatSync } from 'node:fs';
+import { createWriteStream, fstatSync } from 'node:fs';
 
 /** Log levels in increasing order of importance. */
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
@@ -124,3 +124,13 @@ export function createLogger(opts: { level?: LogLevel; format?: 'text' | 'json';
 
 /** nullLogger discards everything. */
 export const nullLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
+
+/** openLogFile opens FILE for appending (created 0600) as a logger stream, for `--log-file`; its write errors are guarded like stderr's. */
+export function openLogFile(file: string): LogStream & { close(): Promise<void> } {
+  const stream = createWriteStream(file, { flags: 'a', mode: 0o600 });
+  guardStream(stream);
+  return {
+    write: (s: string) => stream.write(s),
+    close: () => new Promise<void>((resolve) => stream.end(() => resolve())),
+  };
+}

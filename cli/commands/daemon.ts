@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { RegfsError } from '../../util/errors.js';
 import { installFatalHandlers } from '../../util/fatal.js';
-import { createLogger, guardStdio } from '../../util/log.js';
+import { createLogger, guardStdio, openLogFile } from '../../util/log.js';
 import { ExitCode } from '../exit-codes.js';
 import type { DaemonStatus, SyncPairStatus } from '../../daemon/protocol.js';
 import { humanBytes } from '../output.js';
@@ -31,13 +31,14 @@ export function registerDaemon(program: Command): void {
     .option('--cache-max-size <size>', 'evict least recently used blobs above this size, e.g. 10G')
     .option('--quiet-period <seconds>', 'how long staged files must be unchanged before they are pushed (default 2)')
     .option('--log-format <format>', 'text or json (for journald pipelines)', 'text')
-    .option('--log-level <level>', 'debug, info, warn or error', 'info');
+    .option('--log-level <level>', 'debug, info, warn or error', 'info')
+    .option('--log-file <file>', 'append the log to FILE (created 0600) instead of stderr');
   // Access flags are defaults for every mount of the daemon (a mount's own config keys win).
   addAccessOptions(d);
   d.addHelpText('after', '\nExamples:\n  regfs daemon --source localhost:5000 --mountpoint /srv/registry --staging /srv/staging\n  regfs daemon --config /etc/regfs/config.json --log-format json --allow-other\n');
   d.action(
     action(async (ctx) => {
-      const opts = ctx.opts as unknown as AccessFlags & {
+      const opts = ctx.opts as unknown as AccessFlags & { logFile?: string;
         config?: string; source?: string; repository?: string[]; mountpoint?: string; staging?: string; allowDelete?: boolean; cacheDir?: string; stateDir?: string; socket?: string;
         plainHttp?: boolean; registryConfig?: string; metadataTtl?: string; cacheMaxSize?: string; quietPeriod?: string; logFormat: string; logLevel: string;
       };
@@ -67,7 +68,7 @@ export function registerDaemon(program: Command): void {
       } as never);
       // A service outlives its log reader: EPIPE/EIO on stdout or stderr only silences the log.
       guardStdio();
-      const log = createLogger({ level: config.logLevel, format: config.logFormat });
+      const log = createLogger({ level: config.logLevel, format: config.logFormat, ...(opts.logFile ? { stream: openLogFile(opts.logFile) } : {}) });
       let started: { stop(): Promise<void> } | undefined;
       // A bug that escapes every handler still unmounts every mount before the exit (status 1).
       installFatalHandlers(log, { cleanup: async () => started?.stop(), exitCode: ExitCode.failure });

@@ -3,7 +3,7 @@ import { CredentialStore } from '../../registry/credentials.js';
 import { RegfsError } from '../../util/errors.js';
 import { parseRegistryHost, registryApiHost } from '../../registry/reference.js';
 import { RemoteRegistry } from '../../registry/remote.js';
-import { addRemoteOptions } from '../context.js';
+import { addFormatOption, addRemoteOptions } from '../context.js';
 import { action } from '../run.js';
 
 async function readStdin(): Promise<string> {
@@ -56,12 +56,13 @@ export function registerLogin(program: Command): void {
     .description('forget the stored credentials for a registry')
     .argument('<registry>', 'registry host[:port]')
     .option('--registry-config <file>', 'docker-compatible credentials file');
+  addFormatOption(logout);
   logout.addHelpText('after', '\nExample:\n  regfs logout localhost:5000\n');
   logout.action(
     action(async (ctx, registry: string) => {
       const host = parseRegistryHost(registry);
       const removed = await new CredentialStore(ctx.opts.registryConfig).remove(host);
-      ctx.out.line(removed ? `Removed login credentials for ${host}` : `Not logged in to ${host}`);
+      ctx.out.result({ registry: host, removed }, removed ? `Removed login credentials for ${host}` : `Not logged in to ${host}`);
     }),
   );
 }

@@ -4,13 +4,13 @@ import { invalidateCredentials } from '../../registry/credentials.js';
 import { checkRepositories } from '../../registry/open-mount.js';
 import { RegfsError } from '../../util/errors.js';
 import { installFatalHandlers } from '../../util/fatal.js';
-import { createLogger, guardStdio } from '../../util/log.js';
+import { createLogger, guardStdio, openLogFile } from '../../util/log.js';
 import { defaultPaths } from '../../util/paths.js';
 import { ExitCode } from '../exit-codes.js';
 import type { MountAccess } from '../../daemon/settings.js';
 import { DEFAULT_ATTR_POLICY, parseId, parseMode } from '../../mount/attr-policy.js';
 import { parseSeconds, parseSize } from '../parse.js';
-import { addRemoteOptions } from '../context.js';
+import { addFormatOption, addRemoteOptions } from '../context.js';
 import { loadFuseModule } from '../fuse-binding.js';
 import { action } from '../run.js';
 
@@ -62,13 +62,14 @@ export function registerMount(program: Command): void {
     .option('--verify <mode>', 'lazy: serve ranges before the whole blob is verified; strict: only verified bytes', 'lazy')
     .option('--repository <name...>', 'show these repositories at the root even when the registry does not list them (no catalog)')
     .option('--log-format <format>', 'text or json', 'text')
-    .option('--log-level <level>', 'debug, info, warn or error', 'info');
+    .option('--log-level <level>', 'debug, info, warn or error', 'info')
+    .option('--log-file <file>', 'append the log to FILE (created 0600) instead of stderr');
   addAccessOptions(cmd);
   addRemoteOptions(cmd, { credentials: false });
   cmd.addHelpText('after', '\nExamples:\n  regfs mount localhost:5000 /mnt/registry\n  regfs mount ghcr.io/myorg /mnt/myorg              # a namespace: its repositories at the root\n  regfs mount docker.io/library/alpine /mnt/alpine  # a repository: its tags at the root\n  regfs mount localhost:5000/samples/artifact:1.0 /mnt/a  # one artifact: its files at the root\n  regfs mount oci:./store ./mnt --cache-max-size 20G\n  ls /mnt/registry/samples/artifact/1.0/ && cat /mnt/registry/samples/artifact/1.0/artifact.txt\n');
   cmd.action(
     action(async (ctx, source: string, mountpoint: string) => {
-      const o = ctx.opts as typeof ctx.opts & AccessFlags & { repository?: string[]; cacheDir?: string; metadataTtl: string; cacheMaxSize?: string; minFreeSpace: string; verify: string; logFormat: string; logLevel: string };
+      const o = ctx.opts as typeof ctx.opts & AccessFlags & { logFile?: string; repository?: string[]; cacheDir?: string; metadataTtl: string; cacheMaxSize?: string; minFreeSpace: string; verify: string; logFormat: string; logLevel: string };
       const access = accessFromFlags(o);
       if (o.verify !== 'lazy' && o.verify !== 'strict') throw new RegfsError('INVALID_ARGUMENT', `invalid --verify ${o.verify}: expected lazy or strict`);
       if (o.logFormat !== 'text' && o.logFormat !== 'json') throw new RegfsError('INVALID_ARGUMENT', `invalid --log-format ${o.logFormat}: expected text or json`);
@@ -76,7 +77,7 @@ export function registerMount(program: Command): void {
       // Loaded on demand: push/pull never pay for the FUSE binding.
       const { serveMount } = await loadFuseModule(() => import('../../mount/serve.js'));
       guardStdio();
-      const log = createLogger({ level: o.debug ? 'debug' : (o.logLevel as 'info'), format: o.logFormat });
+      const log = createLogger({ level: o.debug ? 'debug' : (o.logLevel as 'info'), format: o.logFormat, ...(o.logFile ? { stream: openLogFile(o.logFile) } : {}) });
       let mounted: { stop(): Promise<void> } | undefined;
       installFatalHandlers(log, { cleanup: async () => mounted?.stop(), exitCode: ExitCode.failure });
       const opened = await ctx.mountSource(source, { log });
@@ -127,6 +128,7 @@ export function registerMount(program: Command): void {
     .command('unmount')
     .description('unmount a regfs mount (also a stale one left by a crash)')
     .argument('<mountpoint>', 'the mounted directory');
+  addFormatOption(un);
   un.addHelpText('after', '\nExample:\n  regfs unmount /mnt/registry\n');
   un.action(
     action(async (ctx, mountpoint: string) => {
@@ -135,7 +137,7 @@ export function registerMount(program: Command): void {
       const m = (await procMountpoints()).find((x) => x.mountpoint === abs);
       if (!m) throw new RegfsError('NOT_FOUND', `${abs} is not mounted`);
       await fusermountUnmount(abs);
-      ctx.out.line(`Unmounted ${abs}`);
+      ctx.out.result({ unmounted: abs }, `Unmounted ${abs}`);
     }),
   );
 }

@@ -12,8 +12,25 @@ function collect(v: string, prev: string[] = []): string[] {
   return [...prev, v];
 }
 
-function stderrTty(format: string | undefined): NodeJS.WriteStream | undefined {
-  return format !== 'json' && process.stderr.isTTY ? process.stderr : undefined;
+/** TtyFlags are -q/--quiet and --no-tty (commander sets `tty: false` for the latter). */
+interface TtyFlags {
+  format?: string;
+  quiet?: boolean;
+  tty?: boolean;
+}
+
+function stderrTty(o: TtyFlags): NodeJS.WriteStream | undefined {
+  return o.format !== 'json' && !o.quiet && o.tty !== false && process.stderr.isTTY ? process.stderr : undefined;
+}
+
+/** addOutputOptions adds -q/--quiet (only the result) and --no-tty (no progress bar, even on a terminal). */
+function addOutputOptions(cmd: Command): Command {
+  return cmd.option('-q, --quiet', 'print only the result: no per-blob lines, no progress bar').option('--no-tty', 'never draw the progress bar (it is drawn only when stderr is a terminal)');
+}
+
+/** blobLines is where the per-blob lines go: stdout, or nowhere with --quiet. */
+function blobLines(ctx: { out: { line(s: string): void } }, o: TtyFlags): (l: string) => void {
+  return o.quiet ? () => undefined : (l) => ctx.out.line(l);
 }
 
 /** registerPush adds `regfs push` (ORAS file-to-layer conventions). */
@@ -29,11 +46,12 @@ export function registerPush(program: Command): void {
     .option('-a, --annotation <key=value>', 'manifest annotation (repeatable)', collect, [])
     .option('--annotation-file <file>', 'JSON annotations: {"$manifest": {...}, "$config": {...}, "<file title>": {...}}')
     .option('--concurrency <n>', 'blobs uploaded at once', '5');
+  addOutputOptions(cmd);
   addRemoteOptions(cmd, { layout: true });
   cmd.addHelpText('after', '\nExamples:\n  regfs push localhost:5000/samples/artifact:1.0 ./artifact.txt:application/vnd.unknown.layer.v1+txt\n  regfs push localhost:5000/docs:v1,latest README.md docs/\n  regfs push oci:./store/samples/artifact:1.0 artifact.txt\n');
   cmd.action(
     action(async (ctx, refArg: string, files: string[]) => {
-      const o = ctx.opts as typeof ctx.opts & { config?: string; manifestConfig?: string; artifactType?: string; annotation: string[]; annotationFile?: string; concurrency: string };
+      const o = ctx.opts as typeof ctx.opts & TtyFlags & { config?: string; manifestConfig?: string; artifactType?: string; annotation: string[]; annotationFile?: string; concurrency: string };
       const [first, ...extraTags] = refArg.split(',');
       const ref = ctx.reference(first!);
       for (const t of extraTags) if (!isTag(t)) throw new RegfsError('INVALID_REFERENCE', `invalid tag ${JSON.stringify(t)} in ${JSON.stringify(refArg)}`);
@@ -55,7 +73,7 @@ export function registerPush(program: Command): void {
       });
       const tags = [ref.tag ?? 'latest', ...extraTags];
       const repo = ctx.repository(ref, { create: true });
-      const progress = new Progress({ start: 'Uploading', done: 'Uploaded' }, (l) => ctx.out.line(l), stderrTty(o.format));
+      const progress = new Progress({ start: 'Uploading', done: 'Uploaded' }, blobLines(ctx, o), stderrTty(o));
       const desc = await pushArtifact(repo, packed, tags, { concurrency, onEvent: (e) => progress.on(e) });
       progress.clear();
       const shown = referenceString({ ...ref, tag: tags[0] });
@@ -77,16 +95,17 @@ export function registerPull(program: Command): void {
     .option('--media-type <types>', 'only pull layers of these media types (comma-separated)')
     .option('--keep-old-files', 'refuse to replace files that already exist')
     .option('--concurrency <n>', 'blobs downloaded at once', '3');
+  addOutputOptions(cmd);
   addRemoteOptions(cmd, { layout: true });
   cmd.addHelpText('after', '\nExamples:\n  regfs pull localhost:5000/samples/artifact:1.0 -o out/\n  regfs pull localhost:5000/samples/artifact:1.0 --media-type application/vnd.unknown.layer.v1+txt\n');
   cmd.action(
     action(async (ctx, refArg: string) => {
-      const o = ctx.opts as typeof ctx.opts & { output: string; mediaType?: string; keepOldFiles?: boolean; concurrency: string };
+      const o = ctx.opts as typeof ctx.opts & TtyFlags & { output: string; mediaType?: string; keepOldFiles?: boolean; concurrency: string };
       const ref = ctx.reference(refArg);
       const reference = ref.digest ?? ref.tag ?? 'latest';
       const concurrency = parseIntInRange(o.concurrency, '--concurrency', 1, 64);
       const repo = ctx.repository(ref);
-      const progress = new Progress({ start: 'Downloading', done: 'Downloaded' }, (l) => ctx.out.line(l), stderrTty(o.format));
+      const progress = new Progress({ start: 'Downloading', done: 'Downloaded' }, blobLines(ctx, o), stderrTty(o));
       const res = await pullArtifact(repo, reference, o.output, {
         mediaTypes: o.mediaType?.split(',').map((s) => s.trim()).filter(Boolean),
         keepOldFiles: o.keepOldFiles,
@@ -94,7 +113,7 @@ export function registerPull(program: Command): void {
         onEvent: (e) => progress.on(e),
       });
       progress.clear();
-      if (res.skipped) ctx.out.line(`Skipped pulling ${res.skipped} layer(s) without file name in "org.opencontainers.image.title"`);
+      if (res.skipped && !o.quiet) ctx.out.line(`Skipped pulling ${res.skipped} layer(s) without file name in "org.opencontainers.image.title"`);
       const shown = referenceString({ ...ref, tag: ref.digest ? undefined : reference });
       ctx.out.result(
         { reference: shown, digest: res.manifest.descriptor.digest, mediaType: res.manifest.descriptor.mediaType, files: res.files, output: o.output },
