@@ -173,3 +173,33 @@ test('regfs completion bash completes commands, subcommands and each command\'s 
   const fish = await runCli(['completion', 'fish']);
   t.is(fish.code, 2);
 });
+
+test('login on a terminal asks for the username and the password (not echoed), then stores them', async (t) => {
+  const { startRegistry } = await import('../lab/registry.js');
+  const reg = await startRegistry(t, { flavour: 'basic' });
+  const { env, configDir } = await cliEnv(t);
+  const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+  const child = spawn('script', ['-qfec', ['exec', process.execPath, REGFS_BIN, 'login', reg.host].map(q).join(' '), '/dev/null'], { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  const closed = new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  const waitOut = async (re: RegExp): Promise<void> => {
+    const until = Date.now() + 20_000;
+    while (!re.test(out)) {
+      if (Date.now() > until) throw new Error(`timed out waiting for ${re}: ${JSON.stringify(out)}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  await waitOut(/Username: $/);
+  child.stdin.write(`${reg.username}\r`);
+  await waitOut(/Password: $/);
+  child.stdin.write(`${reg.password}\r`);
+  await waitOut(/Login Succeeded/);
+  t.is(await closed, 0, out);
+  t.false(out.includes(reg.password!), 'the password is not echoed');
+  const saved = JSON.parse(await readFile(path.join(configDir, 'config.json'), 'utf8')) as { auths: Record<string, { auth: string }> };
+  t.is(Buffer.from(saved.auths[reg.host]!.auth, 'base64').toString(), `${reg.username}:${reg.password}`);
+});

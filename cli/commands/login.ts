@@ -28,12 +28,19 @@ export function registerLogin(program: Command): void {
       const o = ctx.opts as typeof ctx.opts & { passwordStdin?: boolean; identityToken?: string };
       if (o.passwordStdin && o.password !== undefined) throw new RegfsError('INVALID_ARGUMENT', '--password and --password-stdin are mutually exclusive');
       let password = o.password;
+      let username = o.username;
       if (o.passwordStdin) password = await readStdin();
       else if (password !== undefined) ctx.out.warn('using --password on the command line is insecure; use --password-stdin');
-      if (!o.identityToken && (o.username === undefined || password === undefined)) {
-        throw new RegfsError('INVALID_ARGUMENT', 'login needs -u USER with -p PASS or --password-stdin (or --identity-token)');
+      else if (!o.identityToken && process.stdin.isTTY) {
+        // On a terminal, ask as docker and oras login do (the password is not echoed).
+        const { prompt } = await import('../prompt.js');
+        if (username === undefined) username = (await prompt('Username: ')).trim();
+        password = await prompt('Password: ', { hidden: true });
       }
-      const cred = o.identityToken ? { refreshToken: o.identityToken } : { username: o.username!, password: password! };
+      if (!o.identityToken && (!username || password === undefined)) {
+        throw new RegfsError('INVALID_ARGUMENT', 'login needs -u USER with -p PASS or --password-stdin (or --identity-token); on a terminal it asks for them');
+      }
+      const cred = o.identityToken ? { refreshToken: o.identityToken } : { username: username!, password: password! };
       const reg = new RemoteRegistry(registryApiHost(host), {
         plainHttp: o.plainHttp,
         insecure: o.insecure,
