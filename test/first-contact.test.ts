@@ -203,3 +203,14 @@ test('login on a terminal asks for the username and the password (not echoed), t
   const saved = JSON.parse(await readFile(path.join(configDir, 'config.json'), 'utf8')) as { auths: Record<string, { auth: string }> };
   t.is(Buffer.from(saved.auths[reg.host]!.auth, 'base64').toString(), `${reg.username}:${reg.password}`);
 });
+
+test('pull into a read-only file system says so (not ENOENT from mkdir), exit 1', async (t) => {
+  const store = await makeStore(t);
+  // A regfs mount without staging is a read-only file system.
+  const m = await startMount(t, `oci:${store}`);
+  const { env } = await cliEnv(t);
+  const into = path.join(m.mnt, 'demo', '1', 'new', 'deeper');
+  const r = await runCli(['pull', `oci:${store}/demo:1`, '-o', into], { env });
+  t.is(r.code, 1, r.stderr);
+  t.is(r.stderr, `Error: cannot pull into ${into}: ${path.join(m.mnt, 'demo', '1')} is not writable (read-only file system)\n`);
+});

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { isRegfsError, RegfsError } from '../../util/errors.js';
+import { errnoOf, isRegfsError, RegfsError } from '../../util/errors.js';
 import { packArtifact, parseAnnotationArgs, parseFileArg } from '../../registry/pack.js';
 import { isTag, referenceString } from '../../registry/reference.js';
 import { pullArtifact, pushArtifact } from '../../registry/transfer.js';
@@ -85,6 +85,34 @@ export function registerPush(program: Command): void {
   );
 }
 
+/**
+ * checkWritableOutput asks the nearest existing folder of the output directory for write access
+ * first, so a read-only file system or a folder of another user is said as such (Node reports a
+ * recursive mkdir on a read-only file system as ENOENT).
+ */
+async function checkWritableOutput(output: string): Promise<void> {
+  const { constants, promises: fsp } = await import('node:fs');
+  const path = await import('node:path');
+  let dir = path.resolve(output);
+  for (;;) {
+    const st = await fsp.stat(dir).catch(() => undefined);
+    if (st) {
+      if (!st.isDirectory()) throw new RegfsError('INVALID_ARGUMENT', `cannot pull into ${path.resolve(output)}: ${dir} is not a directory`);
+      break;
+    }
+    const up = path.dirname(dir);
+    if (up === dir) return;
+    dir = up;
+  }
+  try {
+    await fsp.access(dir, constants.W_OK);
+  } catch (err) {
+    const code = errnoOf(err);
+    const why = code === 'EROFS' ? 'read-only file system' : code === 'EACCES' || code === 'EPERM' ? 'permission denied' : (code ?? String(err));
+    throw new RegfsError('IO', `cannot pull into ${path.resolve(output)}: ${dir} is not writable (${why})`);
+  }
+}
+
 /** registerPull adds `regfs pull`. */
 export function registerPull(program: Command): void {
   const cmd = program
@@ -104,6 +132,7 @@ export function registerPull(program: Command): void {
       const ref = ctx.reference(refArg);
       const reference = ref.digest ?? ref.tag ?? 'latest';
       const concurrency = parseIntInRange(o.concurrency, '--concurrency', 1, 64);
+      await checkWritableOutput(o.output);
       const repo = ctx.repository(ref);
       const progress = new Progress({ start: 'Downloading', done: 'Downloaded' }, blobLines(ctx, o), stderrTty(o));
       const res = await pullArtifact(repo, reference, o.output, {
