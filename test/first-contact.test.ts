@@ -214,3 +214,32 @@ test('pull into a read-only file system says so (not ENOENT from mkdir), exit 1'
   t.is(r.code, 1, r.stderr);
   t.is(r.stderr, `Error: cannot pull into ${into}: ${path.join(m.mnt, 'demo', '1')} is not writable (read-only file system)\n`);
 });
+
+test('a foreground mount with --socket answers status, mounts ls, refresh and cache stats like the daemon', async (t) => {
+  const store = await makeStore(t);
+  const dir = await tempDir(t, 'regfs-first-sock-');
+  const socket = path.join(dir, 'run', 'mount.sock');
+  const m = await startMount(t, `oci:${store}`, { args: ['--socket', socket] });
+  const { env } = await cliEnv(t);
+  const sock = ['--socket', socket];
+  const st = await runCli(['status', ...sock, '--format', 'json'], { env });
+  t.is(st.code, 0, st.stderr);
+  const s = JSON.parse(st.stdout) as { pid: number; kind: string; mounts: Array<{ source: string; mountpoint: string }>; queue: unknown[] };
+  t.is(s.pid, m.child.pid!);
+  t.is(s.kind, 'mount');
+  t.deepEqual(s.mounts.map((x) => [x.source, x.mountpoint]), [[`oci:${store}`, m.mnt]]);
+  const text = await runCli(['status', ...sock], { env });
+  t.regex(text.stdout, new RegExp(`^  oci:${store.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} -> ${m.mnt.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'));
+  t.is((await runCli(['mounts', 'ls', ...sock], { env })).stdout.trim(), `oci:${store}\t${m.mnt}`);
+  t.is((await readFile(path.join(m.mnt, 'demo', '1', 'a.txt'), 'utf8')), 'a\n');
+  const refresh = await runCli(['refresh', path.join(m.mnt, 'demo'), ...sock], { env });
+  t.is(refresh.code, 0, refresh.stderr);
+  t.is((await runCli(['refresh', '/elsewhere', ...sock], { env })).code, 4);
+  const cs = JSON.parse((await runCli(['cache', 'stats', ...sock, '--format', 'json'], { env })).stdout) as { misses: number };
+  t.true(cs.misses >= 1);
+  // What only the daemon does is refused with the route's error, not a hang.
+  t.not((await runCli(['rescan', ...sock], { env })).code, 0);
+  t.is(await m.stop(), 0);
+  // The socket is gone with the mount.
+  t.not((await runCli(['status', ...sock], { env })).code, 0);
+});

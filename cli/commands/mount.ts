@@ -63,13 +63,14 @@ export function registerMount(program: Command): void {
     .option('--repository <name...>', 'show these repositories at the root even when the registry does not list them (no catalog)')
     .option('--log-format <format>', 'text or json', 'text')
     .option('--log-level <level>', 'debug, info, warn or error', 'info')
-    .option('--log-file <file>', 'append the log to FILE (created 0600) instead of stderr');
+    .option('--log-file <file>', 'append the log to FILE (created 0600) instead of stderr')
+    .option('--socket <path>', 'answer regfs status, refresh and cache stats on this control socket (default: $REGFS_SOCKET if set, else none)');
   addAccessOptions(cmd);
   addRemoteOptions(cmd, { credentials: false });
   cmd.addHelpText('after', '\nExamples:\n  regfs mount localhost:5000 /mnt/registry\n  regfs mount ghcr.io/myorg /mnt/myorg              # a namespace: its repositories at the root\n  regfs mount docker.io/library/alpine /mnt/alpine  # a repository: its tags at the root\n  regfs mount localhost:5000/samples/artifact:1.0 /mnt/a  # one artifact: its files at the root\n  regfs mount oci:./store ./mnt --cache-max-size 20G\n  ls /mnt/registry/samples/artifact/1.0/ && cat /mnt/registry/samples/artifact/1.0/artifact.txt\n');
   cmd.action(
     action(async (ctx, source: string, mountpoint: string) => {
-      const o = ctx.opts as typeof ctx.opts & AccessFlags & { logFile?: string; repository?: string[]; cacheDir?: string; metadataTtl: string; cacheMaxSize?: string; minFreeSpace: string; verify: string; logFormat: string; logLevel: string };
+      const o = ctx.opts as typeof ctx.opts & AccessFlags & { logFile?: string; socket?: string; repository?: string[]; cacheDir?: string; metadataTtl: string; cacheMaxSize?: string; minFreeSpace: string; verify: string; logFormat: string; logLevel: string };
       const access = accessFromFlags(o);
       if (o.verify !== 'lazy' && o.verify !== 'strict') throw new RegfsError('INVALID_ARGUMENT', `invalid --verify ${o.verify}: expected lazy or strict`);
       if (o.logFormat !== 'text' && o.logFormat !== 'json') throw new RegfsError('INVALID_ARGUMENT', `invalid --log-format ${o.logFormat}: expected text or json`);
@@ -99,6 +100,15 @@ export function registerMount(program: Command): void {
         attrs: { ...DEFAULT_ATTR_POLICY, ...access },
       });
       mounted = running;
+      const { serveMountControl } = await import('../../daemon/mount-control.js');
+      const { socketPathFrom } = await import('../daemon-client.js');
+      // Only on a socket asked for: the default one belongs to the daemon, which must be able to start
+      // while a foreground mount runs.
+      const wanted = o.socket ?? process.env.REGFS_SOCKET;
+      const control = wanted === undefined ? undefined : await serveMountControl(running, { source, mountpoint: running.mountpoint, startedAt: new Date() }, path.resolve(socketPathFrom({ socket: wanted })), { explicit: o.socket !== undefined, log }).catch(async (err: unknown) => {
+        await running.stop();
+        throw err;
+      });
       await new Promise<void>((resolve) => {
         let stopping = false;
         // Handlers stay installed while unmounting: a second Ctrl-C (a terminal signals the whole
@@ -119,6 +129,7 @@ export function registerMount(program: Command): void {
         });
         void running.done.then(resolve);
       });
+      await control?.close().catch(() => undefined);
       // fuse-native's thread can outlive the unmount; once everything is closed, do not linger.
       setTimeout(() => process.exit(process.exitCode ?? 0), 500).unref();
     }),
