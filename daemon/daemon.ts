@@ -1,4 +1,5 @@
 import { promises as fsp } from 'node:fs';
+import { stagingModes } from '../staging/modes.js';
 import path from 'node:path';
 import { BlobCache } from '../cache/blob-cache.js';
 import { MetadataCache } from '../cache/metadata-cache.js';
@@ -14,6 +15,7 @@ import { loadConfigFile, mountToJson, pickAccess, resolveConfig, updateConfigMou
 import { DEFAULT_ATTR_POLICY } from '../mount/attr-policy.js';
 import { startControlServer } from './control.js';
 import type { DaemonStatus, LoggedEvent, ReloadResult } from './protocol.js';
+import { recordingLogger } from './recording-logger.js';
 import { PushQueue } from './push-queue.js';
 import { scanStaging, WRITES_DIR } from '../staging/layout.js';
 import { watchFolder, type FolderWatcher } from '../staging/watcher.js';
@@ -31,30 +33,6 @@ interface ActiveMount {
 
 /** PERIODIC_RESCAN_MS is how often every staging folder is scanned even without a watcher event. */
 const PERIODIC_RESCAN_MS = 30_000;
-
-/** recordingLogger wraps a logger and keeps the last warnings and errors for status. */
-export function recordingLogger(inner: Logger, keep = 20): { log: Logger; recent: LoggedEvent[] } {
-  const recent: LoggedEvent[] = [];
-  const push = (level: 'warn' | 'error', msg: string): void => {
-    recent.push({ time: new Date().toISOString(), level, msg });
-    if (recent.length > keep) recent.shift();
-  };
-  return {
-    recent,
-    log: {
-      debug: (m, f) => inner.debug(m, f),
-      info: (m, f) => inner.info(m, f),
-      warn: (m, f) => {
-        push('warn', m);
-        inner.warn(m, f);
-      },
-      error: (m, f) => {
-        push('error', m);
-        inner.error(m, f);
-      },
-    },
-  };
-}
 
 /**
  * Daemon runs any number of mounts sharing one blob cache, watches their staging folders, pushes
@@ -213,7 +191,7 @@ export class Daemon {
       }
     });
     if (staging) {
-      await fsp.mkdir(staging, { recursive: true, mode: 0o700 });
+      await fsp.mkdir(staging, { recursive: true, mode: stagingModes(access.allowOther === true).dir });
       const writes = path.join(staging, WRITES_DIR);
       // No awaitWriteFinish: the queue decides when a tag folder is quiet (from file mtimes), so a file
       // moved in whole starts uploading at once. Files being written through the mount are ignored: they

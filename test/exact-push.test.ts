@@ -160,7 +160,12 @@ test('unpublishable entries at every depth (newline name, symlinks, FIFO, socket
   const listing = (await sh(`tar tzvf '${tgz}'`)).stdout.trim().split('\n');
   t.deepEqual(listing.map((l) => l.split(/\s+/).slice(5).join(' ').replace(/\/$/, '')), ['sub', 'sub/ok.txt'], listing.join('\n'));
   t.deepEqual(listing.map((l) => l[0]), ['d', '-']);
-  // (Pulling a 255-byte name is a read-side matter, issue 16's mount part: pull's temp file name is longer.)
+  // What was published pulls back, the 255-byte name included (pull's temp name is shortened to fit).
+  const pulled = path.join(d.dirs.base, 'pulled');
+  const pull = await runCli(['pull', `${reg.host}/odd/names:v1`, '-o', pulled], { env });
+  t.is(pull.code, 0, pull.stderr);
+  t.is(await readFile(path.join(pulled, long), 'utf8'), 'long');
+  t.is(await readFile(path.join(pulled, unicode), 'utf8'), 'unicode');
   const out = path.join(d.dirs.base, 'out');
   await mkdir(out);
   await sh(`tar xzf '${tgz}' -C '${out}'`);

@@ -17,9 +17,28 @@ export interface AtomicWriteOptions {
   tempDir?: string;
 }
 
-/** tempPathFor returns a hidden, unique temp file name `.<name>.<12 hex>.part` for `file`, in `dir` (default: beside it). */
+/** NAME_MAX_BYTES is the longest file name Linux file systems take (255 bytes). */
+const NAME_MAX_BYTES = 255;
+const TEMP_OVERHEAD = '.'.length + '.'.length + 12 + '.part'.length;
+
+/** shortenTo cuts a name to at most `max` UTF-8 bytes, on a character boundary. */
+function shortenTo(name: string, max: number): string {
+  if (Buffer.byteLength(name) <= max) return name;
+  let out = '';
+  for (const ch of name) {
+    if (Buffer.byteLength(out + ch) > max) break;
+    out += ch;
+  }
+  return out;
+}
+
+/**
+ * tempPathFor returns a hidden, unique temp file name `.<name>.<12 hex>.part` for `file`, in `dir`
+ * (default: beside it); a long name is shortened so the temp name still fits in 255 bytes.
+ */
 export function tempPathFor(file: string, dir = path.dirname(file)): string {
-  return path.join(dir, `.${path.basename(file)}.${randomBytes(6).toString('hex')}.part`);
+  const name = shortenTo(path.basename(file), NAME_MAX_BYTES - TEMP_OVERHEAD);
+  return path.join(dir, `.${name}.${randomBytes(6).toString('hex')}.part`);
 }
 
 /**
