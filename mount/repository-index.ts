@@ -106,11 +106,6 @@ export class RepositoryIndex {
     return this.merged;
   }
 
-  /** has tells whether a name is known (listed, configured or found). */
-  has(name: string): boolean {
-    return this.found.has(name) || this.configured.includes(name) || this.catalogNames.includes(name);
-  }
-
   /**
    * probe asks the registry whether `name` is a repository (its tag list answers), once per TTL.
    * NOT_FOUND, UNAUTHORIZED and DENIED mean no (Docker Hub answers 401 for a repository that does not

@@ -18,8 +18,6 @@ export type MountRoot =
 export interface OpenedMountSource {
   registry: Registry;
   root: MountRoot;
-  /** registrySource is the whole-registry source string (`HOST` or `oci:DIR`) the push queue uses. */
-  registrySource: string;
   /** display names the source as the user gave it, canonicalised (`docker.io/library/alpine`). */
   display: string;
   parsed: MountSource;
@@ -35,19 +33,19 @@ export async function openMountSource(input: string, opts: SourceOptions = {}): 
   const parsed = parseMountSource(input);
   switch (parsed.kind) {
     case 'registry':
-      return { registry: openSource(parsed.registry, opts), root: { kind: 'tree', prefix: '' }, registrySource: parsed.registry, display: parsed.registry, parsed };
+      return { registry: openSource(parsed.registry, opts), root: { kind: 'tree', prefix: '' }, display: parsed.registry, parsed };
     case 'path': {
       const registry = openSource(parsed.registry, opts);
       const prefix = parsed.path === parsed.repository ? parsed.path : await dockerHubPrefix(registry, parsed.path, parsed.repository);
-      return { registry, root: { kind: 'tree', prefix }, registrySource: parsed.registry, display: `${parsed.registry}/${prefix}`, parsed };
+      return { registry, root: { kind: 'tree', prefix }, display: `${parsed.registry}/${prefix}`, parsed };
     }
     case 'artifact': {
       const reference = parsed.digest ?? parsed.tag!;
       const display = `${parsed.registry}/${parsed.repository}${parsed.digest ? `@${parsed.digest}` : `:${parsed.tag}`}`;
-      return { registry: openSource(parsed.registry, opts), root: { kind: 'artifact', repository: parsed.repository, reference }, registrySource: parsed.registry, display, parsed };
+      return { registry: openSource(parsed.registry, opts), root: { kind: 'artifact', repository: parsed.repository, reference }, display, parsed };
     }
     case 'layout':
-      return { registry: openSource(`oci:${parsed.dir}`, opts), root: { kind: 'tree', prefix: '' }, registrySource: `oci:${parsed.dir}`, display: `oci:${parsed.dir}`, parsed };
+      return { registry: openSource(`oci:${parsed.dir}`, opts), root: { kind: 'tree', prefix: '' }, display: `oci:${parsed.dir}`, parsed };
     case 'layout-artifact': {
       const store = new OciLayoutStore(parsed.dir);
       if (!existsSync(path.join(parsed.dir, 'oci-layout'))) {
@@ -55,7 +53,7 @@ export async function openMountSource(input: string, opts: SourceOptions = {}): 
       }
       const [repository] = await store.listRepositories();
       const reference = parsed.digest ?? parsed.tag!;
-      return { registry: store, root: { kind: 'artifact', repository: repository!, reference }, registrySource: `oci:${parsed.dir}`, display: `oci:${parsed.dir}${parsed.digest ? `@${parsed.digest}` : `:${parsed.tag}`}`, parsed };
+      return { registry: store, root: { kind: 'artifact', repository: repository!, reference }, display: `oci:${parsed.dir}${parsed.digest ? `@${parsed.digest}` : `:${parsed.tag}`}`, parsed };
     }
   }
 }
