@@ -295,6 +295,12 @@ export class RegistryTransport {
   }
 }
 
+/** sortedActions writes `repository:a/b:push,pull` as `repository:a/b:pull,push`. */
+function sortedActions(scope: string): string {
+  const i = scope.lastIndexOf(':');
+  return i < 0 ? scope : `${scope.slice(0, i)}:${scope.slice(i + 1).split(',').sort().join(',')}`;
+}
+
 /**
  * insufficientScope recognises a 401 whose challenge says `error="insufficient_scope"` (or a 403
  * DENIED of a token-scoped request): the login works but may not do this. It returns a one-line
@@ -304,7 +310,8 @@ export function insufficientScope(res: { status: number; headers: Record<string,
   if (res.status !== 401) return undefined;
   const ch = parseChallenge(header(res, 'www-authenticate') ?? '');
   if (ch?.params.error !== 'insufficient_scope') return undefined;
-  const scope = ch.params.scope ? ` (${ch.params.scope})` : '';
+  // Registries list a scope's actions in any order (distribution varies between requests): sort them so the line is stable.
+  const scope = ch.params.scope ? ` (${ch.params.scope.split(' ').map(sortedActions).join(' ')})` : '';
   return new RegfsError('DENIED', `${what}: ${host} refused access${scope}: insufficient_scope; the login for ${host} is not allowed to do this (check its permissions, or run regfs login ${host} as another user)`, { status: 401, registryCode: 'insufficient_scope' });
 }
 
