@@ -2,17 +2,16 @@
  * Exact reads (issue 16, read and mount side): what a read through the mount returns is the
  * registry's verified bytes or an error, never wrong bytes with exit 0.
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { mkdir, readdir, readFile, readlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { createGzip } from 'node:zlib';
-import tar from 'tar-stream';
 import type { Descriptor } from '../registry/descriptor.js';
 import { digestOf } from '../registry/digest.js';
 import { EMPTY_CONFIG, MediaType } from '../registry/media-types.js';
 import { RemoteRegistry } from '../registry/remote.js';
 import { startRegistry } from '../lab/registry.js';
+import { tarGz } from '../lab/tar-layer.js';
 import { startFaultProxy } from '../lab/fault-proxy.js';
 import { cliEnv, runCli, tempDir } from '../lab/cli.js';
 import { sh, startMount } from '../lab/mount.js';
@@ -20,33 +19,21 @@ import { startDaemon } from '../lab/daemon.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** TarEntry is one entry of a hand-built tar layer. */
-interface TarEntry {
-  name: string;
-  type?: 'file' | 'directory' | 'symlink';
-  linkname?: string;
-  content?: string;
-}
-
-/** tarGz builds a tar+gzip layer in memory with tar-stream. */
-async function tarGz(entries: TarEntry[]): Promise<Buffer> {
-  const pack = tar.pack();
-  const chunks: Buffer[] = [];
-  const out = new Promise<Buffer>((resolve, reject) => {
-    const gz = pack.pipe(createGzip());
-    gz.on('data', (c: Buffer) => chunks.push(c));
-    gz.on('end', () => resolve(Buffer.concat(chunks)));
-    gz.on('error', reject);
-  });
-  for (const e of entries) {
-    await new Promise<void>((resolve, reject) => {
-      const cb = (err?: Error | null): void => (err ? reject(err) : resolve());
-      if ((e.type ?? 'file') === 'file') pack.entry({ name: e.name, mode: 0o644 }, e.content ?? 'x', cb);
-      else pack.entry({ name: e.name, type: e.type, linkname: e.linkname, mode: 0o755 }, cb);
-    });
+/**
+ * laterReadsNeverWrong reads `file` again until it succeeds (30 s at most): every read either fails or
+ * returns exactly `expected`'s bytes, and one must succeed (regfs fetched the right blob).
+ */
+async function laterReadsNeverWrong(t: ExecutionContext, file: string, expected: string, got: string): Promise<void> {
+  let ok = false;
+  for (const until = Date.now() + 30_000; !ok && Date.now() < until; ) {
+    const r = await sh(`cat ${file} > ${got}`);
+    if (r.code === 0) {
+      const c = await sh(`cmp ${got} ${expected}`);
+      t.is(c.code, 0, `a read after the digest failure exited 0 with wrong bytes: ${c.stdout}`);
+      ok = true;
+    } else await sleep(500);
   }
-  pack.finalize();
-  return out;
+  t.true(ok, 'the file became readable again');
 }
 
 /** pushLayers pushes one manifest with these layers (title annotations, optional media types) straight through registry/remote.ts. */
@@ -85,16 +72,7 @@ test('lazy verify: after one corrupted response no later read returns the bad pa
   t.not(first.code, 0, 'the read that completes the blob fails its digest check');
   t.regex(first.stderr, /Input\/output error/);
   // Every later read either fails or returns the right bytes; once regfs has the right blob, cmp succeeds.
-  let ok = false;
-  for (const until = Date.now() + 30_000; !ok && Date.now() < until; ) {
-    const r = await sh(`cat ${file} > ${src}/got.bin`);
-    if (r.code === 0) {
-      const c = await sh(`cmp ${src}/got.bin ${src}/big.bin`);
-      t.is(c.code, 0, `a read after the digest failure exited 0 with wrong bytes: ${c.stdout}`);
-      ok = true;
-    } else await sleep(500);
-  }
-  t.true(ok, 'the file became readable again');
+  await laterReadsNeverWrong(t, file, path.join(src, 'big.bin'), path.join(src, 'got.bin'));
   t.is((await sh(`cmp ${file} ${src}/big.bin`)).code, 0);
 });
 
@@ -116,16 +94,7 @@ test('lazy verify: a partial cache file corrupted while the mount was down fails
   const file = path.join(m.mnt, 'crashed/v1/big.bin');
   const first = await sh(`cat ${file} > /dev/null`);
   t.not(first.code, 0, 'the read that completes the blob fails its digest check');
-  let ok = false;
-  for (const until = Date.now() + 30_000; !ok && Date.now() < until; ) {
-    const r = await sh(`cat ${file} > ${src}/got.bin`);
-    if (r.code === 0) {
-      const c = await sh(`cmp ${src}/got.bin ${src}/big.bin`);
-      t.is(c.code, 0, `a read after the digest failure exited 0 with wrong bytes: ${c.stdout}`);
-      ok = true;
-    } else await sleep(500);
-  }
-  t.true(ok, 'the file became readable again');
+  await laterReadsNeverWrong(t, file, path.join(src, 'big.bin'), path.join(src, 'got.bin'));
 });
 
 test('a blob larger than the cache file system (64 MiB tmpfs, 100 MiB file) streams through: cmp succeeds, nothing kept, said once in the log', async (t) => {
@@ -281,16 +250,7 @@ test('a streamed blob is verified as it is read: one flipped byte fails the read
   const first = await sh(`cat ${file} > /dev/null`);
   t.regex(first.stderr, /Input\/output error/, m.logs());
   t.regex(m.logs(), /digest mismatch: streamed blob/);
-  let ok = false;
-  for (const until = Date.now() + 30_000; !ok && Date.now() < until; ) {
-    const r = await sh(`cat ${file} > ${src}/got.bin`);
-    if (r.code === 0) {
-      const c = await sh(`cmp ${src}/got.bin ${src}/s.bin`);
-      t.is(c.code, 0, `a read after the digest failure exited 0 with wrong bytes: ${c.stdout}`);
-      ok = true;
-    } else await sleep(500);
-  }
-  t.true(ok, 'the file became readable again');
+  await laterReadsNeverWrong(t, file, path.join(src, 's.bin'), path.join(src, 'got.bin'));
   await m.stop();
   const strict = await startMount(t, reg.host, { cacheDir: path.join(fsDir, 'strict'), args: ['--verify', 'strict'] });
   const r = await sh(`cat ${strict.mnt}/streamed/v1/s.bin > /dev/null`);

@@ -10,8 +10,6 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { createGzip } from 'node:zlib';
-import tar from 'tar-stream';
 import { BlobCache } from '../cache/blob-cache.js';
 import type { Descriptor } from '../registry/descriptor.js';
 import { digestOf } from '../registry/digest.js';
@@ -24,6 +22,7 @@ import { startDaemon, waitFor, type StartedDaemon } from '../lab/daemon.js';
 import { startFaultProxy, type FaultProxy } from '../lab/fault-proxy.js';
 import { sh, startMount } from '../lab/mount.js';
 import { startRegistry } from '../lab/registry.js';
+import { tarGz, type TarEntry } from '../lab/tar-layer.js';
 
 const MiB = 1024 * 1024;
 
@@ -265,34 +264,6 @@ test('hostile descriptors and ambiguous manifests from the registry are rejected
 
 // ---------------------------------------------------------------------------------------------
 // case 7: hostile titles and tar layers
-
-interface TarEntry {
-  name: string;
-  type?: 'file' | 'directory' | 'symlink' | 'link';
-  linkname?: string;
-  content?: string;
-}
-
-/** tarGz builds a (possibly malicious) tar+gzip layer in memory with tar-stream. */
-async function tarGz(entries: TarEntry[]): Promise<Buffer> {
-  const pack = tar.pack();
-  const chunks: Buffer[] = [];
-  const out = new Promise<Buffer>((resolve, reject) => {
-    const gz = pack.pipe(createGzip());
-    gz.on('data', (c: Buffer) => chunks.push(c));
-    gz.on('end', () => resolve(Buffer.concat(chunks)));
-    gz.on('error', reject);
-  });
-  for (const e of entries) {
-    await new Promise<void>((resolve, reject) => {
-      const cb = (err?: Error | null): void => (err ? reject(err) : resolve());
-      if ((e.type ?? 'file') === 'file') pack.entry({ name: e.name, mode: 0o644 }, e.content ?? 'x', cb);
-      else pack.entry({ name: e.name, type: e.type, linkname: e.linkname, mode: 0o755 }, cb);
-    });
-  }
-  pack.finalize();
-  return out;
-}
 
 test('hostile titles and tar layers never escape the mount, the pull directory or the cache', async (t) => {
   const reg = await startRegistry(t, { flavour: 'plain' });
