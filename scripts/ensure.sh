@@ -4,7 +4,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-DEBS="docker-registry skopeo libfuse2 fuse apache2-utils attr openssl curl systemd nginx"
+DEBS="docker-registry skopeo libfuse2 fuse apache2-utils attr openssl curl systemd nginx umoci fio"
 missing=""
 for p in $DEBS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
