@@ -1,4 +1,4 @@
-import { Option, type Command } from 'commander';
+import type { Command } from 'commander';
 import { isRegfsError, RegfsError } from '../../util/errors.js';
 import type { Descriptor } from '../../registry/descriptor.js';
 import { packArtifact, parseAnnotationArgs, parseFileArg } from '../../registry/pack.js';
@@ -112,10 +112,9 @@ export function registerDiscover(program: Command): void {
     .option('--artifact-type <type>', 'only referrers of this artifactType (first level)')
     .option('--depth <n>', 'levels of referrers to follow (default: all)');
   addRemoteOptions(cmd, { layout: true });
-  // discover's --format also knows tree (the default) and table, as oras discover does.
+  // discover's --format also knows tree (the default) and table, as oras discover does: widen the shared option in place.
   const fmt = cmd.options.find((x) => x.long === '--format');
-  if (fmt) (cmd.options as Option[]).splice(cmd.options.indexOf(fmt), 1);
-  cmd.addOption(new Option('--format <format>', 'output format').choices(['tree', 'table', 'json']).default('tree'));
+  if (fmt) fmt.choices(['tree', 'table', 'json']).default('tree');
   cmd.addHelpText('after', '\nExamples:\n  regfs discover localhost:5000/hello:v1\n  regfs discover localhost:5000/hello:v1 --format json --artifact-type application/vnd.example.sig\n');
   cmd.action(
     action(async (ctx, refArg: string) => {
