@@ -4,6 +4,8 @@ import { createHash } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { readdir, readFile } from 'node:fs/promises';
+import { startMount } from '../lab/mount.js';
 import { startRegistry } from '../lab/registry.js';
 import { cliEnv, runCli, tempDir } from '../lab/cli.js';
 import { referrerDirName, referrersTagIndex, referrersWriteFor } from '../registry/referrers.js';
@@ -106,6 +108,23 @@ test('attach a signature and an SBOM, read back by skopeo and raw HTTP (tag sche
   const table = await runCli(['discover', ref, '--format', 'table'], { env });
   t.is(table.code, 0, table.stderr);
   t.regex(table.stdout, new RegExp(`^${sbomDigest}\\s+${SBOM.replace(/[.+]/g, '\\$&')}$`, 'm'));
+
+  // The mount: `.referrers` is hidden from plain ls, lists each referrer by type and digest, nested ones too.
+  const mnt = await startMount(t, reg.host);
+  const tagDir = path.join(mnt.mnt, 'team/app/v1');
+  t.deepEqual((await readdir(tagDir)).filter((n) => !n.startsWith('.')), ['a.txt']);
+  t.true((await readdir(tagDir)).includes('.referrers'), 'readdir (ls -a) shows .referrers');
+  const ls = await exec('ls', [tagDir]);
+  t.is(ls.stdout.trim(), 'a.txt');
+  const sigName = `application-vnd.example.sig-${sigOut.digest.slice(7, 19)}`;
+  const sbomName = `application-vnd.example.sbom-json-${sbomDigest.slice(7, 19)}`;
+  t.deepEqual((await readdir(path.join(tagDir, '.referrers'))).sort(), [sbomName, sigName].sort());
+  t.is(await readFile(path.join(tagDir, '.referrers', sigName, 'sig.json'), 'utf8'), '{"sig":1}');
+  t.deepEqual(await readdir(path.join(tagDir, '.referrers', sbomName, '.referrers')), [`application-vnd.example.sig-${sig2Digest.slice(7, 19)}`]);
+  // A manifest without referrers has no `.referrers`.
+  const sigDir = path.join(tagDir, '.referrers', sigName);
+  t.false((await readdir(sigDir)).includes('.referrers'));
+  await t.throwsAsync(readdir(path.join(sigDir, '.referrers')), { code: 'ENOENT' });
 
   // Bad input: no --artifact-type is a usage error; a missing subject is not found.
   t.is((await runCli(['attach', ref, 'sig.json'], { cwd: dir, env })).code, 2);
