@@ -7,6 +7,8 @@ export const ExitCode = {
   usage: 2,
   auth: 3,
   notFound: 4,
+  /** digestConflict: cp/restore would move a destination tag to a different digest (pass --force). */
+  digestConflict: 5,
 } as const;
 
 const BY_CODE: Partial<Record<ErrorCode, number>> = {
@@ -16,6 +18,7 @@ const BY_CODE: Partial<Record<ErrorCode, number>> = {
   UNAUTHORIZED: ExitCode.auth,
   DENIED: ExitCode.auth,
   NOT_FOUND: ExitCode.notFound,
+  DIGEST_CONFLICT: ExitCode.digestConflict,
 };
 
 /** exitCodeFor maps any error to the documented exit code (1 unless it is a known kind). */

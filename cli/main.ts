@@ -5,6 +5,8 @@ import { registerControl, registerDaemon } from './commands/daemon.js';
 import { registerPull, registerPush } from './commands/push.js';
 import { registerInspect, registerRepo } from './commands/repo.js';
 import { registerSync } from './commands/sync.js';
+import { registerAttach, registerDiscover } from './commands/attach.js';
+import { registerBackup, registerCopy, registerRestore } from './commands/copy.js';
 import { registerCompletion } from './completion.js';
 import { ExitCode } from './exit-codes.js';
 import { exitState } from './run.js';
@@ -28,6 +30,11 @@ export function buildProgram(): Command {
   registerDaemon(program);
   registerControl(program);
   registerSync(program);
+  registerAttach(program);
+  registerDiscover(program);
+  registerCopy(program);
+  registerBackup(program);
+  registerRestore(program);
   registerCompletion(program);
   const exit = (cmd: Command): void => {
     cmd.exitOverride();

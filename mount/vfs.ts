@@ -16,6 +16,7 @@ import { Errno, MountError } from './errno.js';
 import { buildManifestTree, type ManifestTree, type TreeDir, type TreeNode } from './manifest-tree.js';
 import { makeAttr, type Attr, type BlobReader, type MetadataSource, type Resolved } from './ports.js';
 import { RepositoryIndex, type RepositoryIndexStats } from './repository-index.js';
+import { REFERRERS_DIR, ReferrersView } from './referrers-view.js';
 
 const DIR_MODE = 0o040555;
 const FILE_MODE = 0o100444;
@@ -85,11 +86,13 @@ export class Vfs {
   /** prefix is the root's repository path, split (empty for the whole registry). */
   private readonly prefix: string[];
   private trieCache: { version: number; trie: RepoTrie } | undefined;
+  private readonly referrers: ReferrersView;
 
   constructor(private readonly opts: VfsOptions) {
     this.log = opts.log ?? nullLogger;
     this.root = opts.root ?? { kind: 'tree', prefix: '' };
     this.prefix = this.root.kind === 'tree' ? this.root.prefix.split('/').filter((c) => c.length > 0) : [];
+    this.referrers = new ReferrersView(opts.metadata, opts.metadataTtlMs ?? 30_000);
     this.index = new RepositoryIndex({ registry: opts.registry, metadata: opts.metadata, repositories: opts.repositories, ttlMs: opts.metadataTtlMs ?? 30_000, log: this.log });
   }
 
@@ -276,6 +279,8 @@ export class Vfs {
   private async inManifest(repo: ReadableRepository, fm: FetchedManifest, rest: string[]): Promise<Resolved> {
     const mtime = this.mtimeOf(fm);
     let dir: TreeDir = this.tree(fm).root;
+    const root = dir;
+    if (rest[0] === REFERRERS_DIR && !root.children.has(REFERRERS_DIR)) return this.inReferrers(repo, fm, rest.slice(1), mtime);
     for (let j = 0; j < rest.length; j++) {
       const next: TreeNode | undefined = dir.children.get(rest[j]!);
       if (!next) throw new MountError(Errno.ENOENT, `no ${rest[j]} in ${fm.descriptor.digest}`);
@@ -293,7 +298,29 @@ export class Vfs {
       }
       return this.inLayerDir(repo, next.layer, next.prefix, rest.slice(j + 1), mtime);
     }
-    return { type: 'dir', attr: this.attr(DIR_MODE, 0, mtime), xattrs: manifestXattrs(fm.descriptor, fm.manifest), list: async () => [...dir.children.keys()].sort() };
+    const list = async (): Promise<string[]> => {
+      const names = [...dir.children.keys()];
+      // A manifest's root lists `.referrers` only when it has referrers (a failed query just leaves it out).
+      if (dir === root && !root.children.has(REFERRERS_DIR)) {
+        const refs = await this.referrers.named(repo, fm.descriptor).catch((err: unknown) => {
+          this.warnOnce(`cannot list referrers of ${fm.descriptor.digest}: ${(err as Error).message}`);
+          return new Map();
+        });
+        if (refs.size) names.push(REFERRERS_DIR);
+      }
+      return names.sort();
+    };
+    return { type: 'dir', attr: this.attr(DIR_MODE, 0, mtime), xattrs: manifestXattrs(fm.descriptor, fm.manifest), list };
+  }
+
+  /** inReferrers resolves `<manifest>/.referrers[/<name>/...]`: each referrer is browsable like any manifest (with its own `.referrers`). */
+  private async inReferrers(repo: ReadableRepository, fm: FetchedManifest, rest: string[], mtime: Date): Promise<Resolved> {
+    const refs = await this.referrers.named(repo, fm.descriptor);
+    if (!refs.size) throw new MountError(Errno.ENOENT, `${fm.descriptor.digest} has no referrers`);
+    if (!rest.length) return { type: 'dir', attr: this.attr(DIR_MODE, 0, mtime), xattrs: { 'user.oci.subject.digest': fm.descriptor.digest }, list: async () => [...refs.keys()].sort() };
+    const d = refs.get(rest[0]!);
+    if (!d) throw new MountError(Errno.ENOENT, `no referrer ${rest[0]} of ${fm.descriptor.digest}`);
+    return this.inManifest(repo, await this.opts.metadata.manifest(repo, d.digest), rest.slice(1));
   }
 
   /** extracted makes sure a directory layer is extracted under extractDir and returns its root. */

@@ -1,3 +1,4 @@
+import { referrersTagIndex, referrersWriteFor } from './referrers.js';
 import { PassThrough, type Readable } from 'node:stream';
 import { CATALOG_SCOPE, readCappedBuffer, repositoryScope } from './auth.js';
 import { hashing, verifying } from './blob-io.js';
@@ -393,7 +394,7 @@ export class RemoteRepository implements Repository {
     const digest = digestOf(bytes);
     const desc: Descriptor = { mediaType, digest, size: bytes.length, ...(manifest.artifactType ? { artifactType: manifest.artifactType } : {}) };
     const refs = tags.length ? tags : [digest];
-    let subjectHandled = false;
+    let ociSubject: string | undefined;
     for (const ref of refs) {
       const what = `manifest ${this.display}:${ref}`;
       const res = await this.t.send({ method: 'PUT', path: `/v2/${this.name}/manifests/${ref}`, headers: { 'content-type': mediaType }, body: bytes, scopes: this.push(), what });
@@ -401,19 +402,17 @@ export class RemoteRepository implements Repository {
       await res.body.dump();
       const got = header(res, 'docker-content-digest');
       if (got && got !== digest) throw new RegfsError('DIGEST_MISMATCH', `${what}: registry stored ${got}, expected ${digest}`);
-      subjectHandled ||= header(res, 'oci-subject') !== undefined;
+      ociSubject ??= header(res, 'oci-subject');
     }
-    if (manifest.subject && !subjectHandled) await this.addReferrerByTag(manifest.subject, desc, manifest.annotations);
+    if (manifest.subject && referrersWriteFor(true, ociSubject) === 'tag-schema') await this.addReferrerByTag(manifest.subject, desc, manifest.annotations);
     return desc;
   }
 
   /** addReferrerByTag maintains the referrers tag schema index for registries without the referrers API. */
   private async addReferrerByTag(subject: Descriptor, desc: Descriptor, annotations?: Record<string, string>): Promise<void> {
     const existing = await this.referrersByTag(subject);
-    if (existing.some((d) => d.digest === desc.digest)) return;
-    const entry: Descriptor = { ...desc, ...(annotations ? { annotations } : {}) };
-    const index = { schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [...existing, entry] };
-    const body = Buffer.from(JSON.stringify(index));
+    const body = referrersTagIndex(existing, { ...desc, ...(annotations ? { annotations } : {}) });
+    if (!body) return;
     const what = `referrers index of ${this.display}@${subject.digest}`;
     const res = await this.t.send({ method: 'PUT', path: `/v2/${this.name}/manifests/${fallbackTag(subject.digest)}`, headers: { 'content-type': MediaType.ociIndex }, body, scopes: this.push(), what });
     if (res.status !== 201) await this.t.fail(res, what);

@@ -17,6 +17,7 @@ export type ErrorCode =
   | 'TIMEOUT'
   | 'INSECURE_REDIRECT'
   | 'CONFLICT'
+  | 'DIGEST_CONFLICT'
   | 'IO';
 
 /** RegfsError is the one error type regfs throws on purpose: a stable `code`, a one-line message, an optional cause. */
