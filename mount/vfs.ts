@@ -16,6 +16,7 @@ import { Errno, MountError } from './errno.js';
 import { buildManifestTree, type ManifestTree, type TreeDir, type TreeNode } from './manifest-tree.js';
 import { makeAttr, type Attr, type BlobReader, type MetadataSource, type Resolved } from './ports.js';
 import { RepositoryIndex, type RepositoryIndexStats } from './repository-index.js';
+import { fallbackTag } from '../registry/remote.js';
 import { REFERRERS_DIR, ReferrersView } from './referrers-view.js';
 
 const DIR_MODE = 0o040555;
@@ -300,13 +301,12 @@ export class Vfs {
     }
     const list = async (): Promise<string[]> => {
       const names = [...dir.children.keys()];
-      // A manifest's root lists `.referrers` only when it has referrers (a failed query just leaves it out).
+      // A manifest's root lists `.referrers` when the repository's (cached) tag list holds its referrers
+      // tag `sha256-<hex>`: no request per listing, so ls -lR stays at its request bound. With the
+      // referrers API and no such tag, `.referrers` is still there by name (lookup asks the registry).
       if (dir === root && !root.children.has(REFERRERS_DIR)) {
-        const refs = await this.referrers.named(repo, fm.descriptor).catch((err: unknown) => {
-          this.warnOnce(`cannot list referrers of ${fm.descriptor.digest}: ${(err as Error).message}`);
-          return new Map();
-        });
-        if (refs.size) names.push(REFERRERS_DIR);
+        const tags = await this.opts.metadata.tags(repo).catch(() => [] as string[]);
+        if (tags.includes(fallbackTag(fm.descriptor.digest))) names.push(REFERRERS_DIR);
       }
       return names.sort();
     };
