@@ -5,12 +5,16 @@ import { registerControl, registerDaemon } from './commands/daemon.js';
 import { registerPull, registerPush } from './commands/push.js';
 import { registerInspect, registerRepo } from './commands/repo.js';
 import { registerSync } from './commands/sync.js';
+import { registerManifest } from './commands/manifest.js';
+import { registerBlob } from './commands/blob.js';
+import { registerTag, registerVersion } from './commands/tag.js';
 import { registerCompletion } from './completion.js';
 import { ExitCode } from './exit-codes.js';
 import { exitState } from './run.js';
 
-/** VERSION is the regfs release. */
-export const VERSION = '0.1.0';
+import { VERSION } from './version.js';
+
+export { VERSION };
 
 /** buildProgram assembles the commander program with every command. */
 export function buildProgram(): Command {
@@ -24,6 +28,10 @@ export function buildProgram(): Command {
   registerPull(program);
   registerRepo(program);
   registerInspect(program);
+  registerManifest(program);
+  registerBlob(program);
+  registerTag(program);
+  registerVersion(program);
   registerMount(program);
   registerDaemon(program);
   registerControl(program);
@@ -31,6 +39,8 @@ export function buildProgram(): Command {
   registerCompletion(program);
   const exit = (cmd: Command): void => {
     cmd.exitOverride();
+    // A group (repo, manifest, ...) answers an unknown subcommand with its own help on stderr (exit 2).
+    if (cmd.commands.length && cmd !== program) cmd.showHelpAfterError(true);
     cmd.commands.forEach(exit);
   };
   exit(program);
