@@ -79,7 +79,8 @@ test.serial('tag pushes the same bytes under new tags (skopeo reads the same dig
   const r = await run(['tag', `${reg.host}/tagme:v1`, 'stable', 'x,y']);
   t.is(r.code, 0, r.stderr);
   t.deepEqual(r.stdout.trim().split('\n'), ['Tagged stable', 'Tagged x', 'Tagged y']);
-  for (const tag of ['stable', 'x', 'y']) t.is((await skopeoInspect(reg.host, `tagme:${tag}`))?.Digest, digest);
+  const seen = await Promise.all(['stable', 'x', 'y'].map((tag) => skopeoInspect(reg.host, `tagme:${tag}`)));
+  t.deepEqual(seen.map((m) => m?.Digest), [digest, digest, digest]);
   t.deepEqual(await skopeoTags(reg.host, 'tagme'), ['stable', 'v1', 'x', 'y']);
   const bad = await run(['tag', `${reg.host}/tagme:v1`, 'bad tag']);
   t.is(bad.code, 2);
@@ -163,9 +164,10 @@ test.serial('deleting tag a names tag b that shares its manifest, refuses withou
   const digest = await push(`${reg.host}/shared:a`, 'b.txt');
   t.is(await push(`${reg.host}/shared:b`, 'b.txt'), digest);
   await push(`${reg.host}/shared:other`, 'a.txt');
-  for (const cmd of [['manifest', 'delete'], ['repo', 'delete']]) {
-    const r = await run([...cmd, `${reg.host}/shared:a`]);
-    t.is(r.code, 2, cmd.join(' '));
+  const cmds = [['manifest', 'delete'], ['repo', 'delete']];
+  const refusals = await Promise.all(cmds.map((cmd) => run([...cmd, `${reg.host}/shared:a`])));
+  for (const r of refusals) {
+    t.is(r.code, 2, r.stderr);
     t.is(r.stderr.split('\n').length, 2, r.stderr);
     t.regex(r.stderr, /it also removes tags: b\).*--force/);
   }
@@ -196,15 +198,20 @@ test.serial('repo tags --last, :TAG and @DIGEST filters, --exclude-digest-tags',
   const d1 = await push(`${reg.host}/lister:a1`);
   await run(['tag', `${reg.host}/lister:a1`, 'c3', 'sha256-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef']);
   await push(`${reg.host}/lister:b2`, 'b.txt');
-  const all = await run(['repo', 'tags', `${reg.host}/lister`]);
+  const L = `${reg.host}/lister`;
+  const [all, afterA, afterB, onTag, onDigest] = await Promise.all([
+    run(['repo', 'tags', L]),
+    run(['repo', 'tags', L, '--last', 'a1', '--exclude-digest-tags']),
+    run(['repo', 'tags', L, '--last', 'b2']),
+    run(['repo', 'tags', `${L}:c3`, '--exclude-digest-tags']),
+    run(['repo', 'tags', `${L}@${d1}`, '--format', 'json']),
+  ]);
   t.deepEqual(all.stdout.trim().split('\n').sort(), ['a1', 'b2', 'c3', 'sha256-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef']);
   // --last keeps the registry's order (distribution's is not always sorted), so compare as sets.
-  t.deepEqual((await run(['repo', 'tags', `${reg.host}/lister`, '--last', 'a1', '--exclude-digest-tags'])).stdout.trim().split('\n').sort(), ['b2', 'c3']);
-  t.deepEqual((await run(['repo', 'tags', `${reg.host}/lister`, '--last', 'b2'])).stdout.trim().split('\n').sort(), ['c3', 'sha256-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef']);
-  const onTag = await run(['repo', 'tags', `${reg.host}/lister:c3`, '--exclude-digest-tags']);
+  t.deepEqual(afterA.stdout.trim().split('\n').sort(), ['b2', 'c3']);
+  t.deepEqual(afterB.stdout.trim().split('\n').sort(), ['c3', 'sha256-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef']);
   t.deepEqual(onTag.stdout.trim().split('\n').sort(), ['a1', 'c3']);
   t.regex(onTag.stderr, /querying tags associated to sha256:/);
-  const onDigest = await run(['repo', 'tags', `${reg.host}/lister@${d1}`, '--format', 'json']);
   t.deepEqual((JSON.parse(onDigest.stdout) as { tags: string[] }).tags.sort(), ['a1', 'c3', 'sha256-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef']);
 });
 
@@ -236,16 +243,18 @@ test.serial('manifest index create and update (--add, --remove, --annotation) pu
 });
 
 test.serial('unknown subcommand prints that group\'s help on stderr and exits 2; version prints Version/Node/Platform', async (t) => {
-  for (const [group, usage] of [[['manifest'], 'regfs manifest'], [['blob'], 'regfs blob'], [['repo'], 'regfs repo'], [['manifest', 'index'], 'regfs manifest index']] as const) {
-    const r = await run([...group, 'bogus']);
+  const groups = [[['manifest'], 'regfs manifest'], [['blob'], 'regfs blob'], [['repo'], 'regfs repo'], [['manifest', 'index'], 'regfs manifest index']] as const;
+  const results = await Promise.all(groups.map(([group]) => run([...group, 'bogus'])));
+  groups.forEach(([group, usage], i) => {
+    const r = results[i]!;
     t.is(r.code, 2, group.join(' '));
     t.regex(r.stderr, /unknown command 'bogus'/);
     t.true(r.stderr.includes(`Usage: ${usage} [options] [command]`), r.stderr);
     t.is(r.stdout, '');
-  }
-  const v = await run(['version']);
+  });
+  const [v, vj] = await Promise.all([run(['version']), run(['version', '--format', 'json'])]);
   t.regex(v.stdout, /^Version: +0\.\d+\.\d+\nNode: +v\d+\.\d+\.\d+\nPlatform: +linux\/\w+\n$/);
-  const j = JSON.parse((await run(['version', '--format', 'json'])).stdout) as { version: string; node: string; platform: string };
+  const j = JSON.parse(vj.stdout) as { version: string; node: string; platform: string };
   t.is(j.node, process.version);
   t.is(j.platform, `${process.platform}/${process.arch}`);
 });
