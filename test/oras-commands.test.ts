@@ -235,6 +235,22 @@ test.serial('manifest index create and update (--add, --remove, --annotation) pu
   const again = await raw('slim');
   t.deepEqual(again.manifests.map((m) => m.digest), [db, da]);
   t.deepEqual(again.annotations, { k: 'v', k2: 'v2' });
+  // An image manifest gets its platform from its config; --platform picks it out of the index.
+  const config = Buffer.from('{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}');
+  await writeFile(path.join(work, 'config.json'), config);
+  t.is((await run(['blob', 'push', `${reg.host}/idx`, 'config.json'])).code, 0);
+  const img = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(config), size: config.length }, layers: [] }));
+  t.is((await run(['manifest', 'push', `${reg.host}/idx:img`, '-'], img)).code, 0);
+  t.is((await run(['manifest', 'index', 'create', `${reg.host}/idx:plat`, 'img', 'a'])).code, 0);
+  t.deepEqual((await raw('plat')).manifests.map((m) => (m as { platform?: unknown }).platform), [{ architecture: 'amd64', os: 'linux' }, undefined]);
+  const [byPlatform, cfgByPlatform, noPlatform] = await Promise.all([
+    run(['manifest', 'fetch', `${reg.host}/idx:plat`, '--platform', 'linux/amd64']),
+    run(['manifest', 'fetch-config', `${reg.host}/idx:plat`, '--platform', 'linux/amd64']),
+    run(['manifest', 'fetch', `${reg.host}/idx:plat`, '--platform', 'linux/arm64']),
+  ]);
+  t.is(sha(byPlatform.stdout), sha(img));
+  t.is(cfgByPlatform.stdout, config.toString());
+  t.is(noPlatform.code, 4);
   const nothing = await run(['manifest', 'index', 'update', `${reg.host}/idx:slim`]);
   t.is(nothing.code, 2);
   const notIndex = await run(['manifest', 'index', 'update', `${reg.host}/idx:a`, '--add', 'b']);
