@@ -7,12 +7,16 @@ import { registerInspect, registerRepo } from './commands/repo.js';
 import { registerSync } from './commands/sync.js';
 import { registerAttach, registerDiscover } from './commands/attach.js';
 import { registerBackup, registerCopy, registerRestore } from './commands/copy.js';
+import { registerManifest } from './commands/manifest.js';
+import { registerBlob } from './commands/blob.js';
+import { registerTag, registerVersion } from './commands/tag.js';
 import { registerCompletion } from './completion.js';
 import { ExitCode } from './exit-codes.js';
 import { exitState } from './run.js';
 
-/** VERSION is the regfs release. */
-export const VERSION = '0.1.0';
+import { VERSION } from './version.js';
+
+export { VERSION };
 
 /** buildProgram assembles the commander program with every command. */
 export function buildProgram(): Command {
@@ -26,6 +30,10 @@ export function buildProgram(): Command {
   registerPull(program);
   registerRepo(program);
   registerInspect(program);
+  registerManifest(program);
+  registerBlob(program);
+  registerTag(program);
+  registerVersion(program);
   registerMount(program);
   registerDaemon(program);
   registerControl(program);
@@ -38,6 +46,8 @@ export function buildProgram(): Command {
   registerCompletion(program);
   const exit = (cmd: Command): void => {
     cmd.exitOverride();
+    // A group (repo, manifest, ...) answers an unknown subcommand with its own help on stderr (exit 2).
+    if (cmd.commands.length && cmd !== program) cmd.showHelpAfterError(true);
     cmd.commands.forEach(exit);
   };
   exit(program);

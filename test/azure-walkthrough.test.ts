@@ -46,7 +46,7 @@ test('the Azure article walk-through works with regfs in place of oras', async (
   t.is(pull.code, 0, pull.stderr);
   t.is(await readFile(path.join(work, 'artifact.txt'), 'utf8'), 'Here is an artifact!\n');
 
-  const del = await run(['repo', 'delete', `${reg.host}/samples/artifact:1.0`]);
+  const del = await run(['repo', 'delete', `${reg.host}/samples/artifact:1.0`, '--force']);
   t.is(del.code, 0, del.stderr);
   const tags = await run(['repo', 'tags', `${reg.host}/samples/artifact`, '--format', 'json']);
   t.is(tags.code, 0, tags.stderr);

@@ -356,7 +356,7 @@ test('--format json on pull, repo ls, repo show (no tag), resolve, blob fetch, r
   t.deepEqual(JSON.parse(bf.stdout), { digest: blobDigest, size: 70_000, output: blobOut });
   t.is(sha(await readFile(blobOut)), blobDigest);
 
-  const del = await runCli(['repo', 'delete', `${reg.host}/fmt/b:v1`, '--format', 'json'], { env });
+  const del = await runCli(['repo', 'delete', `${reg.host}/fmt/b:v1`, '--format', 'json', '--force'], { env });
   t.is(del.code, 0, del.stderr);
   const dj = JSON.parse(del.stdout) as { deleted: string; digest: string };
   t.is(dj.deleted, `${reg.host}/fmt/b:v1`);

@@ -102,7 +102,7 @@ test('repo ls, show, delete; manifest fetch --descriptor; resolve -l; blob fetch
   const toStdout = await runCli(['blob', 'fetch', `${reg.host}/three@${blobDigest}`, '-o', '-'], { env });
   t.is(toStdout.stdout, 'xxx');
 
-  const del = await runCli(['repo', 'delete', `${reg.host}/one/two:t1`], { env });
+  const del = await runCli(['repo', 'delete', `${reg.host}/one/two:t1`, '--force'], { env });
   t.is(del.code, 0, del.stderr);
   const gone = await runCli(['resolve', `${reg.host}/one/two:t1`], { env });
   t.is(gone.code, 4);

@@ -242,8 +242,8 @@ test('deletions: without propagateDeletes a deleted tag comes back from the othe
 
   await rm(path.join(keep, 'v1'), { recursive: true });
   await rm(path.join(prop, 'v1'), { recursive: true });
-  t.is((await runCli(['repo', 'delete', `${reg.host}/team/keep:v2`], { env })).code, 0);
-  t.is((await runCli(['repo', 'delete', `${reg.host}/team/prop:v2`], { env })).code, 0);
+  t.is((await runCli(['repo', 'delete', `${reg.host}/team/keep:v2`, '--force'], { env })).code, 0);
+  t.is((await runCli(['repo', 'delete', `${reg.host}/team/prop:v2`, '--force'], { env })).code, 0);
 
   await waitFor(async () => (await readText(path.join(keep, 'v1/f.txt'))) === 'keep v1\n', 90_000, 'v1 restored locally');
   const restored = await waitFor(() => skopeoInspect(reg.host, 'team/keep:v2'), 60_000, 'v2 restored in the registry');

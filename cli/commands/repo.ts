@@ -1,7 +1,4 @@
 import type { Command } from 'commander';
-import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import { writeStreamAtomic } from '../../util/fs-atomic.js';
 import { RegfsError } from '../../util/errors.js';
 import { Annotation } from '../../registry/media-types.js';
 import { artifactTypeOf } from '../../registry/manifest.js';
@@ -9,6 +6,8 @@ import { parseMountSource, referenceString } from '../../registry/reference.js';
 import { addRemoteOptions, requireTagOrDigest } from '../context.js';
 import { parseIntInRange } from '../parse.js';
 import { action } from '../run.js';
+import { runManifestDelete } from './manifest.js';
+import { tagsSharingManifest } from '../../registry/tag-ops.js';
 
 function pageSize(v: string | undefined): number | undefined {
   if (v === undefined) return undefined;
@@ -49,15 +48,26 @@ export function registerRepo(program: Command): void {
   const tags = repo
     .command('tags')
     .description('list the tags of a repository')
-    .argument('<repository>', 'host[:port]/repo or oci:DIR')
-    .option('--page-size <n>', 'tags asked per page');
+    .argument('<repository>', 'host[:port]/repo or oci:DIR; with :TAG or @DIGEST, only the tags on that manifest')
+    .option('--page-size <n>', 'tags asked per page')
+    .option('--last <tag>', 'only tags after this one (lexically, kept in the order the registry returns)')
+    .option('--exclude-digest-tags', "hide digest-like tags such as 'sha256-<hex>' (referrers fallback tags)");
   addRemoteOptions(tags, { layout: true });
   tags.addHelpText('after', '\nExample:\n  regfs repo tags localhost:5000/samples/artifact\n');
   tags.action(
     action(async (ctx, input: string) => {
-      const o = ctx.opts as typeof ctx.opts & { pageSize?: string };
+      const o = ctx.opts as typeof ctx.opts & { pageSize?: string; last?: string; excludeDigestTags?: boolean };
       const ref = ctx.reference(input);
-      const list = await ctx.repository(ref).listTags({ pageSize: pageSize(o.pageSize) });
+      const r = ctx.repository(ref);
+      let list = await r.listTags({ pageSize: pageSize(o.pageSize) });
+      if (o.last !== undefined) list = list.filter((t) => t > o.last!);
+      if (o.excludeDigestTags) list = list.filter((t) => !/^sha(256|512)-[0-9a-f]{32,}$/.test(t));
+      if (ref.tag || ref.digest) {
+        const digest = ref.digest ?? (await r.resolve(ref.tag!)).digest;
+        if (ctx.out.format === 'text') ctx.out.warn(`querying tags associated to ${digest}, it may take a while...`);
+        const on = new Set(await tagsSharingManifest(r, '', { mediaType: 'application/octet-stream', digest, size: 0 }));
+        list = list.filter((t) => on.has(t));
+      }
       ctx.out.result({ tags: list }, list);
     }),
   );
@@ -98,48 +108,16 @@ export function registerRepo(program: Command): void {
 
   const del = repo
     .command('delete')
-    .description('delete a manifest (by tag or digest) and every tag on it')
-    .argument('<reference>', 'host[:port]/repo:tag or @digest, or oci:DIR:tag');
+    .description('delete a manifest (by tag or digest) and every tag on it; names the other tags and asks first')
+    .argument('<reference>', 'host[:port]/repo:tag or @digest, or oci:DIR:tag')
+    .option('-f, --force', 'delete without asking (needed when standard input is not a terminal)');
   addRemoteOptions(del, { layout: true });
-  del.addHelpText('after', '\nExample:\n  regfs repo delete localhost:5000/samples/artifact:1.0\n');
-  del.action(
-    action(async (ctx, input: string) => {
-      const ref = ctx.reference(input);
-      const r = ctx.repository(ref);
-      const desc = await r.resolve(requireTagOrDigest(ref, input));
-      await r.deleteManifest(desc);
-      ctx.out.result({ deleted: referenceString(ref), digest: desc.digest }, `Deleted ${referenceString(ref)} (${desc.digest})`);
-    }),
-  );
+  del.addHelpText('after', '\nExample:\n  regfs repo delete localhost:5000/samples/artifact:1.0 --force\n');
+  del.action(action((ctx, input: string) => runManifestDelete(ctx, input)));
 }
 
-/** registerInspect adds `regfs manifest fetch`, `regfs resolve` and `regfs blob fetch`. */
+/** registerInspect adds `regfs resolve` (manifest and blob commands are in manifest.ts and blob.ts). */
 export function registerInspect(program: Command): void {
-  const manifest = program.command('manifest').description('manifest operations');
-  const fetch = manifest
-    .command('fetch')
-    .description('print a manifest exactly as stored (its bytes hash to its digest)')
-    .argument('<reference>', 'host[:port]/repo:tag or @digest, or oci:DIR:tag')
-    .option('--descriptor', 'print the manifest descriptor instead')
-    .option('--pretty', 'indent the JSON')
-    .option('-o, --output <file>', 'write the manifest to a file');
-  addRemoteOptions(fetch, { layout: true });
-  fetch.addHelpText('after', '\nExample:\n  regfs manifest fetch localhost:5000/samples/artifact:1.0 --pretty\n');
-  fetch.action(
-    action(async (ctx, input: string) => {
-      const o = ctx.opts as typeof ctx.opts & { descriptor?: boolean; pretty?: boolean; output?: string };
-      const ref = ctx.reference(input);
-      const m = await ctx.repository(ref).fetchManifest(requireTagOrDigest(ref, input));
-      if (o.descriptor) {
-        ctx.out.raw(JSON.stringify(m.descriptor, null, o.pretty ? 2 : undefined) + '\n');
-        return;
-      }
-      const body = o.pretty ? Buffer.from(JSON.stringify(JSON.parse(m.bytes.toString('utf8')), null, 2) + '\n') : m.bytes;
-      if (o.output) await writeStreamAtomic(Readable.from([body]), o.output);
-      else ctx.out.raw(body);
-    }),
-  );
-
   const resolve = program
     .command('resolve')
     .description('print the digest a tag points at')
@@ -156,29 +134,4 @@ export function registerInspect(program: Command): void {
       ctx.out.result({ reference: referenceString(ref), ...desc }, o.fullReference ? full : desc.digest);
     }),
   );
-
-  const blob = program.command('blob').description('blob operations');
-  const bfetch = blob
-    .command('fetch')
-    .description('download one blob by digest, verified against the digest (nothing is written on mismatch)')
-    .argument('<reference>', 'host[:port]/repo@sha256:... or oci:DIR@sha256:...')
-    .requiredOption('-o, --output <file>', 'file to write, or - for standard output')
-    .option('--size <n>', 'expected size (default: asked from the registry)');
-  addRemoteOptions(bfetch, { layout: true });
-  bfetch.addHelpText('after', '\nExample:\n  regfs blob fetch localhost:5000/samples/artifact@sha256:<hex> -o artifact.txt\n');
-  bfetch.action(
-    action(async (ctx, input: string) => {
-      const o = ctx.opts as typeof ctx.opts & { output: string; size?: string };
-      const ref = ctx.reference(input);
-      if (!ref.digest) throw new RegfsError('INVALID_REFERENCE', `blob fetch needs a digest: ${input}@sha256:<hex>`);
-      const r = ctx.repository(ref);
-      const size = o.size !== undefined ? Number(o.size) : (await r.statBlob(ref.digest)).size;
-      if (!Number.isSafeInteger(size) || size < 0) throw new RegfsError('INVALID_ARGUMENT', `invalid --size ${o.size}: expected a byte count`);
-      const src = await r.fetchBlob({ mediaType: 'application/octet-stream', digest: ref.digest, size });
-      if (o.output === '-') await pipeline(src, process.stdout);
-      else await writeStreamAtomic(src, o.output);
-      if (o.output !== '-') ctx.out.result({ digest: ref.digest, size, output: o.output }, `Downloaded ${ref.digest} to ${o.output}`);
-    }),
-  );
 }
-
