@@ -43,7 +43,7 @@ try {
   for (const phase of ['cold', 'warm-cache new mount'] as const) {
     const mscope = new Scope(phase);
     try {
-      const m = await startMount(mscope, reg.host, { cacheDir: cache, env: { REGFS_READ_STATS: `${statsFile}-${phase.split(' ')[0]}.json` } });
+      const m = await startMount(mscope, reg.host, { cacheDir: cache, env: { REGFS_READ_STATS: `${statsFile}-${phase.split(' ')[0]}.json` }, nodeArgs: process.env.REGFS_PROBE_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.REGFS_PROBE_PROFILE}/${phase.split(' ')[0]}`] : [] });
       const file = path.join(m.mnt, 'probe', 'big', 'v1', 'big.bin');
       await run(['ls', '-l', path.dirname(file)]);
       const c0 = await cpuSeconds(m.child.pid!);

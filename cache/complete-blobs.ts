@@ -25,6 +25,8 @@ import { statCount, statEnd, statStart } from '../util/read-stats.js';
 
 /** CHUNK is the unit large reads of a complete blob are read in (and kept in memory for the next reads). */
 const CHUNK = 1024 * 1024;
+/** PREFETCH_CHUNKS is how many chunks past a large read are read ahead into memory. */
+const PREFETCH_CHUNKS = 4;
 /** CHUNK_MIN_REQUEST: smaller requests (random reads) read only their own bytes. */
 const CHUNK_MIN_REQUEST = 64 * 1024;
 
@@ -121,21 +123,44 @@ export class CompleteBlobs {
       } else {
         const start = Math.floor(offset / CHUNK) * CHUNK;
         const end = Math.min(entry.size, Math.ceil((offset + n) / CHUNK) * CHUNK);
-        const key = `${entry.digest}:${start}:${end}`;
-        let load = this.chunkLoads.get(key);
-        if (!load) {
-          load = this.loadChunk(entry, start, end).finally(() => this.chunkLoads.delete(key));
-          this.chunkLoads.set(key, load);
-        }
-        else statCount('complete.chunk-shared');
-        const chunk = await load;
+        const chunk = await this.chunk(entry, start, end);
         if (!chunk) return undefined;
         chunk.copy(buf, 0, offset - start, offset - start + n);
       }
     }
+    if (n >= CHUNK_MIN_REQUEST) this.prefetch(entry, offset + n);
     entry.lastAccess = this.ctx.tick();
     entry.touched = true;
     return n;
+  }
+
+  /** chunk returns the bytes [start, end) of a blob, reading them once however many reads ask at the same time. */
+  private chunk(entry: BlobEntry, start: number, end: number): Promise<Buffer | undefined> {
+    const key = `${entry.digest}:${start}:${end}`;
+    let load = this.chunkLoads.get(key);
+    if (load) statCount('complete.chunk-shared');
+    else {
+      load = this.loadChunk(entry, start, end).finally(() => this.chunkLoads.delete(key));
+      this.chunkLoads.set(key, load);
+    }
+    return load;
+  }
+
+  /**
+   * prefetch reads the PREFETCH_CHUNKS chunks after a large read into memory in the background, so a
+   * sequential reader finds them there instead of waiting for a thread-pool read per chunk.
+   */
+  private prefetch(entry: BlobEntry, from: number): void {
+    const first = Math.ceil(from / CHUNK) * CHUNK;
+    for (let k = 0; k < PREFETCH_CHUNKS; k++) {
+      const start = first + k * CHUNK;
+      if (start >= entry.size) return;
+      if (this.ctx.recent.holds(entry.digest, start)) continue;
+      const end = Math.min(entry.size, start + CHUNK);
+      if (this.chunkLoads.has(`${entry.digest}:${start}:${end}`)) continue;
+      statCount('complete.prefetch');
+      this.ctx.track(this.chunk(entry, start, end));
+    }
   }
 
   private async loadChunk(entry: BlobEntry, start: number, end: number): Promise<Buffer | undefined> {

@@ -90,6 +90,14 @@ export class RecentBytes {
     return true;
   }
 
+  /** holds tells whether a span holds the byte at `offset` (without counting a hit or miss). */
+  holds(digest: Digest, offset: number): boolean {
+    const spans = this.byDigest.get(digest);
+    if (!spans) return false;
+    const i = lowerBound(spans, offset + 1) - 1;
+    return i >= 0 && spans[i]!.end > offset;
+  }
+
   /** drop forgets every span of a digest (its file was removed or its bytes are no longer trusted). */
   drop(digest: Digest): void {
     const spans = this.byDigest.get(digest);
