@@ -1,5 +1,6 @@
 import type { FileHandle } from 'node:fs/promises';
 import { RegfsError } from '../util/errors.js';
+import { statEnd, statStart } from '../util/read-stats.js';
 
 /** MAX_BATCH_BUFFERS bounds the buffers of one writev call (well under IOV_MAX). */
 const MAX_BATCH_BUFFERS = 256;
@@ -85,7 +86,9 @@ export class BatchedWriter {
           const bufs = this.pending.splice(0, take);
           this.pendingBytes -= n;
           const at = this.position - this.pendingBytes - n;
+          const t0 = statStart();
           await writevAll(this.fh, bufs, at);
+          statEnd('write.writev', t0, n);
           this.onWritten(at, at + n, bufs);
         }
       } catch (err) {

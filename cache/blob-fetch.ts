@@ -31,6 +31,7 @@ import { readRangeMap, trustworthy } from './range-map-file.js';
 import { RangeSet, type ByteSpan } from './range-set.js';
 import { ReadAhead } from './read-ahead.js';
 import { SingleFlight } from './single-flight.js';
+import { statCount, statEnd, statStart } from '../util/read-stats.js';
 
 const MiB = 1024 * 1024;
 /** STREAM_AFTER_ENOSPC_MS is how long a blob whose fetch hit a full cache file system is read through without caching. */
@@ -113,6 +114,13 @@ export class PartialBlobs {
       onBytes: (bytes) => {
         counters.bytesFetched += bytes;
       },
+      onWritten: (start, bufs) => {
+        let at = start;
+        for (const b of bufs) {
+          this.ctx.recent.add(digest, at, b);
+          at += b.length;
+        }
+      },
     }, lastAccess);
   }
 
@@ -191,7 +199,9 @@ export class PartialBlobs {
 
   /** discard stops a partial blob's fetches, rejects its waiters with `err` (or lets them start over) and deletes its files. */
   async discard(p: PartialBlob, err?: RegfsError): Promise<void> {
+    this.ctx.recent.drop(p.digest);
     await p.retire(err);
+    this.ctx.recent.drop(p.digest);
     if (this.partials.get(p.digest) === p) this.partials.delete(p.digest);
     this.ctx.fds.drop(`p:${p.digest}`);
     await Promise.all([
@@ -309,7 +319,9 @@ export class BlobFetcher {
       for (const s of spans) this.startFetch(p, s);
       if (p.ranges.has(offset, end)) break;
       fetched = true;
+      const t0 = statStart();
       await p.waitFor(offset, end);
+      statEnd('partial.wait-range', t0, n);
       if (round > 10_000) throw new RegfsError('IO', `blob ${digest}: range fetches keep settling without the bytes arriving`);
     }
     if (p.isComplete()) {
@@ -317,8 +329,14 @@ export class BlobFetcher {
       await store.finalize(p);
       return { fetched };
     }
+    if (store.ctx.recent.read(digest, offset, buf, n)) {
+      statCount('partial.from-memory');
+      return { bytes: n, fetched };
+    }
     try {
+      const t0 = statStart();
       const bytes = await p.read(buf, offset, n);
+      statEnd('partial.file-read', t0, bytes);
       return { bytes, fetched };
     } catch (err) {
       if (p.dead) return { fetched };

@@ -16,6 +16,7 @@ import type { BlobEntry, CompleteBlobs } from './complete-blobs.js';
 import { hashFileInWorker } from './hash-service.js';
 import type { PartialBlob } from './partial-blob.js';
 import { SingleFlight } from './single-flight.js';
+import { statEnd, statStart } from '../util/read-stats.js';
 
 /** BlobVerifier hashes complete cached blobs (single flight per digest). */
 export class BlobVerifier {
@@ -39,8 +40,10 @@ export class BlobVerifier {
 
   private async hashEntry(entry: BlobEntry): Promise<boolean> {
     let got;
+    const t0 = statStart();
     try {
       got = await hashFileInWorker(entry.path, entry.digest);
+      statEnd('verify.complete-blob', t0, entry.size);
     } catch (err) {
       if (errnoOf(err) === 'ENOENT' || errnoOf(err) === 'ELOOP') {
         this.blobs.forget(entry);

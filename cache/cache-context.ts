@@ -18,6 +18,10 @@ import { RegfsError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import type { CacheLayout } from './cache-layout.js';
 import { FdPool } from './fd-pool.js';
+import { RecentBytes } from './recent-bytes.js';
+
+/** RECENT_BYTES_MAX bounds the blob bytes kept in memory for the next reads (cache/recent-bytes.ts). */
+export const RECENT_BYTES_MAX = 32 * 1024 * 1024;
 
 /** ResolvedOptions are a BlobCache's options with every default applied. */
 export interface ResolvedOptions {
@@ -49,6 +53,8 @@ export class CacheContext {
   readonly fds: FdPool;
   /** log receives the cache's warnings. */
   readonly log: Logger;
+  /** recent holds the bytes that last passed through the cache, so the next reads are memory copies. */
+  readonly recent = new RecentBytes(RECENT_BYTES_MAX);
   /** closed is true once close() has begun. */
   closed = false;
   /** poisoned remembers digest mismatches and unretryable failures: reads of that digest fail until `until` (or an evict()). */
@@ -112,6 +118,7 @@ export class CacheContext {
 
   /** poison makes reads of a digest fail with `error` for `ms` (default: the mismatch back-off). */
   poison(d: Digest, error: RegfsError, ms = this.opts.mismatchBackoffMs): void {
+    this.recent.drop(d);
     this.poisoned.set(d, { error, until: Date.now() + ms });
   }
 

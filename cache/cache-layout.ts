@@ -15,6 +15,8 @@ export class CacheLayout {
   readonly lock: string;
   /** extracted holds directory layers extracted by the mount (`extracted/<hex>`). */
   readonly extracted: string;
+  /** verified records, at close, which complete blob files were verified and unchanged since (cache/complete-blobs.ts). */
+  readonly verified: string;
 
   constructor(readonly root: string) {
     this.blobs = path.join(root, 'blobs');
@@ -22,6 +24,7 @@ export class CacheLayout {
     this.partial = path.join(root, 'partial');
     this.lock = path.join(root, 'lock');
     this.extracted = path.join(root, 'extracted');
+    this.verified = path.join(root, 'verified.json');
   }
 
   /** blobDir returns the directory of complete blobs of a digest's algorithm. */

@@ -10,6 +10,7 @@ import { PrefixHasher } from './prefix-hasher.js';
 import { currentBootId, writeRangeMap } from './range-map-file.js';
 import { RangeSet, type ByteSpan } from './range-set.js';
 import type { ReadAhead } from './read-ahead.js';
+import { statEnd, statStart } from '../util/read-stats.js';
 
 /** RangeFetcher opens an upstream stream of exactly the bytes [span.start, span.end) of the blob. */
 export type RangeFetcher = (span: ByteSpan, signal: AbortSignal) => Promise<Readable>;
@@ -35,6 +36,8 @@ export interface PartialBlobFiles {
   open(): Promise<FdLease>;
   /** onBytes is told how many upstream bytes were written. */
   onBytes(n: number): void;
+  /** onWritten, when given, receives the buffers just written at `start` (they are not reused). */
+  onWritten?(start: number, bufs: readonly Buffer[]): void;
 }
 
 interface Waiter {
@@ -171,11 +174,14 @@ export class PartialBlob {
     let error: RegfsError | undefined;
     let lease: FdLease | undefined;
     let writer: BatchedWriter | undefined;
+    const t0 = statStart();
     try {
       lease = await this.files.open();
       const stream = await abortable(fetcher({ start: task.start, end: task.end }, task.controller.signal), task.controller.signal);
       task.controller.signal.addEventListener('abort', () => stream.destroy(), { once: true });
-      const w = new BatchedWriter(lease.fh, task.start, (a, b) => {
+      statEnd('fetch.first-byte', t0);
+      const w = new BatchedWriter(lease.fh, task.start, (a, b, bufs) => {
+        if (!this.dead) this.files.onWritten?.(a, bufs);
         this.ranges.add(a, b);
         this.files.onBytes(b - a);
         this.hasher.written(a);
@@ -198,6 +204,7 @@ export class PartialBlob {
         if (!stream.destroyed) stream.destroy();
       }
       await w.drain();
+      statEnd('fetch.range', t0, task.pos - task.start);
       if (task.controller.signal.aborted) throw this.deadError ?? closedError(this.digest);
       if (task.pos < task.end) throw new RegfsError('SIZE_MISMATCH', `${what}: upstream ended after ${task.pos - task.start} bytes`);
     } catch (err) {

@@ -30,14 +30,14 @@ export function fusermount(mnt: string): Promise<void> {
 export async function startMount(
   t: { teardown(fn: () => unknown): void },
   source: string,
-  opts: { args?: string[]; cacheDir?: string; mnt?: string; env?: Record<string, string> } = {},
+  opts: { args?: string[]; cacheDir?: string; mnt?: string; env?: Record<string, string>; nodeArgs?: string[] } = {},
 ): Promise<StartedMount> {
   const base = await tempDir(t, 'regfs-mnt-');
   const mnt = opts.mnt ?? path.join(base, 'mnt');
   const cacheDir = opts.cacheDir ?? path.join(base, 'cache');
   // A mountpoint given by the caller may be a stale mount (ENOTCONN): regfs must clear that itself.
   if (!opts.mnt) await mkdir(mnt, { recursive: true });
-  const child = spawn(process.execPath, [REGFS_BIN, 'mount', source, mnt, '--cache-dir', cacheDir, ...(opts.args ?? [])], {
+  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), REGFS_BIN, 'mount', source, mnt, '--cache-dir', cacheDir, ...(opts.args ?? [])], {
     env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -10,6 +10,7 @@ import type { WritableOverlay } from './writable-overlay.js';
 import type { WriteHandle } from './write-handle.js';
 import type { Attr, BlobReader, Resolved, Tree } from './ports.js';
 import { openFlagsWritable } from './vfs.js';
+import { statEnd, statStart } from '../util/read-stats.js';
 
 type Cb<T = undefined> = (err: number, value?: T) => void;
 
@@ -150,7 +151,11 @@ export function createHandlers(opts: HandlerOptions): FuseHandlers {
         h.fh.read(buf, 0, len, pos).then((r) => done(r.bytesRead), (e: unknown) => done(fail('read', p, e)));
         return;
       }
-      blobs.read(h.repo, h.layer, buf, pos, len).then(done, (e: unknown) => {
+      const t0 = statStart();
+      blobs.read(h.repo, h.layer, buf, pos, len).then((n) => {
+        statEnd('fuse.read', t0, n);
+        done(n);
+      }, (e: unknown) => {
         if (isRegfsError(e, 'DIGEST_MISMATCH') || isRegfsError(e, 'SIZE_MISMATCH')) markSuspect(h.layer.digest);
         done(fail('read', p, e));
       });

@@ -327,6 +327,29 @@ test('a cached blob altered on disk is detected (first open after restart, and v
   t.true(await c.verifyCached(b.desc.digest));
 });
 
+test('close lists verified blobs in verified.json; the next open takes the list, serves them without refetching, and a blob changed since is hashed again', async (t) => {
+  const [b, c] = await Promise.all([pushed(100_000), pushed(200_000)]);
+  const e = await env(t);
+  await readAt(e.cache, e.repo, b!, 0, 10);
+  await readAt(e.cache, e.repo, c!, 0, 10);
+  await e.cache.close();
+  const listFile = path.join(e.dir, 'verified.json');
+  const list = JSON.parse(await fsp.readFile(listFile, 'utf8')) as { blobs: Record<string, string[]> };
+  t.deepEqual(Object.keys(list.blobs).sort(), [b!.desc.digest, c!.desc.digest].sort());
+  // c changes on disk while closed (same size): its ctime moves, so it is hashed, found wrong and refetched.
+  const cFile = path.join(e.dir, 'blobs', 'sha256', digestHex(c!.desc.digest));
+  const altered = Buffer.from(c!.data);
+  altered[7] = altered[7]! ^ 0xff;
+  await fsp.writeFile(cFile, altered);
+  const again = await e.open();
+  await t.throwsAsync(fsp.access(listFile), undefined, 'the list is taken at open (a crash leaves none)');
+  e.proxy.reset();
+  t.true((await readAt(again, e.repo, b!, 0, b!.desc.size)).equals(b!.data));
+  t.is(blobGets(e.proxy, b!), 0, 'the vouched blob is served from the cache');
+  t.true((await readAt(again, e.repo, c!, 0, c!.desc.size)).equals(c!.data));
+  t.is(blobGets(e.proxy, c!), 1, 'the changed blob is refetched');
+});
+
 test('eviction keeps the newest and never a pinned blob', async (t) => {
   const blobs = await Promise.all([1, 2, 3, 4].map(() => pushed(MiB)));
   const [a, b, c, d] = blobs as [Blob, Blob, Blob, Blob];
