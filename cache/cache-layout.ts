@@ -15,6 +15,9 @@ export class CacheLayout {
   readonly lock: string;
   /** extracted holds directory layers extracted by the mount (`extracted/<hex>`). */
   readonly extracted: string;
+  /** tocs holds image layer TOCs (`tocs/<hex>.json`); files holds their extracted files (`files/<xx>/<sha256 hex>`). */
+  readonly tocs: string;
+  readonly files: string;
 
   constructor(readonly root: string) {
     this.blobs = path.join(root, 'blobs');
@@ -22,6 +25,8 @@ export class CacheLayout {
     this.partial = path.join(root, 'partial');
     this.lock = path.join(root, 'lock');
     this.extracted = path.join(root, 'extracted');
+    this.tocs = path.join(root, 'tocs');
+    this.files = path.join(root, 'files');
   }
 
   /** blobDir returns the directory of complete blobs of a digest's algorithm. */
@@ -56,6 +61,6 @@ export class CacheLayout {
    */
   async prepare(): Promise<void> {
     await fsp.mkdir(path.dirname(this.root), { recursive: true, mode: 0o700 });
-    for (const d of [this.root, this.blobs, ...this.algorithmDirs(), this.ingest, this.partial, this.extracted]) await ensurePrivateDir(d, 'cache directory');
+    for (const d of [this.root, this.blobs, ...this.algorithmDirs(), this.ingest, this.partial, this.extracted, this.tocs, this.files]) await ensurePrivateDir(d, 'cache directory');
   }
 }

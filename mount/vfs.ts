@@ -15,6 +15,8 @@ import { nullLogger, type Logger } from '../util/log.js';
 import { Errno, MountError } from './errno.js';
 import { buildManifestTree, type ManifestTree, type TreeDir, type TreeNode } from './manifest-tree.js';
 import { makeAttr, type Attr, type BlobReader, type MetadataSource, type Resolved } from './ports.js';
+import { LayerTocStore } from '../cache/layer-toc.js';
+import { ImageView, isImageManifest } from './image-view.js';
 import { RepositoryIndex, type RepositoryIndexStats } from './repository-index.js';
 
 const DIR_MODE = 0o040555;
@@ -65,6 +67,9 @@ export interface VfsOptions {
   metadataTtlMs?: number;
   /** extractDir holds directory layers extracted on first access (`<cache>/extracted`). */
   extractDir: string;
+  /** tocDir and filesDir hold image layer TOCs and their extracted files (default: `tocs/`, `files/` beside extractDir). */
+  tocDir?: string;
+  filesDir?: string;
   log?: Logger;
 }
 
@@ -85,11 +90,15 @@ export class Vfs {
   /** prefix is the root's repository path, split (empty for the whole registry). */
   private readonly prefix: string[];
   private trieCache: { version: number; trie: RepoTrie } | undefined;
+  private readonly images: ImageView;
 
   constructor(private readonly opts: VfsOptions) {
     this.log = opts.log ?? nullLogger;
     this.root = opts.root ?? { kind: 'tree', prefix: '' };
     this.prefix = this.root.kind === 'tree' ? this.root.prefix.split('/').filter((c) => c.length > 0) : [];
+    const cacheRoot = path.dirname(opts.extractDir);
+    const tocs = new LayerTocStore(opts.tocDir ?? path.join(cacheRoot, 'tocs'), opts.filesDir ?? path.join(cacheRoot, 'files'), undefined, (m) => this.warnOnce(m));
+    this.images = new ImageView({ blobs: opts.blobs, tocs, log: this.log });
     this.index = new RepositoryIndex({ registry: opts.registry, metadata: opts.metadata, repositories: opts.repositories, ttlMs: opts.metadataTtlMs ?? 30_000, log: this.log });
   }
 
@@ -275,6 +284,7 @@ export class Vfs {
 
   private async inManifest(repo: ReadableRepository, fm: FetchedManifest, rest: string[]): Promise<Resolved> {
     const mtime = this.mtimeOf(fm);
+    if (isImageManifest(fm.manifest)) return this.images.resolve(repo, fm, rest, mtime, manifestXattrs(fm.descriptor, fm.manifest));
     let dir: TreeDir = this.tree(fm).root;
     for (let j = 0; j < rest.length; j++) {
       const next: TreeNode | undefined = dir.children.get(rest[j]!);
