@@ -76,12 +76,13 @@ export class ImageView {
 
   private nodeResolved(node: RootNode): Resolved {
     const mtime = new Date(node.meta.mtime);
-    const attr = (type: number, size: number, nlink: number): Attr => ({ ...makeAttr(type | node.meta.mode, size, mtime), uid: node.meta.uid, gid: node.meta.gid, nlink });
+    const attr = (type: number, size: number, nlink: number): Attr => ({ ...makeAttr(type | node.meta.mode, size, mtime), uid: node.meta.uid, gid: node.meta.gid, nlink, exact: true });
     if (node.kind === 'dir') {
       const subdirs = [...node.children.values()].filter((c) => c.kind === 'dir').length;
       return { type: 'dir', attr: attr(0o040000, 0, 2 + subdirs), xattrs: {}, list: async () => [...node.children.keys()].sort() };
     }
-    if (node.kind === 'symlink') return { type: 'symlink', attr: attr(0o120000, Buffer.byteLength(node.target), 1), target: node.target, xattrs: {} };
+    // Linux shows every symlink as 0777, whatever its tar header says (umoci and the kernel agree).
+    if (node.kind === 'symlink') return { type: 'symlink', attr: { ...attr(0o120000, Buffer.byteLength(node.target), 1), mode: 0o120777 }, target: node.target, xattrs: {} };
     return { type: 'local-file', attr: attr(0o100000, node.size, Math.max(1, node.link.nlink)), file: this.o.tocs.filePath(node.hash), xattrs: {} };
   }
 
