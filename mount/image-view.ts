@@ -105,12 +105,11 @@ export class ImageView {
     if (!p) {
       const m = fm.manifest as ImageManifest;
       p = (async () => {
-        const tocs = [];
         for (const layer of m.layers) {
-          const c = layerCompression(layer.mediaType);
-          if (!c) throw new MountError(Errno.EIO, `layer ${layer.digest} has media type ${layer.mediaType}, which is not a tar layer`);
-          tocs.push(await this.o.tocs.toc(layer.digest, c, () => this.o.blobs.ensureBlob(repo, layer)));
+          if (!layerCompression(layer.mediaType)) throw new MountError(Errno.EIO, `layer ${layer.digest} has media type ${layer.mediaType}, which is not a tar layer`);
         }
+        // Layers are fetched and indexed in parallel (the blob cache bounds its own concurrency).
+        const tocs = await Promise.all(m.layers.map((layer) => this.o.tocs.toc(layer.digest, layerCompression(layer.mediaType)!, () => this.o.blobs.ensureBlob(repo, layer))));
         return mergeLayers(tocs);
       })();
       p.catch((err: unknown) => {
