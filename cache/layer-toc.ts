@@ -1,5 +1,5 @@
 import { createHash, type Hash } from 'node:crypto';
-import { createReadStream, promises as fsp } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { pipeline, Transform, type Readable, type TransformCallback } from 'node:stream';
 import { createGunzip } from 'node:zlib';
@@ -11,7 +11,7 @@ import { tempPathFor, writeAll, writeFileAtomic } from '../util/fs-atomic.js';
 
 /*
  * A layer's table of contents (TOC): every entry of an image layer's tar, built once per layer digest by
- * streaming the (already verified) blob once more while hashing it again, and kept in the cache directory
+ * streaming the blob once from the registry while hashing it (nothing is kept unless the digest matches), and kept in the cache directory
  * as `tocs/<hex>.json` (immutable, digest-keyed, shared by every tag, image and repository). Regular files
  * are extracted while the TOC is built into `files/<sha256 of the content>` (content-addressed, written to
  * a temp file and renamed), so a read in an image's rootfs/ is a read of a local, verified file.
@@ -99,8 +99,11 @@ export class LayerTocStore {
     return path.join(this.filesDir, hex.slice(0, 2), hex);
   }
 
-  /** toc returns the layer's TOC, building it (single flight) from the verified blob `blob()` gives when it is not stored yet. */
-  toc(digest: Digest, compression: LayerCompression, blob: () => Promise<string>): Promise<LayerToc> {
+  /**
+   * toc returns the layer's TOC, building it (single flight) when it is not stored yet from the stream
+   * `open()` gives (the registry's bytes, straight through: hashed while streamed, kept only if they match).
+   */
+  toc(digest: Digest, compression: LayerCompression, open: () => Promise<Readable>): Promise<LayerToc> {
     const have = this.loaded.get(digest);
     if (have) return Promise.resolve(have);
     let p = this.building.get(digest);
@@ -109,7 +112,7 @@ export class LayerTocStore {
         const stored = await this.load(digest);
         if (stored) return stored;
         if (compression === 'zstd') throw new RegfsError('UNSUPPORTED', `layer ${digest} is zstd-compressed, which this Node cannot decompress`);
-        const toc = await this.build(createReadStream(await blob()), digest, compression);
+        const toc = await this.build(await open(), digest, compression);
         const json = JSON.stringify(toc);
         if (json.length > this.limits.maxTocBytes) throw new RegfsError('TOO_LARGE', `layer ${digest} has a TOC of ${json.length} bytes, over the limit of ${this.limits.maxTocBytes}`);
         await fsp.mkdir(this.tocDir, { recursive: true, mode: 0o700 });

@@ -94,10 +94,28 @@ export async function writeOciImage(dir: string, tag: string, layers: BuiltLayer
 
 /** skopeoPush copies `oci:dir:tag` to `host/ref` over plain HTTP. */
 export async function skopeoPush(dir: string, tag: string, host: string, ref: string): Promise<void> {
-  await exec('skopeo', ['--insecure-policy', 'copy', '--quiet', '--dest-tls-verify=false', `oci:${dir}:${tag}`, `docker://${host}/${ref}`], { maxBuffer: 16 * 1024 * 1024 });
+  await exec('skopeo', ['--insecure-policy', 'copy', '--all', '--quiet', '--dest-tls-verify=false', `oci:${dir}:${tag}`, `docker://${host}/${ref}`], { maxBuffer: 16 * 1024 * 1024 });
 }
 
 /** umociUnpack unpacks `dir:tag` into bundle (the tree lands in bundle/rootfs). */
 export async function umociUnpack(dir: string, tag: string, bundle: string): Promise<void> {
   await exec('umoci', ['unpack', '--image', `${dir}:${tag}`, bundle], { maxBuffer: 16 * 1024 * 1024 });
+}
+
+/** writeOciIndex adds an image index (one linux/amd64 entry per given manifest) tagged `tag` to the layout; `all` are every tag's entries for index.json. */
+export async function writeOciIndex(dir: string, tag: string, manifest: Buffer, prior: { tag: string; manifest: Buffer }[]): Promise<void> {
+  const index = Buffer.from(JSON.stringify({
+    schemaVersion: 2,
+    mediaType: 'application/vnd.oci.image.index.v1+json',
+    manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: `sha256:${sha(manifest)}`, size: manifest.length, platform: { os: 'linux', architecture: 'amd64' } }],
+  }));
+  await writeFile(path.join(dir, 'blobs/sha256', sha(index)), index);
+  const top = {
+    schemaVersion: 2,
+    manifests: [
+      ...prior.map((m) => ({ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: `sha256:${sha(m.manifest)}`, size: m.manifest.length, annotations: { 'org.opencontainers.image.ref.name': m.tag } })),
+      { mediaType: 'application/vnd.oci.image.index.v1+json', digest: `sha256:${sha(index)}`, size: index.length, annotations: { 'org.opencontainers.image.ref.name': tag } },
+    ],
+  };
+  await writeFile(path.join(dir, 'index.json'), JSON.stringify(top));
 }

@@ -10,7 +10,7 @@ import { writeFileAtomic } from '../util/fs-atomic.js';
 import type { Logger } from '../util/log.js';
 import { Errno, MountError } from './errno.js';
 import { findNode, mergeLayers, type RootDir, type RootNode } from './image-tree.js';
-import { makeAttr, type Attr, type BlobReader, type Resolved } from './ports.js';
+import { makeAttr, type Attr, type Resolved } from './ports.js';
 
 /*
  * The view of a container image (an image manifest whose config is an image config):
@@ -36,7 +36,6 @@ const DIR_MODE = 0o040555;
 const FILE_MODE = 0o100444;
 
 export interface ImageViewOptions {
-  blobs: BlobReader;
   tocs: LayerTocStore;
   log: Logger;
 }
@@ -108,8 +107,8 @@ export class ImageView {
         for (const layer of m.layers) {
           if (!layerCompression(layer.mediaType)) throw new MountError(Errno.EIO, `layer ${layer.digest} has media type ${layer.mediaType}, which is not a tar layer`);
         }
-        // Layers are fetched and indexed in parallel (the blob cache bounds its own concurrency).
-        const tocs = await Promise.all(m.layers.map((layer) => this.o.tocs.toc(layer.digest, layerCompression(layer.mediaType)!, () => this.o.blobs.ensureBlob(repo, layer))));
+        // Layers are streamed from the registry and indexed in parallel, not kept in the blob cache (layers/ reads go through it).
+        const tocs = await Promise.all(m.layers.map((layer) => this.o.tocs.toc(layer.digest, layerCompression(layer.mediaType)!, () => repo.fetchBlob(layer))));
         return mergeLayers(tocs);
       })();
       p.catch((err: unknown) => {

@@ -7,7 +7,7 @@ import { startRegistry, type StartedRegistry } from '../lab/registry.js';
 import { startFaultProxy, type FaultProxy } from '../lab/fault-proxy.js';
 import { tempDir } from '../lab/cli.js';
 import { sh, startMount, type StartedMount } from '../lab/mount.js';
-import { skopeoPush, tarLayer, umociUnpack, writeOciImage, type BuiltLayer, type ImageEntry } from '../lab/oci-image.js';
+import { skopeoPush, tarLayer, umociUnpack, writeOciImage, writeOciIndex, type BuiltLayer, type ImageEntry } from '../lab/oci-image.js';
 
 const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
 const fileSha = (p: string): Promise<string> =>
@@ -115,10 +115,12 @@ test.before(async () => {
   ]);
   const a = await writeOciImage(layout, 'a', [base, many, upper]);
   const b = await writeOciImage(layout, 'b', [base, many, await tarLayer([{ name: 'etc/', type: 'directory' }, { name: 'etc/b', content: 'only in b' }])], [{ tag: 'a', manifest: a.manifest }]);
-  await writeOciImage(layout, 'h', [hostile], [{ tag: 'a', manifest: a.manifest }, { tag: 'b', manifest: b.manifest }]);
+  const h = await writeOciImage(layout, 'h', [hostile], [{ tag: 'a', manifest: a.manifest }, { tag: 'b', manifest: b.manifest }]);
+  await writeOciIndex(layout, 'multi', b.manifest, [{ tag: 'a', manifest: a.manifest }, { tag: 'b', manifest: b.manifest }, { tag: 'h', manifest: h.manifest }]);
   await skopeoPush(layout, 'a', reg.host, 'img/app:a');
   await skopeoPush(layout, 'b', reg.host, 'img/other:b');
   await skopeoPush(layout, 'h', reg.host, 'img/app:h');
+  await skopeoPush(layout, 'multi', reg.host, 'img/app:multi');
   const proxy = await startFaultProxy(t, reg.url);
   const mount = await startMount(t, proxy.host);
   ctx = { reg, proxy, layout, mount, base, many };
@@ -184,6 +186,13 @@ test.serial('a second image sharing base layers fetches nothing for them; TOCs l
   const tocs = await readdir(path.join(ctx.mount.cacheDir, 'tocs'));
   t.true(tocs.includes(`${ctx.base.digest.slice(7)}.json`));
   t.true(tocs.includes(`${ctx.many.digest.slice(7)}.json`));
+});
+
+test.serial('an index shows each platform folder as an image', async (t) => {
+  const dir = path.join(ctx.mount.mnt, 'img/app/multi');
+  t.deepEqual(await readdir(dir), ['linux-amd64']);
+  t.deepEqual((await readdir(path.join(dir, 'linux-amd64'))).sort(), ['config.json', 'layers', 'manifest.json', 'rootfs']);
+  t.is(await readFile(path.join(dir, 'linux-amd64/rootfs/etc/b'), 'utf8'), 'only in b');
 });
 
 test.serial('hostile tar entries are hidden and logged, the rest of the layer is shown', async (t) => {
