@@ -79,6 +79,7 @@ interface Ctx {
   mount: StartedMount;
   base: BuiltLayer;
   many: BuiltLayer;
+  corrupt: BuiltLayer;
 }
 let ctx: Ctx;
 
@@ -116,14 +117,17 @@ test.before(async () => {
   const a = await writeOciImage(layout, 'a', [base, many, upper]);
   const b = await writeOciImage(layout, 'b', [base, many, await tarLayer([{ name: 'etc/', type: 'directory' }, { name: 'etc/b', content: 'only in b' }])], [{ tag: 'a', manifest: a.manifest }]);
   const h = await writeOciImage(layout, 'h', [hostile], [{ tag: 'a', manifest: a.manifest }, { tag: 'b', manifest: b.manifest }]);
-  await writeOciIndex(layout, 'multi', b.manifest, [{ tag: 'a', manifest: a.manifest }, { tag: 'b', manifest: b.manifest }, { tag: 'h', manifest: h.manifest }]);
+  const corrupt = await tarLayer([{ name: 'etc/', type: 'directory' }, { name: 'etc/secret', content: 'verified bytes only\n'.repeat(100) }]);
+  const c = await writeOciImage(layout, 'c', [corrupt], [{ tag: 'a', manifest: a.manifest }, { tag: 'b', manifest: b.manifest }, { tag: 'h', manifest: h.manifest }]);
+  await skopeoPush(layout, 'c', reg.host, 'img/app:c');
+  await writeOciIndex(layout, 'multi', b.manifest, [{ tag: 'a', manifest: a.manifest }, { tag: 'b', manifest: b.manifest }, { tag: 'h', manifest: h.manifest }, { tag: 'c', manifest: c.manifest }]);
   await skopeoPush(layout, 'a', reg.host, 'img/app:a');
   await skopeoPush(layout, 'b', reg.host, 'img/other:b');
   await skopeoPush(layout, 'h', reg.host, 'img/app:h');
   await skopeoPush(layout, 'multi', reg.host, 'img/app:multi');
   const proxy = await startFaultProxy(t, reg.url);
   const mount = await startMount(t, proxy.host);
-  ctx = { reg, proxy, layout, mount, base, many };
+  ctx = { reg, proxy, layout, mount, base, many, corrupt };
 });
 
 test.serial('an image shows config.json, manifest.json, layers/ and a rootfs/ equal to umoci unpack', async (t) => {
@@ -193,6 +197,16 @@ test.serial('an index shows each platform folder as an image', async (t) => {
   t.deepEqual(await readdir(dir), ['linux-amd64']);
   t.deepEqual((await readdir(path.join(dir, 'linux-amd64'))).sort(), ['config.json', 'layers', 'manifest.json', 'rootfs']);
   t.is(await readFile(path.join(dir, 'linux-amd64/rootfs/etc/b'), 'utf8'), 'only in b');
+});
+
+test.serial('a corrupted layer stream is EIO on rootfs/ and stores nothing; the next try with good bytes works', async (t) => {
+  const rootfs = path.join(ctx.mount.mnt, 'img/app/c/rootfs');
+  ctx.proxy.rules.push({ method: 'GET', path: new RegExp(`/blobs/${ctx.corrupt.digest}`), flipByteAt: 40 });
+  const err = await readdir(rootfs).then(() => undefined, (e: NodeJS.ErrnoException) => e);
+  t.is(err?.code, 'EIO');
+  t.false((await readdir(path.join(ctx.mount.cacheDir, 'tocs'))).includes(`${ctx.corrupt.digest.slice(7)}.json`));
+  ctx.proxy.rules.length = 0;
+  t.is(await readFile(path.join(rootfs, 'etc/secret'), 'utf8'), 'verified bytes only\n'.repeat(100));
 });
 
 test.serial('hostile tar entries are hidden and logged, the rest of the layer is shown', async (t) => {
