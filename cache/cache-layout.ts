@@ -17,6 +17,9 @@ export class CacheLayout {
   readonly extracted: string;
   /** verified records, at close, which complete blob files were verified and unchanged since (cache/complete-blobs.ts). */
   readonly verified: string;
+  /** tocs holds image layer TOCs (`tocs/<hex>.json`); files holds their extracted files (`files/<xx>/<sha256 hex>`). */
+  readonly tocs: string;
+  readonly files: string;
 
   constructor(readonly root: string) {
     this.blobs = path.join(root, 'blobs');
@@ -25,6 +28,8 @@ export class CacheLayout {
     this.lock = path.join(root, 'lock');
     this.extracted = path.join(root, 'extracted');
     this.verified = path.join(root, 'verified.json');
+    this.tocs = path.join(root, 'tocs');
+    this.files = path.join(root, 'files');
   }
 
   /** blobDir returns the directory of complete blobs of a digest's algorithm. */
@@ -59,6 +64,6 @@ export class CacheLayout {
    */
   async prepare(): Promise<void> {
     await fsp.mkdir(path.dirname(this.root), { recursive: true, mode: 0o700 });
-    for (const d of [this.root, this.blobs, ...this.algorithmDirs(), this.ingest, this.partial, this.extracted]) await ensurePrivateDir(d, 'cache directory');
+    for (const d of [this.root, this.blobs, ...this.algorithmDirs(), this.ingest, this.partial, this.extracted, this.tocs, this.files]) await ensurePrivateDir(d, 'cache directory');
   }
 }

@@ -24,6 +24,7 @@ const S_IFREG = 0o100000;
 
 /** applyAttrPolicy returns attr with the policy's owner and permission bits (the file type is kept). */
 export function applyAttrPolicy(attr: Attr, policy: AttrPolicy): Attr {
+  if (attr.exact) return attr;
   const type = attr.mode & S_IFMT;
   const perm = type === S_IFDIR ? policy.dirMode & ~policy.umask : type === S_IFREG ? policy.fileMode & ~policy.umask : attr.mode & 0o7777;
   return { ...attr, mode: type | (perm & 0o7777), uid: policy.uid ?? attr.uid, gid: policy.gid ?? attr.gid };

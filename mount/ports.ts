@@ -36,6 +36,8 @@ export interface Attr {
   gid: number;
   blocks: number;
   blksize: number;
+  /** exact, when set, keeps mode and owner as given (an image's rootfs/ shows its tar headers, whatever the attr policy). */
+  exact?: boolean;
 }
 
 /** Resolved is a path looked up in the mount. */

@@ -15,6 +15,8 @@ import { nullLogger, type Logger } from '../util/log.js';
 import { Errno, MountError } from './errno.js';
 import { buildManifestTree, type ManifestTree, type TreeDir, type TreeNode } from './manifest-tree.js';
 import { makeAttr, type Attr, type BlobReader, type MetadataSource, type Resolved } from './ports.js';
+import { LayerTocStore } from '../cache/layer-toc.js';
+import { ImageView, isImageManifest } from './image-view.js';
 import { RepositoryIndex, type RepositoryIndexStats } from './repository-index.js';
 import { fallbackTag } from '../registry/remote.js';
 import { REFERRERS_DIR, ReferrersView } from './referrers-view.js';
@@ -67,6 +69,9 @@ export interface VfsOptions {
   metadataTtlMs?: number;
   /** extractDir holds directory layers extracted on first access (`<cache>/extracted`). */
   extractDir: string;
+  /** tocDir and filesDir hold image layer TOCs and their extracted files (default: `tocs/`, `files/` beside extractDir). */
+  tocDir?: string;
+  filesDir?: string;
   log?: Logger;
 }
 
@@ -88,12 +93,16 @@ export class Vfs {
   private readonly prefix: string[];
   private trieCache: { version: number; trie: RepoTrie } | undefined;
   private readonly referrers: ReferrersView;
+  private readonly images: ImageView;
 
   constructor(private readonly opts: VfsOptions) {
     this.log = opts.log ?? nullLogger;
     this.root = opts.root ?? { kind: 'tree', prefix: '' };
     this.prefix = this.root.kind === 'tree' ? this.root.prefix.split('/').filter((c) => c.length > 0) : [];
     this.referrers = new ReferrersView(opts.metadata, opts.metadataTtlMs ?? 30_000);
+    const cacheRoot = path.dirname(opts.extractDir);
+    const tocs = new LayerTocStore(opts.tocDir ?? path.join(cacheRoot, 'tocs'), opts.filesDir ?? path.join(cacheRoot, 'files'), undefined, (m) => this.warnOnce(m));
+    this.images = new ImageView({ tocs, log: this.log });
     this.index = new RepositoryIndex({ registry: opts.registry, metadata: opts.metadata, repositories: opts.repositories, ttlMs: opts.metadataTtlMs ?? 30_000, log: this.log });
   }
 
@@ -279,6 +288,12 @@ export class Vfs {
 
   private async inManifest(repo: ReadableRepository, fm: FetchedManifest, rest: string[]): Promise<Resolved> {
     const mtime = this.mtimeOf(fm);
+    if (isImageManifest(fm.manifest)) {
+      if (rest[0] === REFERRERS_DIR) return this.inReferrers(repo, fm, rest.slice(1), mtime);
+      const r = await this.images.resolve(repo, fm, rest, mtime, manifestXattrs(fm.descriptor, fm.manifest));
+      if (rest.length > 0 || r.type !== 'dir') return r;
+      return { ...r, list: async () => this.withReferrers(repo, fm, await r.list()) };
+    }
     let dir: TreeDir = this.tree(fm).root;
     const root = dir;
     if (rest[0] === REFERRERS_DIR && !root.children.has(REFERRERS_DIR)) return this.inReferrers(repo, fm, rest.slice(1), mtime);
@@ -304,13 +319,17 @@ export class Vfs {
       // A manifest's root lists `.referrers` when the repository's (cached) tag list holds its referrers
       // tag `sha256-<hex>`: no request per listing, so ls -lR stays at its request bound. With the
       // referrers API and no such tag, `.referrers` is still there by name (lookup asks the registry).
-      if (dir === root && !root.children.has(REFERRERS_DIR)) {
-        const tags = await this.opts.metadata.tags(repo).catch(() => [] as string[]);
-        if (tags.includes(fallbackTag(fm.descriptor.digest))) names.push(REFERRERS_DIR);
-      }
+      if (dir === root && !root.children.has(REFERRERS_DIR)) return this.withReferrers(repo, fm, names);
       return names.sort();
     };
     return { type: 'dir', attr: this.attr(DIR_MODE, 0, mtime), xattrs: manifestXattrs(fm.descriptor, fm.manifest), list };
+  }
+
+  /** withReferrers adds `.referrers` to a manifest root's names when the cached tag list holds the subject's `sha256-<hex>` tag. */
+  private async withReferrers(repo: ReadableRepository, fm: FetchedManifest, names: string[]): Promise<string[]> {
+    const tags = await this.opts.metadata.tags(repo).catch(() => [] as string[]);
+    if (tags.includes(fallbackTag(fm.descriptor.digest)) && !names.includes(REFERRERS_DIR)) names.push(REFERRERS_DIR);
+    return names.sort();
   }
 
   /** inReferrers resolves `<manifest>/.referrers[/<name>/...]`: each referrer is browsable like any manifest (with its own `.referrers`). */
