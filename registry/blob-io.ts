@@ -1,5 +1,6 @@
 import { createHash, type Hash } from 'node:crypto';
 import { Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import { Verifier, type Digest } from './digest.js';
 import { RegfsError } from '../util/errors.js';
 import type { Descriptor } from './descriptor.js';
@@ -40,6 +41,11 @@ export function passThrough<S>(src: Readable, init: (s: S | undefined) => S, onC
 export interface Hashed {
   stream: Readable;
   result(): { digest: Digest; size: number };
+  /**
+   * settled is result() once the stream has ended: a transport may see the server's answer (all the
+   * announced bytes sent) before the source's end is read, so this drains what is left (at most EOF).
+   */
+  settled(): Promise<{ digest: Digest; size: number }>;
   /** failure is the size error the stream raised, if any (a transport may wrap it in its own error). */
   failure(): RegfsError | undefined;
 }
@@ -71,6 +77,16 @@ export function hashing(src: Readable, size?: number): Hashed {
   return {
     stream,
     result: () => {
+      if (!done) throw new RegfsError('IO', 'upload stream ended before it was read to the end');
+      return done;
+    },
+    settled: async () => {
+      if (!done && !failed && !stream.destroyed) {
+        const ended = finished(stream, { readable: true, writable: false }).catch(() => undefined);
+        stream.resume();
+        await ended;
+      }
+      if (failed) throw failed;
       if (!done) throw new RegfsError('IO', 'upload stream ended before it was read to the end');
       return done;
     },

@@ -312,7 +312,7 @@ export class RemoteRepository implements Repository {
       });
     if (res.status !== 202) await this.t.fail(res, what);
     await res.body.dump();
-    const { digest, size: n } = h.result();
+    const { digest, size: n } = await h.settled();
     const next = header(res, 'location');
     const put = withDigest(next ? resolveLocation(next, res.url) : location, digest);
     const done = await this.t.send({ method: 'PUT', path: put, headers: { 'content-length': '0' }, scopes: this.push(), what: `${what} (${digest})` });
