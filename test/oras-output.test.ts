@@ -62,7 +62,7 @@ test('push and pull print ORAS 1.2 text lines, JSON shapes and go-templates', as
   t.is(pj.artifactType, 'application/x.cfg');
   t.deepEqual(pj.referenceAsTags, [`${ref}:j`, `${ref}:k`]);
   const exported = await readFile(path.join(src, 'm.json'));
-  t.is(digestOf(exported), pj.digest as string);
+  t.is(digestOf(exported) as string, pj.digest as string);
   t.is(exported.length, pj.size as number);
 
   // Pull JSON: absolute paths, per-file digest references and descriptors.
