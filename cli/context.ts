@@ -19,6 +19,7 @@ export interface CommonOptions {
   password?: string;
   ociLayout?: boolean;
   format?: string;
+  template?: string;
   debug?: boolean;
 }
 
@@ -39,7 +40,8 @@ export function addRemoteOptions(cmd: Command, opts: { layout?: boolean; credent
 
 /** addFormatOption adds `--format text|json|go-template=TEMPLATE`. */
 export function addFormatOption(cmd: Command): Command {
-  return cmd.addOption(new Option('--format <format>', 'output format: text, json or go-template=TEMPLATE (see docs/oras.md)').argParser(formatArg).default('text'));
+  return cmd.addOption(new Option('--format <format>', 'output format: text, json or go-template=TEMPLATE (see docs/oras.md)').argParser(formatArg).default('text'))
+    .option('--template <template>', 'Go template for --format go-template (same as --format go-template=TEMPLATE)');
 }
 
 /** formatArg is parseFormat as commander wants it: a bad value is a usage error (exit 2). */
@@ -58,7 +60,7 @@ export class Context {
   private readonly opened: Registry[] = [];
 
   constructor(readonly opts: CommonOptions) {
-    this.out = new Output(opts.format ?? 'text');
+    this.out = new Output(opts.format ?? 'text', process.stdout, process.stderr, opts.template);
     this.log = opts.debug ? createLogger({ level: 'debug' }) : nullLogger;
   }
 

@@ -12,7 +12,7 @@ export function parseFormat(v: string): string {
     compileGoTemplate(v.slice('go-template='.length));
     return v;
   }
-  if (v === 'go-template') throw new RegfsError('INVALID_ARGUMENT', '--format go-template needs a template: --format go-template=\'{{.digest}}\'');
+  if (v === 'go-template') return v; // the template comes with --template (ORAS 1.2)
   throw new RegfsError('INVALID_ARGUMENT', `invalid --format ${JSON.stringify(v)}: expected text, json or go-template=TEMPLATE`);
 }
 
@@ -21,8 +21,13 @@ export class Output {
   readonly format: OutputFormat;
   private readonly template?: (data: unknown) => string;
 
-  constructor(format: string, private readonly out: NodeJS.WritableStream = process.stdout, private readonly err: NodeJS.WritableStream = process.stderr) {
-    if (format.startsWith('go-template=')) {
+  constructor(format: string, private readonly out: NodeJS.WritableStream = process.stdout, private readonly err: NodeJS.WritableStream = process.stderr, template?: string) {
+    if (template !== undefined && format !== 'go-template') throw new RegfsError('INVALID_ARGUMENT', '--template must be used with --format go-template');
+    if (format === 'go-template') {
+      if (template === undefined) throw new RegfsError('INVALID_ARGUMENT', "--format go-template needs a template: --template '{{.digest}}' or --format go-template='{{.digest}}'");
+      this.format = 'go-template';
+      this.template = compileGoTemplate(template);
+    } else if (format.startsWith('go-template=')) {
       this.format = 'go-template';
       this.template = compileGoTemplate(format.slice('go-template='.length));
     } else this.format = format === 'json' ? 'json' : 'text';

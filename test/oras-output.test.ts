@@ -82,6 +82,11 @@ test('push and pull print ORAS 1.2 text lines, JSON shapes and go-templates', as
   t.is(tpl.stdout, `${path.join(out, 'hi:txt')} hi:txt;"${ref}@${digest}"`);
   const tp = await runCli(['push', `${ref}:t`, 'hi:txt:', '--format', 'go-template={{.digest}} {{len .referenceAsTags}}'], { cwd: src, env });
   t.is(tp.stdout, `${digest} 1`);
+  const t2 = await runCli(['push', `${ref}:t`, 'hi:txt:', '--format', 'go-template', '--template', '{{with .annotations}}has{{else}}none{{end}} {{.mediaType | upper}}'], { cwd: src, env });
+  t.is(t2.stdout, 'none APPLICATION/VND.OCI.IMAGE.MANIFEST.V1+JSON', t2.stderr);
+  const noFmt = await runCli(['push', `${ref}:t`, 'hi:txt:', '--template', '{{.digest}}'], { cwd: src, env });
+  t.is(noFmt.code, 2);
+  t.regex(noFmt.stderr, /--template must be used with --format go-template/);
   const badTpl = await runCli(['push', `${ref}:t`, 'hi:txt:', '--format', 'go-template={{range .files}}'], { cwd: src, env });
   t.is(badTpl.code, 2);
   t.regex(badTpl.stderr, /invalid go-template: \{\{range\}\} is not closed/);
