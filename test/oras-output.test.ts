@@ -165,4 +165,24 @@ test('pull --platform picks a manifest of an index; a miss lists the platforms w
   const miss = await runCli(['pull', `${reg.host}/multi:idx`, '-o', out, '--platform', 'linux/arm/v7'], { env });
   t.is(miss.code, 4);
   t.regex(miss.stderr, /no manifest for linux\/arm\/v7; it has: linux\/amd64, linux\/arm64\/v8/);
+
+  // --include-subject: a signature-like artifact whose subject is the amd64 manifest pulls both.
+  const sig = Buffer.from('signature');
+  await pushRaw(reg.host, 'multi', 'sig', [sig], {
+    schemaVersion: 2,
+    mediaType: MediaType.ociManifest,
+    artifactType: 'application/x.sig',
+    config: EMPTY,
+    layers: [{ mediaType: 'application/octet-stream', digest: digestOf(sig), size: sig.length, annotations: { 'org.opencontainers.image.title': 'sig.txt' } }],
+    subject: { mediaType: MediaType.ociManifest, ...amd },
+  });
+  const out2 = await tempDir(t);
+  const only = await runCli(['pull', `${reg.host}/multi:sig`, '-o', out2], { env });
+  t.is(only.code, 0, only.stderr);
+  t.deepEqual(await readdir(out2), ['sig.txt']);
+  const both = await runCli(['pull', `${reg.host}/multi:sig`, '-o', out2, '--include-subject', '--format', 'json'], { env });
+  t.is(both.code, 0, both.stderr);
+  t.deepEqual((await readdir(out2)).sort(), ['arch.txt', 'sig.txt']);
+  t.is(await readFile(path.join(out2, 'arch.txt'), 'utf8'), 'amd64');
+  t.deepEqual((JSON.parse(both.stdout) as { files: Array<{ path: string }> }).files.map((f) => path.basename(f.path)), ['sig.txt', 'arch.txt']);
 });

@@ -150,13 +150,14 @@ export function registerPull(program: Command): void {
     .option('--keep-old-files', 'refuse to replace files that already exist')
     .option('--platform <os/arch[/variant]>', 'pull the manifest of an index for this platform')
     .option('--export-manifest <file>', 'also write the pulled manifest to this file')
+    .option('--include-subject', 'also pull the subject of the artifact, and its subject, recursively (same output dir)')
     .option('--concurrency <n>', 'blobs downloaded at once', '3');
   addOutputOptions(cmd);
   addRemoteOptions(cmd, { layout: true });
   cmd.addHelpText('after', '\nExamples:\n  regfs pull localhost:5000/samples/artifact:1.0 -o out/\n  regfs pull localhost:5000/samples/artifact:1.0 --media-type application/vnd.unknown.layer.v1+txt\n');
   cmd.action(
     action(async (ctx, refArg: string) => {
-      const o = ctx.opts as typeof ctx.opts & TtyFlags & { output: string; mediaType?: string; keepOldFiles?: boolean; concurrency: string; platform?: string; exportManifest?: string };
+      const o = ctx.opts as typeof ctx.opts & TtyFlags & { output: string; mediaType?: string; keepOldFiles?: boolean; concurrency: string; platform?: string; exportManifest?: string; includeSubject?: boolean };
       const ref = ctx.reference(refArg);
       const reference = ref.digest ?? ref.tag ?? 'latest';
       const concurrency = parseIntInRange(o.concurrency, '--concurrency', 1, 64);
@@ -170,6 +171,16 @@ export function registerPull(program: Command): void {
         concurrency,
         onEvent: (e) => progress.on(e),
       });
+      // --include-subject (ORAS): the subject chain, each pulled the same way into the same directory.
+      const pulled = [...res.pulled];
+      const visited = new Set<string>([res.manifest.descriptor.digest]);
+      let subject = o.includeSubject && res.manifest.manifest.kind === 'manifest' ? res.manifest.manifest.subject : undefined;
+      while (subject && !visited.has(subject.digest)) {
+        visited.add(subject.digest);
+        const sub = await pullArtifact(repo, subject.digest, o.output, { keepOldFiles: o.keepOldFiles, concurrency, onEvent: (e) => progress.on(e) });
+        pulled.push(...sub.pulled);
+        subject = sub.manifest.manifest.kind === 'manifest' ? sub.manifest.manifest.subject : undefined;
+      }
       progress.clear();
       if (o.exportManifest) await writeFileAtomic(o.exportManifest, res.manifest.bytes, 0o644);
       if (res.skipped && !o.quiet) ctx.out.line(`Skipped pulling ${res.skipped} layer(s) without file name in "org.opencontainers.image.title"`);
@@ -181,7 +192,7 @@ export function registerPull(program: Command): void {
       ctx.out.result(
         {
           reference: `${base}@${res.manifest.descriptor.digest}`,
-          files: res.pulled.map((f) => ({
+          files: pulled.map((f) => ({
             path: path.join(outAbs, f.title) + (f.desc.annotations?.[Annotation.unpack] === 'true' ? path.sep : ''),
             reference: `${base}@${f.desc.digest}`,
             mediaType: f.desc.mediaType,
