@@ -5,6 +5,7 @@ import { Readable } from 'node:stream';
 import { startRegistry } from '../lab/registry.js';
 import { cliEnv, runCli, tempDir } from '../lab/cli.js';
 import { tarGz } from '../lab/tar-layer.js';
+import { sh, startMount } from '../lab/mount.js';
 import { RemoteRegistry } from '../registry/remote.js';
 import { digestOf } from '../registry/digest.js';
 import { EMPTY_CONFIG, MediaType } from '../registry/media-types.js';
@@ -133,6 +134,17 @@ test('push refuses a directory with an escaping symlink; pull writes nothing whe
   t.regex(pull.stderr, /layer "dir"/);
   t.deepEqual(await readdir(out), [], 'nothing written, no staging left');
   t.deepEqual(await readdir(path.dirname(out)).then((l) => l.includes('evil.txt')), false);
+
+  // The mount hides the unsafe entry (ls -lR succeeds), and an artifact without files shows no `{}` file.
+  t.is((await runCli(['push', `${reg.host}/odd/empty:1`], { cwd: src, env })).code, 0);
+  const m = await startMount(t, reg.host);
+  const ls = await sh(`ls -lR ${m.mnt}/odd/evil/1`);
+  t.is(ls.code, 0, ls.stderr);
+  t.regex(ls.stdout, /a-good\.txt/);
+  t.regex(ls.stdout, /ok\.txt/);
+  t.notRegex(ls.stdout, /evil\.txt/);
+  t.is(await readFile(path.join(m.mnt, 'odd/evil/1/dir/ok.txt'), 'utf8'), 'ok');
+  t.deepEqual(await readdir(path.join(m.mnt, 'odd/empty/1')), []);
 });
 
 test('pull --platform picks a manifest of an index; a miss lists the platforms with their variants', async (t) => {
