@@ -115,6 +115,13 @@ test('push refuses a directory with an escaping symlink; pull writes nothing whe
   await symlink('../../x', path.join(src, 'd3/sub/up'));
   t.regex((await runCli(['push', `${reg.host}/odd/r:1`, 'd3'], { cwd: src, env })).stderr, /d3\/sub\/up is a symlink to "\.\.\/\.\.\/x"/);
 
+  // Absolute paths: refused (exit 2) unless --disable-path-validation, which keeps the absolute title (ORAS).
+  const absFile = path.join(src, 'nine.bin');
+  t.is((await runCli(['push', `${reg.host}/odd/abs:1`, absFile], { env })).code, 2);
+  const abs = await runCli(['push', `${reg.host}/odd/abs:1`, absFile, '--disable-path-validation'], { env });
+  t.is(abs.code, 0, abs.stderr);
+  t.regex(abs.stdout, new RegExp(`^Uploaded  [0-9a-f]{12} ${absFile}$`, 'm'));
+
   // A hand-made artifact: a good file first, then a directory layer with one entry escaping it.
   const good = Buffer.from('good');
   const layer = await tarGz([{ name: 'dir', type: 'directory' }, { name: 'dir/ok.txt', content: 'ok' }, { name: 'dir/../../evil.txt', content: 'x' }]);
