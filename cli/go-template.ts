@@ -182,9 +182,38 @@ function render(nodes: Node[], dot: unknown, root: unknown, out: string[]): void
   }
 }
 
+const OPERAND = /^(?:"(?:[^"\\]|\\.)*"|`[^`]*`|-?\d+(?:\.\d+)?|true|false|\.|\$|\$?(?:\.[A-Za-z_][A-Za-z0-9_]*)+)$/;
+
+/** checkExpr refuses, before rendering, any word that is neither an operand nor a known function at the head of a command. */
+function checkExpr(expr: string): void {
+  const cmds: string[][] = [[]];
+  for (const w of lex(expr)) if (w === '|') cmds.push([]);
+    else cmds[cmds.length - 1]!.push(w);
+  cmds.forEach((c, i) => {
+    const [head, ...rest] = c;
+    if (head === undefined) bad(`empty command in ${JSON.stringify(expr)}`);
+    if (!FUNCS[head] && (rest.length || i > 0 || !OPERAND.test(head))) {
+      bad(`${JSON.stringify(head)} is not supported in ${JSON.stringify(expr)} (supported: .field paths, "strings", numbers and the functions ${Object.keys(FUNCS).join(', ')})`);
+    }
+    for (const w of rest) if (!OPERAND.test(w)) bad(`${JSON.stringify(w)} is not supported in ${JSON.stringify(expr)}`);
+  });
+}
+
+function checkNodes(nodes: Node[]): void {
+  for (const n of nodes) {
+    if (n.t === 'text') continue;
+    checkExpr(n.expr);
+    if (n.t !== 'out') {
+      checkNodes(n.body);
+      checkNodes(n.alt);
+    }
+  }
+}
+
 /** compileGoTemplate checks a template up front (so a bad one fails before any work) and returns its renderer. */
 export function compileGoTemplate(src: string): (data: unknown) => string {
   const nodes = parseTemplate(src);
+  checkNodes(nodes);
   return (data) => {
     // The model is the JSON shape: render from its JSON round trip so the fields match --format json exactly.
     const model = JSON.parse(JSON.stringify(data)) as unknown;
