@@ -77,6 +77,9 @@ test('push and pull print ORAS 1.2 text lines, JSON shapes and go-templates', as
   t.deepEqual(pl.files, [{ path: path.join(out, 'hi:txt'), reference: `${ref}@${ld}`, mediaType: MediaType.ociLayerTar, digest: ld, size: 5, annotations: { 'org.opencontainers.image.title': 'hi:txt' } }]);
   t.is(await readFile(path.join(out, 'hi:txt'), 'utf8'), 'hello');
 
+  const textPull = await runCli(['pull', `${ref}:a`, '-o', out], { env });
+  t.deepEqual(textPull.stdout.trim().split('\n'), [`Downloading ${short} hi:txt`, `Downloaded  ${short} hi:txt`, `Pulled [registry] ${ref}:a`, `Digest: ${digest}`]);
+
   // go-template over the same model.
   const tpl = await runCli(['pull', `${ref}:a`, '-o', out, '--format', 'go-template={{range .files}}{{.path}} {{index .annotations "org.opencontainers.image.title"}}{{end}};{{json .reference}}'], { env });
   t.is(tpl.code, 0, tpl.stderr);
