@@ -1,4 +1,4 @@
-import { Command, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { CredentialStore, type Credential, type CredentialProvider } from '../registry/credentials.js';
 import { RegfsError } from '../util/errors.js';
 import { OciLayoutRepository } from '../registry/oci-layout.js';
@@ -7,7 +7,7 @@ import { openMountSource, type OpenedMountSource } from '../registry/open-mount.
 import { parseReference, type Reference } from '../registry/reference.js';
 import type { Registry, Repository } from '../registry/storage.js';
 import { createLogger, nullLogger, type Logger } from '../util/log.js';
-import { Output, type OutputFormat } from './output.js';
+import { Output, parseFormat } from './output.js';
 
 /** CommonOptions are the flags every registry command accepts (ORAS spellings). */
 export interface CommonOptions {
@@ -18,7 +18,8 @@ export interface CommonOptions {
   username?: string;
   password?: string;
   ociLayout?: boolean;
-  format?: OutputFormat;
+  format?: string;
+  template?: string;
   debug?: boolean;
 }
 
@@ -37,9 +38,19 @@ export function addRemoteOptions(cmd: Command, opts: { layout?: boolean; credent
   return addFormatOption(cmd);
 }
 
-/** addFormatOption adds `--format text|json`. */
+/** addFormatOption adds `--format text|json|go-template=TEMPLATE`. */
 export function addFormatOption(cmd: Command): Command {
-  return cmd.addOption(new Option('--format <format>', 'output format').choices(['text', 'json']).default('text'));
+  return cmd.addOption(new Option('--format <format>', 'output format: text, json or go-template=TEMPLATE (see docs/oras.md)').argParser(formatArg).default('text'))
+    .option('--template <template>', 'Go template for --format go-template (same as --format go-template=TEMPLATE)');
+}
+
+/** formatArg is parseFormat as commander wants it: a bad value is a usage error (exit 2). */
+function formatArg(v: string): string {
+  try {
+    return parseFormat(v);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
 }
 
 /** Context is what a command needs: output, logging, and a way to open registries and repositories. */
@@ -49,7 +60,7 @@ export class Context {
   private readonly opened: Registry[] = [];
 
   constructor(readonly opts: CommonOptions) {
-    this.out = new Output(opts.format ?? 'text');
+    this.out = new Output(opts.format ?? 'text', process.stdout, process.stderr, opts.template);
     this.log = opts.debug ? createLogger({ level: 'debug' }) : nullLogger;
   }
 

@@ -4,7 +4,10 @@ import { humanBytes } from './output.js';
 
 /**
  * Progress shows transfers on a TTY as one redrawn status line on stderr, and prints the
- * ORAS-style per-blob lines (`Uploading <12 hex> <name>`) on stdout in text mode.
+ * ORAS-style per-blob lines on stdout in text mode, as ORAS 1.2's status/text.go does: the prompt padded
+ * to the longest of its command (push: `Uploading`/`Uploaded `/`Exists   `, pull: `Downloading`/`Downloaded `),
+ * the 12-hex short digest, then the title; a blob without a title (the config) is shown, by its media
+ * type, only with --verbose.
  */
 export class Progress {
   private readonly bytes = new Map<string, number>();
@@ -18,7 +21,15 @@ export class Progress {
     private readonly verb: { start: string; done: string },
     private readonly lines: (s: string) => void,
     private readonly tty: NodeJS.WriteStream | undefined,
+    private readonly verbose = false,
   ) {}
+
+  private line(word: string, e: TransferEvent): void {
+    const title = e.desc.annotations?.['org.opencontainers.image.title'];
+    if (title === undefined && !this.verbose) return;
+    const width = Math.max(this.verb.start.length, this.verb.done.length);
+    this.lines(`${word.padEnd(width)} ${shortDigest(e.desc.digest)} ${title ?? e.desc.mediaType}`);
+  }
 
   /** on handles one transfer event. */
   on(e: TransferEvent): void {
@@ -26,7 +37,7 @@ export class Progress {
     if (e.kind === 'start') {
       this.sizes.set(key, e.desc.size);
       this.clear();
-      this.lines(`${this.verb.start.padEnd(11)} ${shortDigest(e.desc.digest)} ${e.name}`);
+      this.line(this.verb.start, e);
     } else if (e.kind === 'progress') {
       this.bytes.set(key, e.bytes);
       this.draw();
@@ -35,7 +46,7 @@ export class Progress {
       this.bytes.set(key, e.desc.size);
       this.clear();
       const word = e.result === 'exists' ? 'Exists' : e.result === 'mounted' ? 'Mounted' : this.verb.done;
-      this.lines(`${word.padEnd(11)} ${shortDigest(e.desc.digest)} ${e.name}`);
+      this.line(word, e);
     }
   }
 

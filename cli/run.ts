@@ -13,7 +13,15 @@ export function action<A extends unknown[]>(body: (ctx: Context, ...args: A) => 
   return async (...raw: unknown[]) => {
     const cmd = raw[raw.length - 1] as Command;
     const args = raw.slice(0, -2) as A;
-    const ctx = new Context(cmd.opts<CommonOptions>());
+    let ctx: Context;
+    try {
+      ctx = new Context(cmd.opts<CommonOptions>());
+    } catch (err) {
+      // A bad --format/--template combination: one line, its exit code (usage).
+      process.stderr.write(`Error: ${err instanceof Error ? err.message : String(err)}\n`);
+      exitState.code = exitCodeFor(err);
+      return;
+    }
     try {
       await body(ctx, ...args);
     } catch (err) {

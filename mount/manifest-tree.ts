@@ -70,7 +70,8 @@ export function buildManifestTree(m: Manifest): ManifestTree {
   }
   const titled = m.layers.filter((l) => l.annotations?.[Annotation.title] !== undefined);
   if (titled.length === 0) {
-    for (const l of m.layers) if (!root.children.has(l.digest)) root.children.set(l.digest, { kind: 'file', layer: l });
+    // The empty layer ORAS puts in an artifact without files (application/vnd.oci.empty.v1+json, `{}`) is not shown.
+    for (const l of m.layers) if (l.mediaType !== 'application/vnd.oci.empty.v1+json' && !root.children.has(l.digest)) root.children.set(l.digest, { kind: 'file', layer: l });
     return { root, warnings };
   }
   for (const layer of titled) {

@@ -16,9 +16,13 @@ export interface FileArg {
   mediaType?: string;
 }
 
-/** parseFileArg splits `path:media/type`; the suffix counts as a type only when it looks like one. */
+/**
+ * parseFileArg splits `path:media/type`; the suffix counts as a type only when it looks like one. A trailing
+ * colon means an empty media type (ORAS's way to push a file whose name has a colon: `hi:txt:` is `hi:txt`).
+ */
 export function parseFileArg(arg: string): FileArg {
   const i = arg.lastIndexOf(':');
+  if (i > 0 && i === arg.length - 1) return { path: arg.slice(0, i) };
   if (i > 0) {
     const t: string = arg.slice(i + 1);
     if (t.includes('/')) {
@@ -57,6 +61,8 @@ export interface PackOptions {
   annotationFile?: string;
   /** cwd resolves relative file paths (default process.cwd()). */
   cwd?: string;
+  /** allowAbsolute is ORAS's --disable-path-validation: an absolute file path is kept as its title. */
+  allowAbsolute?: boolean;
 }
 
 type AnnotationFile = Record<string, Record<string, string>>;
@@ -91,8 +97,9 @@ export async function hashStream(s: Readable): Promise<{ digest: Digest; size: n
 }
 
 /** titleFor turns a push path into its ORAS title: cleaned, slash-separated, relative; absolute or escaping paths are refused. */
-export function titleFor(p: string): string {
+export function titleFor(p: string, allowAbsolute = false): string {
   const cleaned = path.posix.normalize(p.split(path.sep).join('/')).replace(/\/+$/, '');
+  if (allowAbsolute && path.posix.isAbsolute(cleaned) && cleaned !== '/') return cleaned;
   if (path.posix.isAbsolute(cleaned)) {
     throw new RegfsError('UNSAFE_PATH', `file ${JSON.stringify(p)} is absolute: push it from its directory with a relative path (titles are relative paths)`);
   }
@@ -149,8 +156,8 @@ export async function openRegularFile(abs: string, expect?: { dev: number; ino: 
 }
 
 /** prepareFile hashes one file or directory (a directory becomes a tar+gzip layer with the unpack annotation; `pack` tunes its tar). */
-export async function prepareFile(arg: FileArg, cwd: string, extra?: Record<string, string>, pack: { publishableOnly?: boolean } = {}): Promise<PreparedBlob> {
-  const title = titleFor(arg.path);
+export async function prepareFile(arg: FileArg, cwd: string, extra?: Record<string, string>, pack: { publishableOnly?: boolean; allowAbsolute?: boolean } = {}): Promise<PreparedBlob> {
+  const title = titleFor(arg.path, pack.allowAbsolute);
   const abs = path.resolve(cwd, arg.path);
   let st;
   try {
@@ -159,6 +166,7 @@ export async function prepareFile(arg: FileArg, cwd: string, extra?: Record<stri
     throw new RegfsError('NOT_FOUND', `file ${JSON.stringify(arg.path)} not found`);
   }
   if (st.isDirectory()) {
+    if (!pack.publishableOnly) await refuseUnsafeLinks(abs, arg.path);
     const tarInfo = await hashStream(packDirectory(abs, { prefix: title, ...pack }));
     const gz = await hashStream(packDirectoryGzip(abs, { prefix: title, ...pack }));
     return {
@@ -188,10 +196,10 @@ export async function packArtifact(opts: PackOptions): Promise<PackedArtifact> {
   const seen = new Set<string>();
   const layers: PreparedBlob[] = [];
   for (const f of opts.files) {
-    const title = titleFor(f.path);
+    const title = titleFor(f.path, opts.allowAbsolute);
     if (seen.has(title)) throw new RegfsError('INVALID_ARGUMENT', `file ${JSON.stringify(title)} is given twice`);
     seen.add(title);
-    layers.push(await prepareFile(f, cwd, af[title]));
+    layers.push(await prepareFile(f, cwd, af[title], { allowAbsolute: opts.allowAbsolute }));
   }
   for (const key of Object.keys(af)) {
     if (key !== '$manifest' && key !== '$config' && !seen.has(key)) {
@@ -255,4 +263,23 @@ export function parseAnnotationArgs(args: string[]): Record<string, string> {
     out[a.slice(0, i)] = a.slice(i + 1);
   }
   return out;
+}
+
+/**
+ * refuseUnsafeLinks walks a directory about to be pushed and refuses (UNSAFE_PATH) a symlink whose target is
+ * absolute or leaves the directory: pull (oras's and regfs's) refuses such a layer, and the mount hides the entry.
+ */
+async function refuseUnsafeLinks(absDir: string, shown: string, rel = ''): Promise<void> {
+  for (const ent of await fsp.readdir(path.join(absDir, rel), { withFileTypes: true })) {
+    const relPath = rel ? `${rel}/${ent.name}` : ent.name;
+    if (ent.isDirectory()) await refuseUnsafeLinks(absDir, shown, relPath);
+    else if (ent.isSymbolicLink()) {
+      const target = await fsp.readlink(path.join(absDir, relPath));
+      const resolved = path.posix.normalize(path.posix.join(path.posix.dirname(relPath), target));
+      if (path.posix.isAbsolute(target) || resolved === '..' || resolved.startsWith('../')) {
+        const entry = path.posix.join(shown.replace(/\/+$/, ''), relPath);
+        throw new RegfsError('UNSAFE_PATH', `${entry} is a symlink to ${JSON.stringify(target)}, outside the pushed directory; pull would refuse it: replace it with a relative link inside the directory or remove it`);
+      }
+    }
+  }
 }

@@ -322,7 +322,6 @@ export async function extractTar(src: Readable, dest: string, opts: ExtractOptio
 export async function extractTarAtomic(src: Readable, target: string, opts: ExtractOptions = {}): Promise<ExtractResult> {
   const abs = path.resolve(target);
   const parent = path.dirname(abs);
-  const name = path.basename(abs);
   const tmp = tempPathFor(abs);
   try {
     await fsp.mkdir(tmp);
@@ -333,33 +332,41 @@ export async function extractTarAtomic(src: Readable, target: string, opts: Extr
   let result: ExtractResult;
   try {
     result = await extractTar(src, tmp, opts);
-    let existing: Stats | undefined;
-    try {
-      existing = await fsp.lstat(abs);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(`cannot inspect ${JSON.stringify(target)}`, err);
-    }
-    if (existing === undefined) {
-      await fsp.rename(tmp, abs);
-    } else if (existing.isSymbolicLink()) {
-      throw new RegfsError('UNSAFE_PATH', `refusing to replace ${JSON.stringify(target)}: it is a symbolic link`);
-    } else if (!existing.isDirectory()) {
-      throw new RegfsError('IO', `refusing to replace ${JSON.stringify(target)}: it exists and is not a directory`);
-    } else {
-      const old = path.join(parent, `.${name}.${randomBytes(6).toString('hex')}.old`);
-      await fsp.rename(abs, old);
-      try {
-        await fsp.rename(tmp, abs);
-      } catch (err) {
-        await fsp.rename(old, abs).catch(() => undefined);
-        throw err;
-      }
-      await fsp.rm(old, { recursive: true, force: true }).catch(() => undefined);
-    }
+    await replaceDir(tmp, abs, target);
   } catch (err) {
     await fsp.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
     throw ioError(`cannot extract into ${JSON.stringify(target)}`, err);
   }
   await fsyncDir(parent).catch(() => undefined);
   return result;
+}
+
+/**
+ * replaceDir renames the directory tmp to abs (same file system): an existing directory at abs is moved
+ * aside first and removed after; a symlink or non-directory at abs is refused (tmp is left for the caller).
+ */
+export async function replaceDir(tmp: string, abs: string, shown: string = abs): Promise<void> {
+  let existing: Stats | undefined;
+  try {
+    existing = await fsp.lstat(abs);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(`cannot inspect ${JSON.stringify(shown)}`, err);
+  }
+  if (existing === undefined) {
+    await fsp.rename(tmp, abs);
+  } else if (existing.isSymbolicLink()) {
+    throw new RegfsError('UNSAFE_PATH', `refusing to replace ${JSON.stringify(shown)}: it is a symbolic link`);
+  } else if (!existing.isDirectory()) {
+    throw new RegfsError('IO', `refusing to replace ${JSON.stringify(shown)}: it exists and is not a directory`);
+  } else {
+    const old = path.join(path.dirname(abs), `.${path.basename(abs)}.${randomBytes(6).toString('hex')}.old`);
+    await fsp.rename(abs, old);
+    try {
+      await fsp.rename(tmp, abs);
+    } catch (err) {
+      await fsp.rename(old, abs).catch(() => undefined);
+      throw err;
+    }
+    await fsp.rm(old, { recursive: true, force: true }).catch(() => undefined);
+  }
 }

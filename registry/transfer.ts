@@ -3,14 +3,14 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { isDigest } from './digest.js';
 import type { Descriptor } from './descriptor.js';
-import { RegfsError } from '../util/errors.js';
+import { errorMessage, isRegfsError, RegfsError } from '../util/errors.js';
 import { Annotation, MediaType } from './media-types.js';
 import type { PackedArtifact, PreparedBlob } from './pack.js';
 import { checkTitle, mkdirInside, resolveInside } from './safe-path.js';
 import type { FetchedManifest, ReadableRepository, Repository } from './storage.js';
 import { passThrough } from './blob-io.js';
 import { writeStreamAtomic } from '../util/fs-atomic.js';
-import { extractTarAtomic } from './tar-extract.js';
+import { extractTarAtomic, replaceDir } from './tar-extract.js';
 import { runLimited } from '../util/limit.js';
 
 /** TransferEvent reports progress of a push or pull, one blob at a time. */
@@ -45,31 +45,66 @@ export async function pushArtifact(
 export interface PullOptions {
   /** mediaTypes keeps only layers of these types (ORAS's old `--media-type`). */
   mediaTypes?: string[];
+  /** platform (`os/arch[/variant]`) picks one manifest of an index (ORAS's `--platform`). */
+  platform?: string;
   /** keepOldFiles refuses to replace files that exist. */
   keepOldFiles?: boolean;
   concurrency?: number;
   onEvent?: (e: TransferEvent) => void;
 }
 
+/** PulledFile is one file or directory a pull wrote. */
+export interface PulledFile {
+  title: string;
+  desc: Descriptor;
+}
+
 /** PullResult lists what a pull wrote. */
 export interface PullResult {
   manifest: FetchedManifest;
   files: string[];
+  pulled: PulledFile[];
   skipped: number;
 }
 
+/** platformString renders os/arch[/variant]. */
+export function platformString(p: { os: string; architecture: string; variant?: string }): string {
+  return `${p.os}/${p.architecture}${p.variant ? `/${p.variant}` : ''}`;
+}
+
+/** selectPlatform picks the manifest of an index for `os/arch[/variant]` (no variant given: the first of that os/arch). */
+async function selectPlatform(repo: ReadableRepository, reference: string, fetched: FetchedManifest, platform: string | undefined): Promise<FetchedManifest> {
+  if (fetched.manifest.kind === 'manifest') {
+    if (platform) throw new RegfsError('INVALID_ARGUMENT', `${repo.display}:${reference} is a single manifest, not an index; drop --platform ${platform}`);
+    return fetched;
+  }
+  const entries = fetched.manifest.manifests;
+  const list = entries.map((m) => (m.platform ? platformString(m.platform) : m.digest)).join(', ');
+  if (!platform) throw new RegfsError('UNSUPPORTED', `${repo.display}:${reference} is an index (${list}); give --platform os/arch[/variant] or pull one of its manifests by digest`);
+  const [os, arch, variant, ...rest] = platform.split('/');
+  if (!os || !arch || rest.length) throw new RegfsError('INVALID_ARGUMENT', `invalid --platform ${JSON.stringify(platform)}: expected os/arch[/variant], e.g. linux/arm64/v8`);
+  const hit = entries.find((m) => m.platform && m.platform.os === os && m.platform.architecture === arch && (variant === undefined || m.platform.variant === variant));
+  if (!hit) throw new RegfsError('NOT_FOUND', `${repo.display}:${reference} has no manifest for ${platform}; it has: ${list}`);
+  const picked = await repo.fetchManifest(hit);
+  if (picked.manifest.kind !== 'manifest') throw new RegfsError('UNSUPPORTED', `${repo.display}@${hit.digest} (${platform}) is a nested index; pull it by digest`);
+  return picked;
+}
+
 /**
- * pullArtifact writes each titled layer of an artifact under outDir: verified into a temp file and
- * renamed, directory layers extracted safely; a title that would escape outDir is refused before anything is written.
+ * pullArtifact writes each titled layer of an artifact under outDir. Every layer is first downloaded,
+ * verified and (directory layers) extracted with every entry checked into one staging directory inside
+ * outDir; only when all succeeded is each renamed into place, so a bad or unsafe layer leaves outDir as it was.
  */
 export async function pullArtifact(repo: ReadableRepository, reference: string, outDir: string, opts: PullOptions = {}): Promise<PullResult> {
   const emit = opts.onEvent ?? (() => undefined);
-  const fetched = await repo.fetchManifest(reference);
-  if (fetched.manifest.kind !== 'manifest') {
-    const list = fetched.manifest.manifests.map((m) => (m.platform ? `${m.platform.os}/${m.platform.architecture}` : m.digest)).join(', ');
-    throw new RegfsError('UNSUPPORTED', `${repo.display}:${reference} is an index (${list}); pull one of its manifests by digest`);
+  const fetched = await selectPlatform(repo, reference, await repo.fetchManifest(reference), opts.platform);
+  if (fetched.manifest.kind !== 'manifest') throw new RegfsError('UNSUPPORTED', `${repo.display}:${reference} is not an image manifest`);
+  const all = fetched.manifest.layers;
+  const layers = all.filter((l) => !opts.mediaTypes?.length || opts.mediaTypes.includes(l.mediaType));
+  if (opts.mediaTypes?.length && !layers.length) {
+    const have = [...new Set(all.map((l) => l.mediaType))].join(', ');
+    throw new RegfsError('NOT_FOUND', `no layer of ${repo.display}:${reference} has media type ${opts.mediaTypes.join(' or ')} (it has: ${have}); nothing pulled`);
   }
-  const layers = fetched.manifest.layers.filter((l) => !opts.mediaTypes?.length || opts.mediaTypes.includes(l.mediaType));
   const titled = layers.filter((l) => l.annotations?.[Annotation.title] !== undefined);
   // Validate every title and check for duplicates before writing anything.
   const plan = titled.map((l) => ({ desc: l, title: checkTitle(l.annotations![Annotation.title]!) }));
@@ -86,24 +121,41 @@ export async function pullArtifact(repo: ReadableRepository, reference: string, 
       if (await exists(target)) throw new RegfsError('CONFLICT', `${p.title} exists in ${outDir}; not replacing it (--keep-old-files)`);
     }
   }
-  const files: string[] = [];
-  await runLimited(plan, opts.concurrency ?? 3, async ({ desc, title }) => {
-    emit({ kind: 'start', name: title, desc });
-    const parent = path.posix.dirname(title);
-    if (parent !== '.') await mkdirInside(root, parent);
-    const target = await resolveInside(root, title);
-    const src = counting(await repo.fetchBlob(desc), (bytes) => emit({ kind: 'progress', name: title, desc, bytes }));
-    if (desc.annotations?.[Annotation.unpack] === 'true') {
-      const gzip = desc.mediaType.endsWith('+gzip') || desc.mediaType === MediaType.ociLayerTarGzip;
-      const tarDigest = desc.annotations?.[Annotation.digestAnnotation];
-      await extractTarAtomic(src, target, { gzip, stripPrefix: title, ...(isDigest(tarDigest) ? { tarDigest } : {}) });
-    } else {
-      await writeStreamAtomic(src, target);
+  const staging = await fsp.mkdtemp(path.join(root, '.regfs-pull-'));
+  try {
+    await runLimited(plan.map((p, i) => ({ ...p, i })), opts.concurrency ?? 3, async ({ desc, title, i }) => {
+      emit({ kind: 'start', name: title, desc });
+      const staged = path.join(staging, String(i));
+      const src = counting(await repo.fetchBlob(desc), (bytes) => emit({ kind: 'progress', name: title, desc, bytes }));
+      if (desc.annotations?.[Annotation.unpack] === 'true') {
+        const gzip = desc.mediaType.endsWith('+gzip') || desc.mediaType === MediaType.ociLayerTarGzip;
+        const tarDigest = desc.annotations?.[Annotation.digestAnnotation];
+        await extractTarAtomic(src, staged, { gzip, stripPrefix: title, ...(isDigest(tarDigest) ? { tarDigest } : {}) }).catch((err: unknown) => {
+          throw new RegfsError(isRegfsError(err) ? err.code : 'IO', `layer ${JSON.stringify(title)} (${desc.digest}): ${errorMessage(err)}; nothing was written`, { cause: err });
+        });
+      } else {
+        await writeStreamAtomic(src, staged);
+      }
+    });
+    // Every layer is verified and staged: move them into place.
+    for (const [i, { desc, title }] of plan.entries()) {
+      const parent = path.posix.dirname(title);
+      if (parent !== '.') await mkdirInside(root, parent);
+      const target = await resolveInside(root, title);
+      const staged = path.join(staging, String(i));
+      if (desc.annotations?.[Annotation.unpack] === 'true') await replaceDir(staged, target, title);
+      else {
+        const st = await fsp.lstat(target).catch(() => undefined);
+        if (st?.isDirectory()) throw new RegfsError('CONFLICT', `cannot write file ${title}: a directory of that name exists in ${outDir}`);
+        await fsp.rename(staged, target);
+      }
+      emit({ kind: 'done', name: title, desc, result: 'pulled' });
     }
-    files.push(title);
-    emit({ kind: 'done', name: title, desc, result: 'pulled' });
-  });
-  return { manifest: fetched, files: files.sort(), skipped: layers.length - titled.length };
+  } finally {
+    await fsp.rm(staging, { recursive: true, force: true }).catch(() => undefined);
+  }
+  const pulled = [...plan].sort((a, b) => (a.title < b.title ? -1 : a.title > b.title ? 1 : 0)).map((p) => ({ title: p.title, desc: p.desc }));
+  return { manifest: fetched, files: pulled.map((p) => p.title), pulled, skipped: layers.length - titled.length };
 }
 
 async function exists(p: string): Promise<boolean> {

@@ -17,6 +17,7 @@ import { cliEnv, REGFS_BIN, runCli, tempDir } from '../lab/cli.js';
 const sha = (b: Buffer | string): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+const OCI_LAYER = 'application/vnd.oci.image.layer.v1.tar';
 const DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json';
 const DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json';
 const DOCKER_CONFIG = 'application/vnd.docker.container.image.v1+json';
@@ -192,8 +193,8 @@ test('a Docker schema 2 image manifest pushed with plain HTTP: manifest fetch, r
   t.true(pull.stdout.includes(`Digest: ${digest}`), pull.stdout);
   t.deepEqual(await readdir(out), []);
   const pj = JSON.parse((await runCli(['pull', ref, '-o', out, '--format', 'json'], { env })).stdout) as Record<string, unknown>;
-  t.is(pj.mediaType, DOCKER_MANIFEST);
-  t.is(pj.digest, digest);
+  // ORAS 1.2's pull JSON: the root as a digest reference (no root mediaType/digest fields), and the files.
+  t.is(pj.reference, `${ref.replace(/:[^:/]+$/, '')}@${digest}`);
   t.deepEqual(pj.files, []);
 
   // Its blobs are fetched and verified by digest.
@@ -242,10 +243,13 @@ test('a Docker manifest list is fetched and resolved with its media type; pull r
   const out = await tempDir(t);
   const pull = await runCli(['pull', ref, '-o', out], { env });
   t.is(pull.code, 1);
-  t.regex(pull.stderr, /is an index \(linux\/arm64\); pull one of its manifests by digest/);
+  t.regex(pull.stderr, /is an index \(linux\/arm64\); give --platform os\/arch\[\/variant\] or pull one of its manifests by digest/);
   const entry = await runCli(['pull', `${reg.host}/multi@${imageDigest}`, '-o', out, '--format', 'json'], { env });
   t.is(entry.code, 0, entry.stderr);
-  t.is((JSON.parse(entry.stdout) as { mediaType: string }).mediaType, DOCKER_MANIFEST);
+  t.is((JSON.parse(entry.stdout) as { reference: string }).reference, `${reg.host}/multi@${imageDigest}`);
+  const byPlatform = await runCli(['pull', ref, '-o', out, '--platform', 'linux/arm64', '--format', 'json'], { env });
+  t.is(byPlatform.code, 0, byPlatform.stderr);
+  t.is((JSON.parse(byPlatform.stdout) as { reference: string }).reference, `${reg.host}/multi@${imageDigest}`);
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -334,7 +338,13 @@ test('--format json on pull, repo ls, repo show (no tag), resolve, blob fetch, r
   const out = await tempDir(t);
   const pull = await runCli(['pull', `${reg.host}/fmt/a:v1`, '-o', out, '--format', 'json'], { env });
   t.is(pull.code, 0, pull.stderr);
-  t.deepEqual(JSON.parse(pull.stdout), { reference: `${reg.host}/fmt/a:v1`, digest, mediaType: OCI_MANIFEST, files: ['x.txt', 'y.bin'], output: out });
+  // ORAS 1.2's shape: digest reference, then per file its absolute path, digest reference and layer descriptor.
+  const pj = JSON.parse(pull.stdout) as { reference: string; files: Array<{ path: string; reference: string; mediaType: string; digest: string; size: number; annotations: Record<string, string> }> };
+  t.is(pj.reference, `${reg.host}/fmt/a@${digest}`);
+  t.deepEqual(pj.files.map((f) => [f.path, f.mediaType, f.size, f.annotations['org.opencontainers.image.title'], f.reference === `${reg.host}/fmt/a@${f.digest}`]), [
+    [path.join(out, 'x.txt'), OCI_LAYER, 2, 'x.txt', true],
+    [path.join(out, 'y.bin'), OCI_LAYER, 70_000, 'y.bin', true],
+  ]);
   t.is(await readFile(path.join(out, 'x.txt'), 'utf8'), 'ex');
 
   const ls = await runCli(['repo', 'ls', reg.host, '--format', 'json'], { env });
@@ -526,5 +536,5 @@ test('push draws a progress bar on a TTY (under script(1)) and none when stderr 
   const json = await runUnderPty(['push', `${reg.host}/bar-json:v1`, 'big.bin', '--format', 'json'], { cwd: src, env });
   t.is(json.code, 0, json.output);
   t.false(json.output.includes('\x1b[K'), 'no progress drawing with --format json');
-  t.deepEqual((JSON.parse(json.output) as { tags: string[] }).tags, ['v1']);
+  t.deepEqual((JSON.parse(json.output) as { referenceAsTags: string[] }).referenceAsTags, [`${reg.host}/bar-json:v1`]);
 });

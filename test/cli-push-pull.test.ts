@@ -61,10 +61,10 @@ test('pushing unchanged content twice gives the same manifest digest; extra tags
   const one = await runCli(['push', `${reg.host}/r:a,b,c`, 'f.txt', 'd', '--format', 'json'], { cwd: src, env });
   t.is(one.code, 0, one.stderr);
   const two = await runCli(['push', `${reg.host}/r:a`, 'f.txt', 'd', '--format', 'json'], { cwd: src, env });
-  const j1 = JSON.parse(one.stdout) as { digest: string; tags: string[] };
+  const j1 = JSON.parse(one.stdout) as { digest: string; referenceAsTags: string[] };
   const j2 = JSON.parse(two.stdout) as { digest: string };
   t.is(j1.digest, j2.digest);
-  t.deepEqual(j1.tags, ['a', 'b', 'c']);
+  t.deepEqual(j1.referenceAsTags, ['a', 'b', 'c'].map((x) => `${reg.host}/r:${x}`));
   const tags = await runCli(['repo', 'tags', `${reg.host}/r`, '--format', 'json'], { env });
   t.deepEqual((JSON.parse(tags.stdout) as { tags: string[] }).tags.sort(), ['a', 'b', 'c']);
   // Second push found every blob present.
