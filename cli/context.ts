@@ -26,8 +26,9 @@ export interface CommonOptions {
 /** addRemoteOptions adds the connection and credential flags to a command. */
 export function addRemoteOptions(cmd: Command, opts: { layout?: boolean; credentials?: boolean } = {}): Command {
   cmd
-    .option('--plain-http', 'use plain HTTP for a non-loopback registry (loopback hosts use HTTP unless --ca-file or --insecure is given)')
-    .option('--insecure', 'use HTTPS but skip TLS certificate verification')
+    .option('--plain-http', 'use plain HTTP for a non-loopback registry (loopback hosts use HTTP unless --ca-file or --no-plain-http is given)')
+    .option('--no-plain-http', 'use HTTPS even for a loopback registry (ORAS spells it --plain-http=false)')
+    .option('--insecure', 'skip TLS certificate verification where HTTPS is used')
     .option('--ca-file <file>', 'trust the CA certificates in this PEM file (selects HTTPS for loopback hosts too)')
     .option('--registry-config <file>', 'docker-compatible credentials file (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json)')
     .option('-d, --debug', 'log HTTP requests to stderr (credentials are never printed)');

@@ -59,7 +59,8 @@ export async function main(argv: string[]): Promise<number> {
   exitState.code = 0;
   const program = buildProgram();
   try {
-    await program.parseAsync(argv);
+    // ORAS spells the boolean flag --plain-http=false / =true; commander knows --no-plain-http / --plain-http.
+    await program.parseAsync(argv.map((a) => (a === '--plain-http=false' ? '--no-plain-http' : a === '--plain-http=true' ? '--plain-http' : a)));
   } catch (err) {
     if (err instanceof CommanderError) {
       if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return ExitCode.ok;

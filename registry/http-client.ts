@@ -13,7 +13,7 @@ import { sleep } from '../util/sleep.js';
 
 /** TransportOptions say how to reach a registry: TLS, retries, deadlines, credentials. */
 export interface TransportOptions {
-  /** plainHttp forces http:// for a non-loopback host. */
+  /** plainHttp true forces http://, false forces https:// (also for a loopback host); unset: http only for loopback hosts without caFile. */
   plainHttp?: boolean;
   /** insecure skips TLS certificate verification. */
   insecure?: boolean;
@@ -108,8 +108,9 @@ export class RegistryTransport {
   private readonly counts = { requests: 0, retries: 0, rateLimited: 0, unavailable: 0, retryWaitMs: 0 };
 
   constructor(readonly host: string, opts: TransportOptions = {}) {
-    const tlsAsked = Boolean(opts.caFile || opts.insecure);
-    const plain = opts.plainHttp || (isLoopbackHost(host) && !tlsAsked);
+    // As ORAS: a loopback host speaks plain HTTP unless told otherwise (plainHttp false, or a CA file);
+    // --insecure only relaxes certificate checks where HTTPS is used.
+    const plain = opts.plainHttp ?? (isLoopbackHost(host) && !opts.caFile);
     this.base = new URL(`${plain ? 'http' : 'https'}://${host}`);
     let ca: string | undefined;
     if (opts.caFile) {

@@ -231,8 +231,10 @@ test('scheme: a non-loopback host is https:// by default and http:// with plainH
   t.is(base('127.9.8.7:5000'), 'http://127.9.8.7:5000/');
   t.is(base('localhost:5000'), 'http://localhost:5000/');
   t.is(base('[::1]:5000'), 'http://[::1]:5000/');
-  // Asking for TLS settings selects https for a loopback host too.
-  t.is(base('localhost:5000', { insecure: true }), 'https://localhost:5000/');
+  // As ORAS: --insecure keeps plain HTTP on a loopback host; a CA file or plainHttp false selects https.
+  t.is(base('localhost:5000', { insecure: true }), 'http://localhost:5000/');
+  t.is(base('localhost:5000', { caFile: '/etc/ssl/certs/ca-certificates.crt' }), 'https://localhost:5000/');
+  t.is(base('127.0.0.1:5000', { plainHttp: false, insecure: true }), 'https://127.0.0.1:5000/');
 
   // The CLI path: openSource receives the parsed --plain-http flag and builds the same transport.
   const viaCli = (source: string, plainHttp?: boolean): string => {

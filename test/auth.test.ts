@@ -128,9 +128,14 @@ test('TLS: --ca-file trusts a private CA, without it the error says how to fix i
   t.is(ok.code, 0, ok.stderr);
   const untrusted = await runCli(['repo', 'tags', `localhost:${reg.host.split(':')[1]}/tls/app`, '--plain-http'], { env });
   t.not(untrusted.code, 0, 'plain HTTP to a TLS port fails');
-  const noCa = await runCli(['repo', 'tags', `${reg.host}/tls/app`, '--insecure'], { env });
+  // As ORAS: --insecure alone keeps plain HTTP on a loopback host; --plain-http=false (ORAS's spelling) asks for HTTPS.
+  const plainOnLoopback = await runCli(['repo', 'tags', `${reg.host}/tls/app`, '--insecure'], { env });
+  t.not(plainOnLoopback.code, 0, 'plain HTTP to a TLS port fails');
+  const noCa = await runCli(['repo', 'tags', `${reg.host}/tls/app`, '--insecure', '--plain-http=false'], { env });
   t.is(noCa.code, 0, noCa.stderr);
   t.is(noCa.stdout.trim(), 'v1');
+  const noCa2 = await runCli(['repo', 'tags', `${reg.host}/tls/app`, '--insecure', '--no-plain-http'], { env });
+  t.is(noCa2.code, 0, noCa2.stderr);
   // HTTPS with only the system CAs refuses the private certificate, and says what to do.
   const strict = new RemoteRegistry(reg.host, { caFile: '/etc/ssl/certs/ca-certificates.crt' });
   t.teardown(() => strict.close());

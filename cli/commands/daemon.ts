@@ -26,6 +26,7 @@ export function registerDaemon(program: Command): void {
     .option('--state-dir <dir>', 'push journal and state (default $XDG_STATE_HOME/regfs, /var/lib/regfs for root)')
     .option('--socket <path>', 'control socket (default $XDG_RUNTIME_DIR/regfs/control.sock, /run/regfs/control.sock for root)')
     .option('--plain-http', 'use plain HTTP for a non-loopback --source')
+    .option('--no-plain-http', 'use HTTPS even for a loopback --source')
     .option('--registry-config <file>', 'docker-compatible credentials file for --source')
     .option('--metadata-ttl <seconds>', 'how long tag and repository listings are trusted (default 30)')
     .option('--cache-max-size <size>', 'evict least recently used blobs above this size, e.g. 10G')
@@ -57,7 +58,7 @@ export function registerDaemon(program: Command): void {
         ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}),
         ...(opts.stateDir ? { stateDir: opts.stateDir } : {}),
         ...(opts.socket ? { socket: opts.socket } : {}),
-        ...(opts.plainHttp ? { plainHttp: true } : {}),
+        ...(opts.plainHttp !== undefined ? { plainHttp: opts.plainHttp } : {}),
         ...(opts.registryConfig ? { registryConfig: opts.registryConfig } : {}),
         ...(opts.metadataTtl ? { metadataTtlSeconds: parseSeconds(opts.metadataTtl, '--metadata-ttl') } : {}),
         ...(opts.cacheMaxSize ? { cacheMaxSize: parseSize(opts.cacheMaxSize, '--cache-max-size') } : {}),
@@ -192,7 +193,7 @@ export function registerControl(program: Command): void {
   );
 
   const mounts = program.command('mounts').description('add, list and remove mounts of the running daemon');
-  const add = socketOption(addAccessOptions(mounts.command('add').description('mount SOURCE at MOUNTPOINT in the running daemon').argument('<source>', 'HOST, HOST/NAMESPACE, HOST/REPO, HOST/REPO:TAG or oci:DIR').argument('<mountpoint>', 'an existing directory').option('--staging <dir>', 'staging folder to watch (makes the mount writable)').option('--repository <name...>', 'show these repositories at the root even when the registry does not list them').option('--allow-delete', 'let rm and rmdir through the mount remove published files and delete tags').option('--plain-http', 'use plain HTTP for a non-loopback registry').option('--insecure', 'use HTTPS but skip TLS certificate verification').option('--ca-file <file>', 'trust the CA certificates in this PEM file').option('--registry-config <file>', 'docker-compatible credentials file for this mount')));
+  const add = socketOption(addAccessOptions(mounts.command('add').description('mount SOURCE at MOUNTPOINT in the running daemon').argument('<source>', 'HOST, HOST/NAMESPACE, HOST/REPO, HOST/REPO:TAG or oci:DIR').argument('<mountpoint>', 'an existing directory').option('--staging <dir>', 'staging folder to watch (makes the mount writable)').option('--repository <name...>', 'show these repositories at the root even when the registry does not list them').option('--allow-delete', 'let rm and rmdir through the mount remove published files and delete tags').option('--plain-http', 'use plain HTTP for a non-loopback registry').option('--no-plain-http', 'use HTTPS even for a loopback registry').option('--insecure', 'skip TLS certificate verification where HTTPS is used').option('--ca-file <file>', 'trust the CA certificates in this PEM file').option('--registry-config <file>', 'docker-compatible credentials file for this mount')));
   add.addHelpText('after', '\nExample:\n  regfs mounts add localhost:5000 /srv/registry --staging /srv/staging\n');
   add.action(
     action(async (ctx, source: string, mountpoint: string) => {
@@ -202,7 +203,7 @@ export function registerControl(program: Command): void {
       // Modes travel as octal strings, as in the config file.
       const body = { ...access, ...Object.fromEntries((['umask', 'fileMode', 'dirMode'] as const).filter((k) => access[k] !== undefined).map((k) => [k, access[k]!.toString(8).padStart(4, '0')])) };
       const transport = {
-        ...(o.plainHttp ? { plainHttp: true } : {}),
+        ...(o.plainHttp !== undefined ? { plainHttp: o.plainHttp } : {}),
         ...(o.insecure ? { insecure: true } : {}),
         ...(o.caFile ? { caFile: path.resolve(o.caFile) } : {}),
         ...(o.registryConfig ? { registryConfig: path.resolve(o.registryConfig) } : {}),

@@ -34,6 +34,7 @@ export function registerSync(program: Command): void {
       .option('--interval <seconds>', 'seconds between rounds (at least 1)', '30')
       .option('--propagate-deletes', 'a tag deleted on one side is deleted on the other (default: it is restored)')
       .option('--plain-http', 'use plain HTTP for a non-loopback registry')
+      .option('--no-plain-http', 'use HTTPS even for a loopback registry')
       .option('--insecure', 'use HTTPS but skip TLS certificate verification')
       .option('--ca-file <file>', 'trust the CA certificates in this PEM file')
       .option('--registry-config <file>', 'docker-compatible credentials file'),
@@ -51,7 +52,7 @@ export function registerSync(program: Command): void {
         direction: o.direction,
         intervalSeconds: interval,
         propagateDeletes: o.propagateDeletes === true,
-        ...(o.plainHttp ? { plainHttp: true } : {}),
+        ...(o.plainHttp !== undefined ? { plainHttp: o.plainHttp } : {}),
         ...(o.insecure ? { insecure: true } : {}),
         ...(o.caFile ? { caFile: path.resolve(o.caFile) } : {}),
         ...(o.registryConfig ? { registryConfig: path.resolve(o.registryConfig) } : {}),
