@@ -318,7 +318,7 @@ test('hostile titles and tar layers never escape the mount, the pull directory o
   const links = await sh(`find ${m.cacheDir}/extracted -type l -printf '%P -> %l\\n'`);
   const gooddir = layers.find((l) => l.title === 'gooddir')!;
   t.deepEqual(links.stdout.trim().split('\n'), [`${sha(gooddir.data)}/rel -> in.txt`]);
-  t.deepEqual((await fsp.readdir(m.cacheDir)).sort(), ['blobs', 'extracted', 'ingest', 'lock', 'partial']);
+  t.deepEqual((await fsp.readdir(m.cacheDir)).sort(), ['blobs', 'extracted', 'files', 'ingest', 'lock', 'partial', 'tocs']);
 
   // pull: the first unsafe title stops the pull before anything is written.
   const out = path.join(base, 'pulled');
