@@ -8,6 +8,8 @@
  *   what memory serves is exactly what the file would serve.
  * - Whoever removes a blob's file or discards its partial (mismatch, eviction, vanished file) calls
  *   drop(digest) first; nothing else invalidates, because content is addressed by digest and immutable.
+ * - A buffer handed back through `recycle` is one evicted by age, never one dropped: a reader copies from
+ *   a buffer in the microtask drain that resolved it, long before 32 MiB of newer spans can push it out.
  * - Spans of one digest never overlap: add() ignores a span that overlaps one already held.
  */
 import type { Digest } from '../registry/digest.js';
@@ -16,6 +18,8 @@ interface Span {
   start: number;
   end: number;
   buf: Buffer;
+  /** recycle, when given, takes the buffer back once the span is evicted by age (never on drop). */
+  recycle?: (buf: Buffer) => void;
 }
 
 /** RecentBytes is a bounded in-memory store of recently written or read blob byte spans. */
@@ -36,9 +40,9 @@ export class RecentBytes {
   }
 
   /** add keeps buf as the bytes [start, start + buf.length) of a blob. */
-  add(digest: Digest, start: number, buf: Buffer): void {
+  add(digest: Digest, start: number, buf: Buffer, recycle?: (buf: Buffer) => void): void {
     if (this.maxBytes <= 0 || buf.length === 0 || buf.length > this.maxBytes) return;
-    const span: Span = { start, end: start + buf.length, buf };
+    const span: Span = { start, end: start + buf.length, buf, recycle };
     let spans = this.byDigest.get(digest);
     if (!spans) {
       spans = [];
@@ -120,7 +124,11 @@ export class RecentBytes {
       if (spans.length === 0) this.byDigest.delete(e.digest);
     }
     this.held -= e.span.buf.length;
+    // Evicted by age: every read that could copy from it ran long ago (a read copies in the same
+    // microtask drain that gave it the buffer), so the owner may fill it again.
+    const buf = e.span.buf;
     e.span.buf = EMPTY;
+    e.span.recycle?.(buf);
   }
 }
 

@@ -38,3 +38,20 @@ test('memory stays under the bound (oldest spans go first) and an overlapping sp
   t.true(r.bytes <= 250);
   t.true(r.read(E, 300 + 4999 * 10, out, 10));
 });
+
+test('a span evicted by age hands its buffer back to its owner; a dropped one never does', (t) => {
+  const r = new RecentBytes(200);
+  const back: Buffer[] = [];
+  const a = bytes(0, 100);
+  const b = bytes(100, 100);
+  r.add(D, 0, a, (x) => back.push(x));
+  r.add(E, 0, b, (x) => back.push(x));
+  r.drop(E);
+  t.deepEqual(back, [], 'drop does not recycle: a reader may still hold the buffer');
+  r.add(D, 100, bytes(100, 100));
+  r.add(D, 200, bytes(200, 100));
+  t.is(back.length, 1);
+  t.is(back[0], a, 'the oldest span was evicted and its buffer handed back');
+  const out = Buffer.alloc(10);
+  t.false(r.read(D, 0, out, 10), 'an evicted span is never read again');
+});
