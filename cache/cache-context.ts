@@ -21,7 +21,7 @@ import { FdPool } from './fd-pool.js';
 import { RecentBytes } from './recent-bytes.js';
 
 /** RECENT_BYTES_MAX bounds the blob bytes kept in memory for the next reads (cache/recent-bytes.ts). */
-export const RECENT_BYTES_MAX = 32 * 1024 * 1024;
+export const RECENT_BYTES_MAX = 16 * 1024 * 1024;
 
 /** ResolvedOptions are a BlobCache's options with every default applied. */
 export interface ResolvedOptions {

@@ -9,7 +9,7 @@
  * - Whoever removes a blob's file or discards its partial (mismatch, eviction, vanished file) calls
  *   drop(digest) first; nothing else invalidates, because content is addressed by digest and immutable.
  * - A buffer handed back through `recycle` is one evicted by age, never one dropped: a reader copies from
- *   a buffer in the microtask drain that resolved it, long before 32 MiB of newer spans can push it out.
+ *   a buffer in the microtask drain that resolved it, long before 16 MiB of newer spans can push it out.
  * - Spans of one digest never overlap: add() ignores a span that overlaps one already held.
  */
 import type { Digest } from '../registry/digest.js';
