@@ -187,6 +187,8 @@ export class PartialBlobs {
       throw e;
     }
     this.blobs.add({ digest: p.digest, size: p.size, path: dest, lastAccess: Math.max(p.lastAccess, this.ctx.tick()), verified: true, touched: true });
+    // The fetch's spans in memory would overlap the 1 MiB chunks complete-blob reads keep: drop them.
+    this.ctx.recent.drop(p.digest);
     if (this.partials.get(p.digest) === p) this.partials.delete(p.digest);
     this.ctx.fds.drop(`p:${p.digest}`);
     await p.retire();
