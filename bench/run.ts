@@ -43,10 +43,11 @@ import {
 } from './lib.js';
 import { fuseFloorSeconds } from './fuse-floor.js';
 import { benchStagingMany, benchStagingPush } from './staging.js';
+import { benchRandRead } from './randread.js';
 import { benchImageCat } from './image.js';
 
 /** BENCHMARKS are the names --only accepts, in run order. */
-export const BENCHMARKS = ['cold-read-1g', 'warm-read-1g', 'first-4k', 'ls-lR', 'rss-4g', 'staging-push-1g', 'staging-1000-files', 'image-cat'] as const;
+export const BENCHMARKS = ['cold-read-1g', 'warm-read-1g', 'first-4k', 'fio-randread', 'ls-lR', 'rss-4g', 'staging-push-1g', 'staging-1000-files', 'image-cat'] as const;
 
 /** BenchConfig is the parsed command line. */
 export interface BenchConfig {
@@ -485,6 +486,24 @@ async function benchBigFile(cfg: BenchConfig, results: Result[]): Promise<void> 
         details: { blobBytesWhenHeadExited: trials.map((x) => x.atExit), blobBytesSettled: trials.map((x) => x.settled), requests: best.requests },
       });
     }
+    if (want('fio-randread')) {
+      const proxy: FaultProxy = await startFaultProxy(undefined, reg.url);
+      scope.teardown(() => proxy.close());
+      results.push(
+        ...(await benchRandRead({
+          proxy,
+          size: cfg.bigSize,
+          blobUrl,
+          freshFile: async () => {
+            const mounted = await mountFresh(proxy.host);
+            const d = await tagDir(mounted.m.mnt, 'bench/big', 'v1');
+            await run(['ls', '-l', d]);
+            return { file: path.join(d, 'big.bin'), close: () => mounted.scope.close() };
+          },
+          fetchedBytes: () => waitSettled(() => blobBytes(proxy.requests), 1000, 15_000),
+        })),
+      );
+    }
   } finally {
     progress('big file: cleaning up');
     await scope.close();
@@ -700,8 +719,8 @@ export async function main(argv: string[]): Promise<number> {
       for (const r of rowNames) if (!results.some((x) => x.name === r)) results.push(failed(r, err));
     }
   };
-  const bigRows = [...(cfg.only.has('cold-read-1g') ? ['cold-read-1g'] : []), ...(cfg.only.has('warm-read-1g') ? ['warm-read-1g'] : []), ...(cfg.only.has('first-4k') ? ['first-4k', 'first-4k-bytes'] : [])];
-  await group(['cold-read-1g', 'warm-read-1g', 'first-4k'], bigRows, () => benchBigFile(cfg, results));
+  const bigRows = [...(cfg.only.has('cold-read-1g') ? ['cold-read-1g'] : []), ...(cfg.only.has('warm-read-1g') ? ['warm-read-1g'] : []), ...(cfg.only.has('first-4k') ? ['first-4k', 'first-4k-bytes'] : []), ...(cfg.only.has('fio-randread') ? ['fio-randread-4k', 'fio-randread-1m'] : [])];
+  await group(['cold-read-1g', 'warm-read-1g', 'first-4k', 'fio-randread'], bigRows, () => benchBigFile(cfg, results));
   await group(['ls-lR'], ['ls-lR-cold', 'ls-lR-warm'], () => benchLsLR(cfg, results));
   await group(['rss-4g'], ['rss-4g'], () => benchRss(cfg, results));
   await group(['staging-push-1g'], ['staging-push-1g'], () => benchStagingPush(cfg.bigSize, results));
