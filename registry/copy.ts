@@ -1,4 +1,4 @@
-import type { Descriptor, Platform } from './descriptor.js';
+import { platformMatches, platformString, type Descriptor, type Platform } from './descriptor.js';
 import type { FetchedManifest, ReadableRepository, Repository } from './storage.js';
 import { RegfsError, isRegfsError } from '../util/errors.js';
 import { runLimited } from '../util/limit.js';
@@ -36,30 +36,13 @@ export interface CopyResult {
   stats: CopyStats;
 }
 
-/** parsePlatform reads `os/arch[/variant]`. */
-export function parsePlatform(s: string): Platform {
-  const parts = s.split('/');
-  if (parts.length < 2 || parts.length > 3 || parts.some((p) => !/^[A-Za-z0-9._-]+$/.test(p))) {
-    throw new RegfsError('INVALID_ARGUMENT', `invalid --platform ${JSON.stringify(s)}: expected os/arch[/variant], e.g. linux/amd64`);
-  }
-  return { os: parts[0]!, architecture: parts[1]!, ...(parts[2] ? { variant: parts[2] } : {}) };
-}
-
-function platformMatches(d: Descriptor, p: Platform): boolean {
-  return d.platform?.os === p.os && d.platform.architecture === p.architecture && (p.variant === undefined || d.platform.variant === p.variant);
-}
-
-function show(p: Platform): string {
-  return [p.os, p.architecture, p.variant].filter(Boolean).join('/');
-}
-
 /** selectPlatform resolves a reference to the manifest for `platform` when it is an index (a plain manifest is kept only if its platform is unknown). */
 export async function selectPlatform(src: ReadableRepository, root: FetchedManifest, platform: Platform): Promise<FetchedManifest> {
   if (root.manifest.kind !== 'index') return root;
   const hit = root.manifest.manifests.find((d) => platformMatches(d, platform));
   if (!hit) {
-    const have = root.manifest.manifests.map((d) => (d.platform ? show(d.platform) : d.digest)).join(', ');
-    throw new RegfsError('NOT_FOUND', `${src.display}@${root.descriptor.digest} has no manifest for ${show(platform)} (it has: ${have || 'none'})`);
+    const have = root.manifest.manifests.map((d) => (d.platform ? platformString(d.platform) : d.digest)).join(', ');
+    throw new RegfsError('NOT_FOUND', `${src.display}@${root.descriptor.digest} has no manifest for ${platformString(platform)} (it has: ${have || 'none'})`);
   }
   return src.fetchManifest(hit);
 }

@@ -9,6 +9,25 @@ export interface Platform {
   'os.version'?: string;
 }
 
+/** parsePlatform reads a `--platform` value `os/arch[/variant]`. */
+export function parsePlatform(s: string): Platform {
+  const parts = s.split('/');
+  if (parts.length < 2 || parts.length > 3 || parts.some((p) => !/^[A-Za-z0-9._-]+$/.test(p))) {
+    throw new RegfsError('INVALID_ARGUMENT', `invalid --platform ${JSON.stringify(s)}: expected os/arch[/variant], e.g. linux/amd64 or linux/arm64/v8`);
+  }
+  return { os: parts[0]!, architecture: parts[1]!, ...(parts[2] ? { variant: parts[2] } : {}) };
+}
+
+/** platformString renders os/arch[/variant]. */
+export function platformString(p: Platform): string {
+  return [p.os, p.architecture, p.variant].filter(Boolean).join('/');
+}
+
+/** platformMatches tells whether an index entry is for `want` (no variant wanted: any variant). */
+export function platformMatches(d: Descriptor, want: Platform): boolean {
+  return d.platform?.os === want.os && d.platform.architecture === want.architecture && (want.variant === undefined || d.platform.variant === want.variant);
+}
+
 /** Descriptor points at content by media type, digest and size (OCI image spec). */
 export interface Descriptor {
   mediaType: string;

@@ -2,7 +2,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { isDigest } from './digest.js';
-import type { Descriptor } from './descriptor.js';
+import { parsePlatform, platformMatches, platformString, type Descriptor } from './descriptor.js';
 import { errorMessage, isRegfsError, RegfsError } from '../util/errors.js';
 import { Annotation, MediaType } from './media-types.js';
 import type { PackedArtifact, PreparedBlob } from './pack.js';
@@ -67,11 +67,6 @@ export interface PullResult {
   skipped: number;
 }
 
-/** platformString renders os/arch[/variant]. */
-export function platformString(p: { os: string; architecture: string; variant?: string }): string {
-  return `${p.os}/${p.architecture}${p.variant ? `/${p.variant}` : ''}`;
-}
-
 /** selectPlatform picks the manifest of an index for `os/arch[/variant]` (no variant given: the first of that os/arch). */
 async function selectPlatform(repo: ReadableRepository, reference: string, fetched: FetchedManifest, platform: string | undefined): Promise<FetchedManifest> {
   if (fetched.manifest.kind === 'manifest') {
@@ -81,9 +76,8 @@ async function selectPlatform(repo: ReadableRepository, reference: string, fetch
   const entries = fetched.manifest.manifests;
   const list = entries.map((m) => (m.platform ? platformString(m.platform) : m.digest)).join(', ');
   if (!platform) throw new RegfsError('UNSUPPORTED', `${repo.display}:${reference} is an index (${list}); give --platform os/arch[/variant] or pull one of its manifests by digest`);
-  const [os, arch, variant, ...rest] = platform.split('/');
-  if (!os || !arch || rest.length) throw new RegfsError('INVALID_ARGUMENT', `invalid --platform ${JSON.stringify(platform)}: expected os/arch[/variant], e.g. linux/arm64/v8`);
-  const hit = entries.find((m) => m.platform && m.platform.os === os && m.platform.architecture === arch && (variant === undefined || m.platform.variant === variant));
+  const want = parsePlatform(platform);
+  const hit = entries.find((m) => platformMatches(m, want));
   if (!hit) throw new RegfsError('NOT_FOUND', `${repo.display}:${reference} has no manifest for ${platform}; it has: ${list}`);
   const picked = await repo.fetchManifest(hit);
   if (picked.manifest.kind !== 'manifest') throw new RegfsError('UNSUPPORTED', `${repo.display}@${hit.digest} (${platform}) is a nested index; pull it by digest`);

@@ -4,7 +4,7 @@ import { Readable } from 'node:stream';
 import { writeStreamAtomic } from '../../util/fs-atomic.js';
 import { RegfsError } from '../../util/errors.js';
 import { isDigest } from '../../registry/digest.js';
-import type { Descriptor } from '../../registry/descriptor.js';
+import { parsePlatform, platformMatches, type Descriptor } from '../../registry/descriptor.js';
 import { MANIFEST_MEDIA_TYPES } from '../../registry/media-types.js';
 import { entryFor, editIndex, indexBytes } from '../../registry/index-build.js';
 import { isTag, referenceString, type Reference } from '../../registry/reference.js';
@@ -37,18 +37,12 @@ export function splitTags(ctx: Context, input: string): { ref: Reference; tags: 
   return { ref, tags: ref.tag ? [ref.tag, ...extra] : extra };
 }
 
-function parsePlatform(s: string): { os: string; architecture: string; variant?: string } {
-  const [os, architecture, variant] = s.split('/');
-  if (!os || !architecture) throw new RegfsError('INVALID_ARGUMENT', `invalid --platform ${JSON.stringify(s)}: expected os/arch[/variant], e.g. linux/amd64`);
-  return { os, architecture, variant };
-}
-
 async function fetchForPlatform(r: Repository, reference: string, platform: string | undefined): Promise<FetchedManifest> {
   const m = await r.fetchManifest(reference);
   if (!platform) return m;
   if (m.manifest.kind !== 'index') throw new RegfsError('INVALID_ARGUMENT', `--platform ${platform}: ${reference} is not an index`);
   const want = parsePlatform(platform);
-  const hit = m.manifest.manifests.find((d) => d.platform?.os === want.os && d.platform.architecture === want.architecture && (!want.variant || d.platform.variant === want.variant));
+  const hit = m.manifest.manifests.find((d) => platformMatches(d, want));
   if (!hit) throw new RegfsError('NOT_FOUND', `no manifest for platform ${platform} in ${reference}`);
   return r.fetchManifest(hit);
 }
