@@ -370,6 +370,7 @@ export class BlobCache {
     await this.partials.persistAll();
     await this.ctx.fds.closeAll();
     await this.blobs.recordAccessTimes();
+    await this.blobs.recordVerified();
     await this.lock?.release();
   }
 

@@ -253,23 +253,25 @@ export class CompleteBlobs {
     }
   }
 
-  /**
-   * recordAccessTimes writes in-memory LRU times back as file times, so the next open seeds eviction order
-   * from them, then lists the verified blobs in verified.json (see the ordering rules).
-   */
+  /** recordAccessTimes writes in-memory LRU times back as file times, so the next open seeds eviction order from them. */
   async recordAccessTimes(): Promise<void> {
     for (const e of this.entries.values()) {
       if (!e.touched) continue;
       const t = e.lastAccess / 1000;
       await fsp.lutimes(e.path, t, t).catch(() => undefined);
     }
+  }
+
+  /** recordVerified lists the verified blobs in verified.json (last at close, after recordAccessTimes: see the ordering rules). */
+  async recordVerified(): Promise<void> {
+    const verified = [...this.entries.values()].filter((e) => e.verified);
+    if (verified.length === 0) return;
     // Access times just changed ctimes: let the clock move past them (coarse timestamps), so any later
     // write to a listed file gets a different ctime.
     await new Promise((r) => setTimeout(r, CTIME_SETTLE_MS + 5));
     const list: VerifiedList = { version: 1, blobs: {} };
     const settled = BigInt(Date.now() - CTIME_SETTLE_MS) * 1_000_000n;
-    for (const e of this.entries.values()) {
-      if (!e.verified) continue;
+    for (const e of verified) {
       const st = await fsp.lstat(e.path, { bigint: true }).catch(() => undefined);
       if (!st || !st.isFile() || Number(st.size) !== e.size || st.ctimeNs > settled) continue;
       list.blobs[e.digest] = fileKey(st);

@@ -10,7 +10,7 @@ import type { WritableOverlay } from './writable-overlay.js';
 import type { WriteHandle } from './write-handle.js';
 import type { Attr, BlobReader, Resolved, Tree } from './ports.js';
 import { openFlagsWritable } from './vfs.js';
-import { statEnd, statStart } from '../util/read-stats.js';
+import { readStatsOn, statEnd, statStart } from '../util/read-stats.js';
 
 type Cb<T = undefined> = (err: number, value?: T) => void;
 
@@ -152,10 +152,13 @@ export function createHandlers(opts: HandlerOptions): FuseHandlers {
         return;
       }
       const t0 = statStart();
-      blobs.read(h.repo, h.layer, buf, pos, len).then((n) => {
-        statEnd('fuse.read', t0, n);
-        done(n);
-      }, (e: unknown) => {
+      const served = readStatsOn
+        ? (n: number): void => {
+            statEnd('fuse.read', t0, n);
+            done(n);
+          }
+        : done;
+      blobs.read(h.repo, h.layer, buf, pos, len).then(served, (e: unknown) => {
         if (isRegfsError(e, 'DIGEST_MISMATCH') || isRegfsError(e, 'SIZE_MISMATCH')) markSuspect(h.layer.digest);
         done(fail('read', p, e));
       });
