@@ -17,18 +17,21 @@
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
+import { PassThrough, type Readable } from 'node:stream';
 import type { Descriptor } from '../registry/descriptor.js';
 import { parseDigest, type Digest } from '../registry/digest.js';
-import { RegfsError, ioError } from '../util/errors.js';
+import { RegfsError, errnoOf, ioError } from '../util/errors.js';
 import type { ReadableRepository } from '../registry/storage.js';
 import { nullLogger, type Logger } from '../util/log.js';
-import { PartialBlobs, type BlobFetcher } from './blob-fetch.js';
+import { PartialBlobs, type BlobFetcher, type FillTap } from './blob-fetch.js';
 import { BlobVerifier } from './blob-verify.js';
 import { CacheContext, noSpace, type ResolvedOptions } from './cache-context.js';
 import { CacheLayout } from './cache-layout.js';
 import { CompleteBlobs } from './complete-blobs.js';
 import { acquireDirLock, type DirLock } from './dir-lock.js';
 import { Evictor, type EvictResult } from './eviction.js';
+import { verifyingStream, type LayerBlobSource, type OpenedBlob } from './layer-extract.js';
+import { LayerTocStore } from './layer-toc.js';
 import { StreamThrough } from './stream-through.js';
 
 export type { EvictResult } from './eviction.js';
@@ -81,6 +84,8 @@ export interface CacheStats {
   bytesOnDisk: number;
   /** partials is the number of blobs with some, not all, bytes cached. */
   partials: number;
+  /** imageBytes is what image TOCs (tocs/) and extracted files (files/) hold, included in bytesOnDisk. */
+  imageBytes: number;
 }
 
 function nonNegative(v: number | undefined, def: number, name: string): number {
@@ -99,7 +104,9 @@ function checkIndex(v: number, name: string): void {
  * single-flight fetches), whole fetches staged in ingest/, LRU eviction, and a one-process lock.
  * read() fills a caller's buffer and never keeps it; nothing on the read path blocks the event loop.
  */
-export class BlobCache {
+export class BlobCache implements LayerBlobSource {
+  /** layerTocs builds image layer TOCs and extracts their files (tocs/, files/), counted and evicted with the blobs. */
+  readonly layerTocs: LayerTocStore;
   private readonly ctx: CacheContext;
   private readonly blobs: CompleteBlobs;
   private readonly verifier: BlobVerifier;
@@ -122,7 +129,8 @@ export class BlobCache {
     this.blobs = new CompleteBlobs(this.ctx);
     this.verifier = new BlobVerifier(this.ctx, this.blobs);
     this.partials = new PartialBlobs(this.ctx, this.blobs, () => this.evictor.maybeEvict());
-    this.evictor = new Evictor(this.ctx, this.blobs, this.partials, (d) => this.evictable(d), () => this.stats().bytesOnDisk);
+    this.layerTocs = new LayerTocStore(layout.tocs, layout.files, undefined, (m) => opts.log.warn(m), this, () => this.evictor.maybeEvict());
+    this.evictor = new Evictor(this.ctx, this.blobs, this.partials, (d) => this.evictable(d), () => this.stats().bytesOnDisk, [this.layerTocs.sideStore]);
     this.streamer = new StreamThrough(this.ctx, opts.smallBlobThreshold);
   }
 
@@ -212,6 +220,75 @@ export class BlobCache {
     });
   }
 
+  /**
+   * openBlob streams a blob from its start (image layers: TOC pass and file extraction). A complete cached
+   * blob is read from its (verified) file. Otherwise, with cacheFirst, the blob is cached whole first
+   * (ensureBlob); without, it is fetched whole into the cache while its bytes are passed on as they
+   * arrive (the stream ends only once the cached blob matched its digest, and errors otherwise). A blob
+   * the cache file system cannot hold is streamed from the registry, verified at its end.
+   */
+  async openBlob(repo: ReadableRepository, desc: Descriptor, opts: { cacheFirst: boolean }): Promise<OpenedBlob> {
+    this.ctx.assertOpen();
+    const digest = parseDigest(desc.digest);
+    checkIndex(desc.size, 'descriptor size');
+    this.ctx.throwIfPoisoned(digest);
+    const through = async (): Promise<OpenedBlob> => ({ stream: verifyingStream(await repo.fetchBlob(desc), desc), verifiedFirst: false });
+    const cached = this.blobs.has(digest);
+    if (!cached && (this.ctx.streaming(digest) || (await this.tooLargeToCache(desc, digest)))) return through();
+    if (cached || opts.cacheFirst) {
+      try {
+        return { stream: await this.openComplete(repo, desc), verifiedFirst: true };
+      } catch (err) {
+        if (this.ctx.streaming(digest)) return through();
+        throw err;
+      }
+    }
+    const out = new PassThrough({ highWaterMark: MiB });
+    let tapped = false;
+    const tap: FillTap = {
+      start: () => {
+        tapped = true;
+      },
+      write: (chunk) => {
+        if (out.destroyed || out.write(chunk)) return;
+        return new Promise<void>((resolve) => {
+          const go = (): void => {
+            out.off('drain', go);
+            out.off('close', go);
+            resolve();
+          };
+          out.on('drain', go);
+          out.on('close', go);
+        });
+      },
+    };
+    const fill = this.operation(digest, () => this.partials.fetcher(repo, desc, digest).fill(tap));
+    fill
+      .then(async () => {
+        if (tapped) return void out.end();
+        // Another caller's fill (or range fills of a partial blob) cached it: stream the cached blob.
+        const s = await this.openComplete(repo, desc);
+        s.on('error', (e) => out.destroy(e));
+        s.pipe(out);
+      })
+      .catch((err: unknown) => out.destroy(err as Error));
+    return { stream: out, verifiedFirst: false };
+  }
+
+  /** openComplete opens the complete, verified cached blob (caching it first) as a stream. */
+  private async openComplete(repo: ReadableRepository, desc: Descriptor): Promise<Readable> {
+    for (let attempt = 0; attempt < 4; attempt++) {
+      const file = await this.ensureBlob(repo, desc);
+      try {
+        const fh = await fsp.open(file, 'r');
+        return fh.createReadStream({ highWaterMark: MiB });
+      } catch (err) {
+        if (errnoOf(err) !== 'ENOENT') throw ioError(`cannot open cached blob ${file}`, err);
+      }
+    }
+    throw new RegfsError('IO', `blob ${desc.digest}: could not be opened from the cache (it kept disappearing)`);
+  }
+
   /** has tells whether the complete blob is cached. */
   async has(digest: Digest): Promise<boolean> {
     return this.blobs.exists(parseDigest(digest));
@@ -257,8 +334,9 @@ export class BlobCache {
     return {
       ...this.ctx.counters,
       blobs: this.blobs.count,
-      bytesOnDisk: this.blobs.bytes() + this.partials.bytes(),
+      bytesOnDisk: this.blobs.bytes() + this.partials.bytes() + this.layerTocs.sideStore.bytes(),
       partials: this.partials.count,
+      imageBytes: this.layerTocs.sideStore.bytes(),
     };
   }
 
@@ -367,6 +445,7 @@ export class BlobCache {
     while (this.operations.size > 0) await Promise.allSettled([...this.operations]);
     await this.idle();
     await this.evictor.settled();
+    await this.layerTocs.close();
     await this.partials.persistAll();
     await this.ctx.fds.closeAll();
     await this.blobs.recordAccessTimes();

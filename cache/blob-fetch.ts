@@ -16,6 +16,7 @@
  */
 import { promises as fsp, constants as C } from 'node:fs';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import type { Descriptor } from '../registry/descriptor.js';
 import type { Digest } from '../registry/digest.js';
 import type { ReadableRepository } from '../registry/storage.js';
@@ -43,6 +44,30 @@ function hexAlgorithm(hex: string): 'sha256' | 'sha512' | undefined {
   if (/^[a-f0-9]{64}$/.test(hex)) return 'sha256';
   if (/^[a-f0-9]{128}$/.test(hex)) return 'sha512';
   return undefined;
+}
+
+/** FillTap sees the bytes of a whole fetch as they stream into the cache (before they are verified). */
+export interface FillTap {
+  /** start is called when the whole fetch begins (so the caller knows its tap is in use). */
+  start(): void;
+  /** write receives each chunk; the fetch waits for it (backpressure). */
+  write(chunk: Buffer): Promise<void> | void;
+}
+
+function tapped(src: Readable, tap: FillTap): Readable {
+  tap.start();
+  const out = Readable.from(
+    (async function* () {
+      for await (const c of src) {
+        const chunk = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
+        await tap.write(chunk);
+        yield chunk;
+      }
+    })(),
+    { objectMode: false },
+  );
+  out.on('close', () => src.destroy());
+  return out;
 }
 
 /** PartialBlobs holds a cache's partial blobs and the fetches in flight, and makes per-blob fetchers. */
@@ -346,8 +371,11 @@ export class BlobFetcher {
     }
   }
 
-  /** fill caches the complete blob (single flight): gaps of an existing partial by ranges, else one whole verified fetch. */
-  fill(): Promise<void> {
+  /**
+   * fill caches the complete blob (single flight): gaps of an existing partial by ranges, else one whole
+   * verified fetch; `tap`, when this call runs the whole fetch, sees its bytes as they are written.
+   */
+  fill(tap?: FillTap): Promise<void> {
     const { store, desc } = this;
     const digest = desc.digest;
     return store.fill(digest, async () => {
@@ -358,7 +386,7 @@ export class BlobFetcher {
         await this.fillPartial(p);
         return;
       }
-      await this.fetchWhole();
+      await this.fetchWhole(tap);
     });
   }
 
@@ -396,7 +424,7 @@ export class BlobFetcher {
     );
   }
 
-  private async fetchWhole(): Promise<void> {
+  private async fetchWhole(tap?: FillTap): Promise<void> {
     const { store, repo, desc } = this;
     const { ctx } = store;
     const digest = desc.digest;
@@ -406,7 +434,7 @@ export class BlobFetcher {
       try {
         const src = await abortable(repo.fetchBlob(desc, undefined, controller.signal), controller.signal);
         controller.signal.addEventListener('abort', () => src.destroy(), { once: true });
-        await ingestBlob(src, desc, ctx.layout.ingest, dest, (bytes) => {
+        await ingestBlob(tap ? tapped(src, tap) : src, desc, ctx.layout.ingest, dest, (bytes) => {
           ctx.counters.bytesFetched += bytes;
         });
       } catch (err) {

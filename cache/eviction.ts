@@ -1,6 +1,6 @@
 /*
- * Eviction: least-recently-used removal of complete and partial blobs down to the size limit and the
- * free-space floor.
+ * Eviction: least-recently-used removal of complete and partial blobs, and of side stores' files (image
+ * TOCs and extracted files), down to the size limit and the free-space floor.
  *
  * Ordering rules:
  * - Evictions run one at a time (a promise chain); evict() and the automatic checks queue on it.
@@ -42,6 +42,19 @@ export function chooseVictims(candidates: readonly EvictionCandidate[], total: n
   return out;
 }
 
+/**
+ * SideStore is a set of rebuildable files kept beside the blobs (image TOCs and extracted files): counted
+ * in the cache's size and evicted with the blobs, least recently used first.
+ */
+export interface SideStore {
+  /** bytes is what the store holds on disk. */
+  bytes(): number;
+  /** candidates lists the removable entries now (busy ones left out), keys unique within the store. */
+  candidates(): EvictionCandidate[];
+  /** remove deletes one entry and returns the bytes freed (0 when it became busy or is gone). */
+  remove(key: string): Promise<number>;
+}
+
 /** EvictResult says how many entries and bytes an eviction removed. */
 export interface EvictResult {
   evicted: number;
@@ -60,8 +73,10 @@ export class Evictor {
     private readonly partials: PartialBlobs,
     /** evictable tells whether a digest is neither pinned nor in use. */
     private readonly evictable: (digest: Digest) => boolean,
-    /** bytesOnDisk returns the cache's current size. */
+    /** bytesOnDisk returns the cache's current size (side stores included). */
     private readonly bytesOnDisk: () => number,
+    /** sides are the side stores evicted with the blobs. */
+    private readonly sides: readonly SideStore[] = [],
   ) {}
 
   /** maybeEvict starts a background check (coalesced) that evicts when the cache is over its size or the disk is low. */
@@ -114,10 +129,23 @@ export class Evictor {
         candidates.push({ key: `p:${p.digest}`, bytes: p.ranges.covered(), lastAccess: p.lastAccess });
       }
     }
+    this.sides.forEach((s, i) => {
+      for (const c of s.candidates()) candidates.push({ ...c, key: `s${i}:${c.key}` });
+    });
     const victims = chooseVictims(candidates, this.bytesOnDisk(), limit, mustFree);
     let evicted = 0;
     let bytes = 0;
     for (const v of victims) {
+      if (v.key.startsWith('s')) {
+        const colon = v.key.indexOf(':');
+        const freed = await this.sides[Number(v.key.slice(1, colon))]!.remove(v.key.slice(colon + 1));
+        if (freed > 0 || v.bytes === 0) {
+          bytes += freed;
+          evicted++;
+          ctx.counters.evictions++;
+        }
+        continue;
+      }
       const digest = v.key.slice(2) as Digest;
       if (!this.evictable(digest)) continue; // pinned or read meanwhile
       if (v.key.startsWith('b:')) {

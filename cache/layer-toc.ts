@@ -1,20 +1,29 @@
-import { createHash, type Hash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { pipeline, Transform, type Readable, type TransformCallback } from 'node:stream';
-import { createGunzip } from 'node:zlib';
-import tar from 'tar-stream';
-import { digestAlgorithm, digestHex, type Digest } from '../registry/digest.js';
+import type { Readable } from 'node:stream';
+import type { Descriptor } from '../registry/descriptor.js';
+import { digestHex, type Digest } from '../registry/digest.js';
 import { checkTitle } from '../registry/safe-path.js';
+import type { ReadableRepository } from '../registry/storage.js';
 import { RegfsError, isRegfsError } from '../util/errors.js';
-import { tempPathFor, writeAll, writeFileAtomic } from '../util/fs-atomic.js';
+import { writeFileAtomic } from '../util/fs-atomic.js';
+import type { SideStore } from './eviction.js';
+import { LayerExtractor, registrySource, type LayerBlobSource } from './layer-extract.js';
+import { FileIndex } from './layer-files.js';
+import { ByteCursor, scanTar, untar } from './tar-scan.js';
+
+export { untar } from './tar-scan.js';
+
+export type { LayerBlobSource, OpenedBlob } from './layer-extract.js';
 
 /*
  * A layer's table of contents (TOC): every entry of an image layer's tar, built once per layer digest by
- * streaming the blob once from the registry while hashing it (nothing is kept unless the digest matches), and kept in the cache directory
- * as `tocs/<hex>.json` (immutable, digest-keyed, shared by every tag, image and repository). Regular files
- * are extracted while the TOC is built into `files/<sha256 of the content>` (content-addressed, written to
- * a temp file and renamed), so a read in an image's rootfs/ is a read of a local, verified file.
+ * streaming the blob once (through the blob cache, which keeps the compressed bytes as a complete,
+ * verified blob while they stream; nothing is kept unless the digest matches), and kept in the cache
+ * directory as `tocs/<hex>.json` (immutable, digest-keyed, shared by every tag, image and repository).
+ * The TOC pass writes no file data: each regular file's entry records where its bytes lie in the
+ * uncompressed tar (`o`, `s`); a file is extracted on first open (layer-extract.ts) into
+ * `files/<layer hex>/<offset>`, so a read in an image's rootfs/ is a read of a local, verified file.
  */
 
 /** TocEntry is one kept entry of a layer: a path (checked like a title) and what the tar header said. */
@@ -31,20 +40,24 @@ export interface TocEntry {
   mt: number;
   /** s is the file size (f; h copies its target's). */
   s?: number;
-  /** h is the sha256 hex of the file's content (f; h copies its target's). */
+  /** h is the sha256 hex of the file's content, when a TOC source knows it (v1 TOCs did; v2 tar TOCs do not). */
   h?: string;
+  /** o is where the file's data starts in the layer's uncompressed tar stream (f; h copies its target's). */
+  o?: number;
   /** l is the symlink target as stored, or the hard link's target path (normalised). */
   l?: string;
 }
 
-/** LayerToc is the stored TOC of one layer. */
+/** LayerToc is the stored TOC of one layer (v2: file data by offset; v1 TOCs, with extracted files, are rebuilt). */
 export interface LayerToc {
-  v: 1;
+  v: 1 | 2;
   digest: Digest;
   entries: TocEntry[];
   /** hidden counts entries left out (unsafe names, devices, fifos, unknown hard-link targets). */
   hidden: number;
 }
+
+const TOC_VERSION = 2;
 
 /** TocLimits bound what one layer may hold. */
 export interface TocLimits {
@@ -78,30 +91,63 @@ function entryName(raw: string): string {
   return checkTitle(n);
 }
 
-/** LayerTocStore builds, stores and loads layer TOCs and the files extracted with them. */
+/** LayerTocStore builds, stores and loads layer TOCs, and extracts their files on demand. */
 export class LayerTocStore {
   private readonly building = new Map<string, Promise<LayerToc>>();
   private readonly loaded = new Map<string, LayerToc>();
+  /** index counts tocs/ and files/ for the cache's size bound and eviction. */
+  readonly index: FileIndex;
+  private readonly extractor: LayerExtractor;
 
   constructor(
     readonly tocDir: string,
     readonly filesDir: string,
     private readonly limits: TocLimits = defaultTocLimits(),
     private readonly warn: (msg: string) => void = () => undefined,
-  ) {}
+    /** blobs gives layer bytes: the blob cache when the store belongs to one, else straight from the registry (verified). */
+    readonly blobs: LayerBlobSource = registrySource,
+    /** grew is told when files were added (the cache checks its size bound). */
+    grew: () => void = () => undefined,
+  ) {
+    this.index = new FileIndex(tocDir, filesDir, grew);
+    this.extractor = new LayerExtractor(filesDir, this.index, blobs);
+  }
+
+  /** sideStore is the store's face for the cache's eviction (tocs/ and files/). */
+  get sideStore(): SideStore {
+    return this.index;
+  }
 
   tocPath(d: Digest): string {
     return path.join(this.tocDir, `${digestHex(d)}.json`);
   }
 
-  /** filePath is where a file of a TOC (by content sha256 hex) is kept. */
+  /** filePath is where a content-addressed file (by sha256 hex: manifests) is kept. */
   filePath(hex: string): string {
     return path.join(this.filesDir, hex.slice(0, 2), hex);
   }
 
+  /** entryPath is where a layer's file is (or will be) extracted: `files/<layer hex>/<data offset>`. */
+  entryPath(layer: Digest, e: TocEntry): string {
+    return this.extractor.entryPath(layer, e);
+  }
+
+  /**
+   * materialize makes sure a file of a layer's TOC is extracted (from the verified blob) and returns its
+   * local path; see layer-extract.ts for the policy (paused cursors, then whole-layer passes).
+   */
+  materialize(repo: ReadableRepository, layer: Descriptor, toc: LayerToc, e: TocEntry): Promise<string> {
+    return this.extractor.materialize(repo, layer, toc, e, layerCompression(layer.mediaType) ?? 'none');
+  }
+
+  /** noteCreated records a file written into filesDir by others (manifest.json copies), for eviction. */
+  noteCreated(file: string, bytes: number): void {
+    this.index.add(file, bytes);
+  }
+
   /**
    * toc returns the layer's TOC, building it (single flight) when it is not stored yet from the stream
-   * `open()` gives (the registry's bytes, straight through: hashed while streamed, kept only if they match).
+   * `open()` gives, which must error instead of ending unless its bytes matched the layer digest.
    */
   toc(digest: Digest, compression: LayerCompression, open: () => Promise<Readable>): Promise<LayerToc> {
     const have = this.loaded.get(digest);
@@ -117,6 +163,7 @@ export class LayerTocStore {
         if (json.length > this.limits.maxTocBytes) throw new RegfsError('TOO_LARGE', `layer ${digest} has a TOC of ${json.length} bytes, over the limit of ${this.limits.maxTocBytes}`);
         await fsp.mkdir(this.tocDir, { recursive: true, mode: 0o700 });
         await writeFileAtomic(this.tocPath(digest), json, 0o600, { durable: false });
+        this.index.add(this.tocPath(digest), json.length);
         return toc;
       })();
       p.then((t) => {
@@ -128,6 +175,11 @@ export class LayerTocStore {
     return p;
   }
 
+  /** close stops paused extraction cursors. */
+  close(): Promise<void> {
+    return this.extractor.close();
+  }
+
   private async load(digest: Digest): Promise<LayerToc | undefined> {
     let text: string;
     try {
@@ -137,45 +189,29 @@ export class LayerTocStore {
     }
     try {
       const t = JSON.parse(text) as LayerToc;
-      if (t.v === 1 && t.digest === digest && Array.isArray(t.entries)) return t;
+      if (t.v === TOC_VERSION && t.digest === digest && Array.isArray(t.entries)) {
+        this.index.touch(this.tocPath(digest));
+        return t;
+      }
+      if (t.v !== 1) this.warn(`rebuilding unreadable layer TOC ${this.tocPath(digest)}`);
     } catch {
-      // a torn or foreign file: rebuilt below
+      this.warn(`rebuilding unreadable layer TOC ${this.tocPath(digest)}`);
     }
-    this.warn(`rebuilding unreadable layer TOC ${this.tocPath(digest)}`);
     return undefined;
   }
 
-  /** build streams the layer once: re-hashes the compressed bytes, lists every entry, extracts regular files. */
+  /** build reads the layer stream once: it lists every entry and where each file's data lies; no file is written. */
   async build(src: Readable, digest: Digest, compression: LayerCompression): Promise<LayerToc> {
-    const blobHash = createHash(digestAlgorithm(digest));
-    const hasher = new Transform({
-      transform(chunk: Buffer, _enc, cb: TransformCallback) {
-        blobHash.update(chunk);
-        cb(null, chunk);
-      },
-    });
-    const ex = tar.extract();
-    const input = compression === 'gzip' ? pipeline(src, hasher, createGunzip(), () => undefined) : pipeline(src, hasher, () => undefined);
-    const inputDone = new Promise<void>((resolve, reject) => {
-      input.on('error', (err) => {
-        if (!ex.destroyed) ex.destroy(err);
-        reject(err);
-      });
-      input.on('end', resolve);
-    });
-    inputDone.catch(() => undefined);
-    const entries = ex[Symbol.asyncIterator]();
-    input.pipe(ex);
-    const toc: LayerToc = { v: 1, digest, entries: [], hidden: 0 };
+    const input = untar(src, compression);
+    const cur = new ByteCursor(input[Symbol.asyncIterator]() as AsyncIterator<Buffer>);
+    const toc: LayerToc = { v: TOC_VERSION, digest, entries: [], hidden: 0 };
     const files = new Map<string, TocEntry>();
     const hide = (raw: string, reason: string): void => {
       toc.hidden++;
       if (toc.hidden <= 20) this.warn(`hiding tar entry ${JSON.stringify(raw.slice(0, 120))} of layer ${digest}: ${reason}`);
     };
-    await fsp.mkdir(this.filesDir, { recursive: true, mode: 0o700 });
     try {
-      for await (const entry of { [Symbol.asyncIterator]: () => entries }) {
-        const h = entry.header;
+      await scanTar(cur, (h) => {
         let name: string | undefined;
         try {
           name = entryName(h.name);
@@ -183,101 +219,53 @@ export class LayerTocStore {
           if (!isRegfsError(err, 'UNSAFE_PATH')) throw err;
           hide(h.name, err.message);
         }
-        if (name !== undefined && name !== '' && toc.entries.length >= this.limits.maxEntries) {
-          throw new RegfsError('TOO_LARGE', `layer ${digest} has more than ${this.limits.maxEntries} entries`);
-        }
-        const base = { m: (h.mode ?? 0o644) & 0o7777, u: h.uid ?? 0, g: h.gid ?? 0, mt: h.mtime?.getTime() ?? 0 };
-        if (name === undefined || name === '') {
-          await drain(entry);
-          continue;
-        }
+        if (name === undefined || name === '') return;
+        if (toc.entries.length >= this.limits.maxEntries) throw new RegfsError('TOO_LARGE', `layer ${digest} has more than ${this.limits.maxEntries} entries`);
+        const base = { m: h.mode & 0o7777, u: h.uid, g: h.gid, mt: h.mtime };
         switch (h.type) {
           case 'file':
           case 'contiguous-file': {
-            const { hex, size } = await this.storeFile(entry);
-            const e: TocEntry = { p: name, t: 'f', ...base, s: size, h: hex };
+            const e: TocEntry = { p: name, t: 'f', ...base, s: h.size, o: h.offset };
             files.set(name, e);
             toc.entries.push(e);
             break;
           }
           case 'directory':
-            await drain(entry);
             toc.entries.push({ p: name, t: 'd', ...base });
             break;
           case 'symlink':
-            await drain(entry);
             // Stored as is: regfs never follows a link, so an escaping or absolute target is harmless here.
-            toc.entries.push({ p: name, t: 'l', ...base, l: h.linkname ?? '' });
+            toc.entries.push({ p: name, t: 'l', ...base, l: h.linkname });
             break;
           case 'link': {
-            await drain(entry);
             let target: string | undefined;
             try {
-              target = entryName(h.linkname ?? '');
+              target = entryName(h.linkname);
             } catch {
               target = undefined;
             }
             const to = target ? files.get(target) : undefined;
             if (!to) {
-              hide(h.name, `hard link target ${JSON.stringify(h.linkname ?? '')} is not a file earlier in this layer`);
+              hide(h.name, `hard link target ${JSON.stringify(h.linkname)} is not a file earlier in this layer`);
               break;
             }
-            const e: TocEntry = { p: name, t: 'h', ...base, s: to.s, h: to.h, l: target };
+            const e: TocEntry = { p: name, t: 'h', ...base, s: to.s, o: to.o, l: target };
             files.set(name, e);
             toc.entries.push(e);
             break;
           }
           default:
             // character/block devices, fifos and other types are left out (a mount of unprivileged files cannot make them)
-            await drain(entry);
             hide(h.name, `${h.type} entries are not shown`);
         }
-      }
-      await inputDone;
+      });
+      // The rest of the stream (end-of-archive padding) is read too: the source checks the digest at its end.
+      await cur.drain();
     } catch (err) {
-      input.unpipe(ex);
-      if (!ex.destroyed) ex.destroy();
       if (!input.destroyed) input.destroy();
+      if (!src.destroyed) src.destroy();
       throw err;
     }
-    const actual = `${digestAlgorithm(digest)}:${blobHash.digest('hex')}`;
-    if (actual !== digest) throw new RegfsError('DIGEST_MISMATCH', `layer digest mismatch while building its TOC: expected ${digest}, got ${actual}`);
     return toc;
-  }
-
-  /** storeFile writes an entry's content to a temp file while hashing it, then renames it to its content address. */
-  private async storeFile(entry: AsyncIterable<unknown>): Promise<{ hex: string; size: number }> {
-    const tmp = tempPathFor(path.join(this.filesDir, 'file'));
-    const hash: Hash = createHash('sha256');
-    let size = 0;
-    const fh = await fsp.open(tmp, 'wx', 0o600);
-    try {
-      for await (const chunk of entry as AsyncIterable<Buffer>) {
-        hash.update(chunk);
-        await writeAll(fh, chunk);
-        size += chunk.length;
-      }
-    } catch (err) {
-      await fh.close().catch(() => undefined);
-      await fsp.rm(tmp, { force: true });
-      throw err;
-    }
-    await fh.close();
-    const hex = hash.digest('hex');
-    const dest = this.filePath(hex);
-    try {
-      await fsp.mkdir(path.dirname(dest), { recursive: true, mode: 0o700 });
-      await fsp.rename(tmp, dest);
-    } catch (err) {
-      await fsp.rm(tmp, { force: true });
-      throw err;
-    }
-    return { hex, size };
-  }
-}
-
-async function drain(entry: AsyncIterable<unknown>): Promise<void> {
-  for await (const _c of entry) {
-    // discard
   }
 }

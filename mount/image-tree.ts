@@ -25,6 +25,8 @@ export interface RootFile {
   meta: Meta;
   size: number;
   hash: string;
+  /** src is where the file's bytes are: its layer's TOC and the entry holding the data (a hard link's target). */
+  src: { toc: LayerToc; entry: TocEntry };
   /** link is the hard-link group, shared by a file and its hard links; nlink counts the group's members in the tree. */
   link: { nlink: number };
 }
@@ -106,7 +108,7 @@ export function mergeLayers(tocs: LayerToc[]): RootDir {
         // A hard link is the same inode as its target: it shows the target's mode and owner.
         const target = e.t === 'h' ? files.get(e.l!) : undefined;
         files.set(e.p, target ?? e);
-        dir.children.set(leaf, { kind: 'file', meta: metaOf(target ?? e), size: e.s ?? 0, hash: e.h ?? '', link });
+        dir.children.set(leaf, { kind: 'file', meta: metaOf(target ?? e), size: e.s ?? 0, hash: e.h ?? '', src: { toc, entry: target ?? e }, link });
       }
     }
   }

@@ -15,7 +15,8 @@ import { makeAttr, type Attr, type Resolved } from './ports.js';
 /*
  * The view of a container image (an image manifest whose config is an image config):
  *   config.json  manifest.json  layers/NN-<hex12>.tar.gz  rootfs/ (the merged filesystem)
- * rootfs/ is built from each layer's TOC (cache/layer-toc.ts) on first access.
+ * rootfs/ is built from each layer's TOC (cache/layer-toc.ts) on first access; a file's bytes are
+ * extracted from its layer on first open (nodeResolved, the one place file data is resolved).
  */
 
 const IMAGE_CONFIG_TYPES = new Set(['application/vnd.oci.image.config.v1+json', 'application/vnd.docker.container.image.v1+json']);
@@ -68,12 +69,12 @@ export class ImageView {
       const root = await this.rootfs(repo, fm);
       const node = findNode(root, more);
       if (!node) throw new MountError(Errno.ENOENT, `no ${more.join('/')} in the rootfs of ${fm.descriptor.digest}`);
-      return this.nodeResolved(node);
+      return this.nodeResolved(node, repo, m);
     }
     throw new MountError(Errno.ENOENT, `no ${first} in image ${fm.descriptor.digest}`);
   }
 
-  private nodeResolved(node: RootNode): Resolved {
+  private nodeResolved(node: RootNode, repo: ReadableRepository, m: ImageManifest): Resolved {
     const mtime = new Date(node.meta.mtime);
     const attr = (type: number, size: number, nlink: number): Attr => ({ ...makeAttr(type | node.meta.mode, size, mtime), uid: node.meta.uid, gid: node.meta.gid, nlink, exact: true });
     if (node.kind === 'dir') {
@@ -82,7 +83,21 @@ export class ImageView {
     }
     // Linux shows every symlink as 0777, whatever its tar header says (umoci and the kernel agree).
     if (node.kind === 'symlink') return { type: 'symlink', attr: { ...attr(0o120000, Buffer.byteLength(node.target), 1), mode: 0o120777 }, target: node.target, xattrs: {} };
-    return { type: 'local-file', attr: attr(0o100000, node.size, Math.max(1, node.link.nlink)), file: this.o.tocs.filePath(node.hash), xattrs: {} };
+    const { toc, entry } = node.src;
+    const { tocs } = this.o;
+    const layer = m.layers.find((l) => l.digest === toc.digest);
+    const materialize = async (): Promise<string> => {
+      if (!layer) throw new MountError(Errno.EIO, `layer ${toc.digest} is not in ${m.layers.length} layers of this image`);
+      try {
+        return await tocs.materialize(repo, layer, toc, entry);
+      } catch (err) {
+        if (err instanceof MountError) throw err;
+        const msg = `cannot extract ${entry.p} from layer ${toc.digest}: ${errorMessage(err)}`;
+        this.o.log.warn(msg);
+        throw new MountError(Errno.EIO, msg);
+      }
+    };
+    return { type: 'local-file', attr: attr(0o100000, node.size, Math.max(1, node.link.nlink)), file: tocs.entryPath(toc.digest, entry), materialize, xattrs: {} };
   }
 
   /** manifestFile keeps the (verified) manifest bytes as a content-addressed file, for reads through the kernel. */
@@ -93,6 +108,7 @@ export class ImageView {
     } catch {
       await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
       await writeFileAtomic(file, fm.bytes, 0o600, { durable: false });
+      this.o.tocs.noteCreated(file, fm.bytes.length);
     }
     return file;
   }
@@ -107,8 +123,11 @@ export class ImageView {
         for (const layer of m.layers) {
           if (!layerCompression(layer.mediaType)) throw new MountError(Errno.EIO, `layer ${layer.digest} has media type ${layer.mediaType}, which is not a tar layer`);
         }
-        // Layers are streamed from the registry and indexed in parallel, not kept in the blob cache (layers/ reads go through it).
-        const tocs = await Promise.all(m.layers.map((layer) => this.o.tocs.toc(layer.digest, layerCompression(layer.mediaType)!, () => repo.fetchBlob(layer))));
+        // Layers are indexed in parallel, each streamed once into the blob cache (a later read of layers/ fetches nothing).
+        const { tocs: store } = this.o;
+        const tocs = await Promise.all(
+          m.layers.map((layer) => store.toc(layer.digest, layerCompression(layer.mediaType)!, async () => (await store.blobs.openBlob(repo, layer, { cacheFirst: false })).stream)),
+        );
         return mergeLayers(tocs);
       })();
       p.catch((err: unknown) => {

@@ -2,6 +2,7 @@
  * The mount's ports: what the virtual tree needs from the layers below it (the blob cache, the
  * metadata cache) and what the FUSE handlers read from it. Interfaces and one attr builder only.
  */
+import type { LayerTocStore } from '../cache/layer-toc.js';
 import type { Digest } from '../registry/digest.js';
 import type { Descriptor } from '../registry/descriptor.js';
 import type { FetchedManifest, ReadableRepository, Registry } from '../registry/storage.js';
@@ -12,6 +13,8 @@ export interface BlobReader {
   ensureBlob(repo: ReadableRepository, desc: Descriptor): Promise<string>;
   pin(digest: Digest): void;
   unpin(digest: Digest): void;
+  /** layerTocs, when the reader has one, is its store of image layer TOCs and extracted files (counted in its size). */
+  readonly layerTocs?: LayerTocStore;
 }
 
 /** MetadataSource is what the mount needs from the metadata cache. */
@@ -44,7 +47,7 @@ export interface Attr {
 export type Resolved =
   | { type: 'dir'; attr: Attr; list: () => Promise<string[]>; xattrs: Record<string, string> }
   | { type: 'file'; attr: Attr; repo: ReadableRepository; layer: Descriptor; xattrs: Record<string, string> }
-  | { type: 'local-file'; attr: Attr; file: string; xattrs: Record<string, string> }
+  | { type: 'local-file'; attr: Attr; file: string; xattrs: Record<string, string>; /** materialize, when set, makes `file` exist (on open) and returns it. */ materialize?: () => Promise<string> }
   | { type: 'symlink'; attr: Attr; target: string; xattrs: Record<string, string> };
 
 /** Tree is what the FUSE handlers read from: the registry's tree (Vfs), or it overlaid with staged writes. */

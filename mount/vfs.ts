@@ -101,7 +101,8 @@ export class Vfs {
     this.prefix = this.root.kind === 'tree' ? this.root.prefix.split('/').filter((c) => c.length > 0) : [];
     this.referrers = new ReferrersView(opts.metadata, opts.metadataTtlMs ?? 30_000);
     const cacheRoot = path.dirname(opts.extractDir);
-    const tocs = new LayerTocStore(opts.tocDir ?? path.join(cacheRoot, 'tocs'), opts.filesDir ?? path.join(cacheRoot, 'files'), undefined, (m) => this.warnOnce(m));
+    // The blob cache's store (counted and evicted with its blobs, shared by the daemon's mounts), else one of our own.
+    const tocs = opts.blobs.layerTocs ?? new LayerTocStore(opts.tocDir ?? path.join(cacheRoot, 'tocs'), opts.filesDir ?? path.join(cacheRoot, 'files'), undefined, (m) => this.warnOnce(m));
     this.images = new ImageView({ tocs, log: this.log });
     this.index = new RepositoryIndex({ registry: opts.registry, metadata: opts.metadata, repositories: opts.repositories, ttlMs: opts.metadataTtlMs ?? 30_000, log: this.log });
   }

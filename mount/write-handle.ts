@@ -226,7 +226,7 @@ export class WriteHandles {
       const src = w.source;
       if (a && !a.base) return (await a.fh.read(buf, 0, len, pos)).bytesRead;
       if (src?.type === 'file' && !a) return this.host.blobs.read(src.repo, src.layer, buf, pos, len);
-      const file = a?.base ?? (src?.type === 'local-file' ? src.file : undefined);
+      const file = a?.base ?? (src?.type === 'local-file' ? ((await src.materialize?.()) ?? src.file) : undefined);
       if (!file) return 0;
       const fh = await fsp.open(file, 'r');
       try {
