@@ -23,7 +23,7 @@ import { parseDigest, type Digest } from '../registry/digest.js';
 import { RegfsError, errnoOf, ioError } from '../util/errors.js';
 import type { ReadableRepository } from '../registry/storage.js';
 import { nullLogger, type Logger } from '../util/log.js';
-import { PartialBlobs, type BlobFetcher, type FillTap } from './blob-fetch.js';
+import { PartialBlobs, streamTap, type BlobFetcher } from './blob-fetch.js';
 import { BlobVerifier } from './blob-verify.js';
 import { CacheContext, noSpace, type ResolvedOptions } from './cache-context.js';
 import { CacheLayout } from './cache-layout.js';
@@ -244,28 +244,11 @@ export class BlobCache implements LayerBlobSource {
       }
     }
     const out = new PassThrough({ highWaterMark: MiB });
-    let tapped = false;
-    const tap: FillTap = {
-      start: () => {
-        tapped = true;
-      },
-      write: (chunk) => {
-        if (out.destroyed || out.write(chunk)) return;
-        return new Promise<void>((resolve) => {
-          const go = (): void => {
-            out.off('drain', go);
-            out.off('close', go);
-            resolve();
-          };
-          out.on('drain', go);
-          out.on('close', go);
-        });
-      },
-    };
+    const tap = streamTap(out);
     const fill = this.operation(digest, () => this.partials.fetcher(repo, desc, digest).fill(tap));
     fill
       .then(async () => {
-        if (tapped) return void out.end();
+        if (tap.used) return void out.end();
         // Another caller's fill (or range fills of a partial blob) cached it: stream the cached blob.
         const s = await this.openComplete(repo, desc);
         s.on('error', (e) => out.destroy(e));
@@ -277,14 +260,21 @@ export class BlobCache implements LayerBlobSource {
 
   /** openComplete opens the complete, verified cached blob (caching it first) as a stream. */
   private async openComplete(repo: ReadableRepository, desc: Descriptor): Promise<Readable> {
-    for (let attempt = 0; attempt < 4; attempt++) {
-      const file = await this.ensureBlob(repo, desc);
-      try {
-        const fh = await fsp.open(file, 'r');
-        return fh.createReadStream({ highWaterMark: MiB });
-      } catch (err) {
-        if (errnoOf(err) !== 'ENOENT') throw ioError(`cannot open cached blob ${file}`, err);
+    // Pinned from the fetch to the open, so an eviction check after the fetch cannot take it first; the open
+    // descriptor then reads it even if it is evicted.
+    this.pin(desc.digest);
+    try {
+      for (let attempt = 0; attempt < 4; attempt++) {
+        const file = await this.ensureBlob(repo, desc);
+        try {
+          const fh = await fsp.open(file, 'r');
+          return fh.createReadStream({ highWaterMark: MiB });
+        } catch (err) {
+          if (errnoOf(err) !== 'ENOENT') throw ioError(`cannot open cached blob ${file}`, err);
+        }
       }
+    } finally {
+      this.unpin(desc.digest);
     }
     throw new RegfsError('IO', `blob ${desc.digest}: could not be opened from the cache (it kept disappearing)`);
   }

@@ -16,7 +16,7 @@
  */
 import { promises as fsp, constants as C } from 'node:fs';
 import path from 'node:path';
-import { Readable } from 'node:stream';
+import { Readable, type Writable } from 'node:stream';
 import type { Descriptor } from '../registry/descriptor.js';
 import type { Digest } from '../registry/digest.js';
 import type { ReadableRepository } from '../registry/storage.js';
@@ -52,6 +52,29 @@ export interface FillTap {
   start(): void;
   /** write receives each chunk; the fetch waits for it (backpressure). */
   write(chunk: Buffer): Promise<void> | void;
+}
+
+/** streamTap is a tap writing into `out` (waiting while it is full; dropping bytes once it is destroyed); `used` tells whether a fetch began with it. */
+export function streamTap(out: Writable): FillTap & { used: boolean } {
+  const tap = {
+    used: false,
+    start: () => {
+      tap.used = true;
+    },
+    write: (chunk: Buffer): Promise<void> | void => {
+      if (out.destroyed || out.write(chunk)) return;
+      return new Promise<void>((resolve) => {
+        const go = (): void => {
+          out.off('drain', go);
+          out.off('close', go);
+          resolve();
+        };
+        out.on('drain', go);
+        out.on('close', go);
+      });
+    },
+  };
+  return tap;
 }
 
 function tapped(src: Readable, tap: FillTap): Readable {

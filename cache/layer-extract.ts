@@ -179,10 +179,8 @@ export class LayerExtractor {
       c.busy = true;
     } else {
       const opened = await this.open(repo, desc, compression);
-      if (!opened.verifiedFirst) {
-        await opened.cur.close();
-        return this.wholeLayer(repo, desc, toc, e, compression, st, true);
-      }
+      // Only a stream checked at its end: the whole layer, published after the check (never open a stream and leave it unread).
+      if (!opened.verifiedFirst) return this.wholeLayer(repo, desc, toc, e, compression, st, true, opened);
       c = { cur: opened.cur, busy: true };
       st.cursor = c;
     }
@@ -199,10 +197,22 @@ export class LayerExtractor {
   }
 
   /** wholeLayer extracts every file of the layer not in files/ yet (and always `want`) in one pass. */
-  private async wholeLayer(repo: ReadableRepository, desc: Descriptor, toc: LayerToc, want: TocEntry, compression: LayerCompression, st: LayerState, fromStart: boolean): Promise<void> {
+  private async wholeLayer(
+    repo: ReadableRepository,
+    desc: Descriptor,
+    toc: LayerToc,
+    want: TocEntry,
+    compression: LayerCompression,
+    st: LayerState,
+    fromStart: boolean,
+    opened?: { cur: ByteCursor; verifiedFirst: boolean },
+  ): Promise<void> {
     let cur: ByteCursor;
     let verifiedFirst = true;
-    if (st.cursor && !fromStart) {
+    if (opened) {
+      cur = opened.cur;
+      verifiedFirst = opened.verifiedFirst;
+    } else if (st.cursor && !fromStart) {
       clearTimeout(st.cursor.timer);
       cur = st.cursor.cur;
       st.cursor = undefined;

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { BlobCache } from '../cache/blob-cache.js';
 import { LAZY_MISSES } from '../cache/layer-extract.js';
+import { LayerTocStore } from '../cache/layer-toc.js';
 import { ByteCursor, scanTar, type TarHeader } from '../cache/tar-scan.js';
 import type { ImageManifest } from '../registry/manifest.js';
 import { RemoteRegistry } from '../registry/remote.js';
@@ -121,7 +122,7 @@ test.serial('layers/ after rootfs/ sends no blob GET; reading every file of a la
   t.deepEqual(ctx.built.map((b) => blobGets(b.digest)), before);
 });
 
-test('after BlobCache.evict, rootfs files are extracted again (re-fetching the evicted blob) with the right bytes', async (t) => {
+test.serial('after BlobCache.evict, rootfs files are extracted again (re-fetching the evicted blob) with the right bytes', async (t) => {
   const dir = path.join(await tempDir(t, 'regfs-lazy-cache-'), 'cache');
   const cache = await BlobCache.open(dir, { minFreeBytes: 0 });
   t.teardown(() => cache.close());
@@ -160,7 +161,31 @@ test('after BlobCache.evict, rootfs files are extracted again (re-fetching the e
   t.is(store.index.count, 1);
 });
 
-test('the tar reader finds GNU and pax long names and each file\'s data offset', async (t) => {
+test.serial('a layer streamed from the registry (not cached) publishes files only after its digest matched', async (t) => {
+  const dir = await tempDir(t, 'regfs-lazy-nocache-');
+  const filesDir = path.join(dir, 'files');
+  // No blob cache: the store streams from the registry, as for a layer too large for the cache file system.
+  const store = new LayerTocStore(path.join(dir, 'tocs'), filesDir);
+  t.teardown(() => store.close());
+  const c = new RemoteRegistry(ctx.proxy.host, { retries: 0, baseDelayMs: 20, timeoutMs: 10_000 });
+  t.teardown(() => c.close());
+  const repo = c.repository('lazy/app');
+  const layer = ((await repo.fetchManifest('v1')).manifest as ImageManifest).layers[1]!;
+  const toc = await store.toc(layer.digest, 'gzip', async () => (await store.blobs.openBlob(repo, layer, { cacheFirst: false })).stream);
+  const first = toc.entries.find((e) => e.t === 'f')!;
+  ctx.proxy.rules.push({ method: 'GET', path: new RegExp(`/blobs/${layer.digest}`), flipByteAt: Math.floor(layer.size * 0.9) });
+  try {
+    await t.throwsAsync(store.materialize(repo, layer, toc, first));
+  } finally {
+    ctx.proxy.rules.length = 0;
+  }
+  t.deepEqual(await files(filesDir), [], 'nothing published (and no temp file left) from a stream that did not match');
+  const file = await store.materialize(repo, layer, toc, first);
+  t.true((await fsp.readFile(file)).equals(bigFiles.find((f) => f.name === first.p)!.content));
+  t.is((await files(filesDir)).length, bigFiles.length, 'the whole layer was extracted from the one stream');
+});
+
+test.serial('the tar reader finds GNU and pax long names and each file\'s data offset', async (t) => {
   const dir = await tempDir(t, 'regfs-lazy-tar-');
   const src = path.join(dir, 'src');
   const long = `${'d'.repeat(90)}/${'e'.repeat(90)}/${'f'.repeat(60)}`;
