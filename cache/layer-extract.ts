@@ -154,7 +154,7 @@ export class LayerExtractor {
   }
 
   private async present(file: string): Promise<boolean> {
-    const st = await fsp.stat(file).catch(() => undefined);
+    const st = await fsp.lstat(file).catch(() => undefined);
     if (st?.isFile()) {
       this.index.touch(file);
       if (!this.index.has(file)) this.index.add(file, st.size);

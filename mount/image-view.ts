@@ -56,7 +56,8 @@ export class ImageView {
     if (first === undefined) return dir(['config.json', 'layers', 'manifest.json', 'rootfs'], xattrs);
     if (first === 'config.json' && more.length === 0) return blobFile(m.config);
     if (first === 'manifest.json' && more.length === 0) {
-      return { type: 'local-file', attr: makeAttr(FILE_MODE, fm.bytes.length, mtime), file: await this.manifestFile(fm), xattrs: {} };
+      // materialize: the copy in files/ is evictable, so open makes it again if it went meanwhile.
+      return { type: 'local-file', attr: makeAttr(FILE_MODE, fm.bytes.length, mtime), file: await this.manifestFile(fm), materialize: () => this.manifestFile(fm), xattrs: {} };
     }
     if (first === 'layers') {
       const names = m.layers.map((l, i) => layerFileName(i, l));
@@ -105,6 +106,7 @@ export class ImageView {
     const file = this.o.tocs.filePath(digestHex(fm.descriptor.digest));
     try {
       await fsp.access(file);
+      this.o.tocs.index.touch(file);
     } catch {
       await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
       await writeFileAtomic(file, fm.bytes, 0o600, { durable: false });
