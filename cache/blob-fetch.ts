@@ -16,7 +16,6 @@
  */
 import { promises as fsp, constants as C } from 'node:fs';
 import path from 'node:path';
-import { Readable, type Writable } from 'node:stream';
 import type { Descriptor } from '../registry/descriptor.js';
 import type { Digest } from '../registry/digest.js';
 import type { ReadableRepository } from '../registry/storage.js';
@@ -26,6 +25,7 @@ import { abortable } from './abortable.js';
 import { noSpace, unanswered, type CacheContext } from './cache-context.js';
 import { checkPartial } from './blob-verify.js';
 import type { CompleteBlobs } from './complete-blobs.js';
+import { tapped, type FillTap } from './fill-tap.js';
 import { ingestBlob } from './ingest.js';
 import { closedError, PartialBlob } from './partial-blob.js';
 import { readRangeMap, trustworthy } from './range-map-file.js';
@@ -44,53 +44,6 @@ function hexAlgorithm(hex: string): 'sha256' | 'sha512' | undefined {
   if (/^[a-f0-9]{64}$/.test(hex)) return 'sha256';
   if (/^[a-f0-9]{128}$/.test(hex)) return 'sha512';
   return undefined;
-}
-
-/** FillTap sees the bytes of a whole fetch as they stream into the cache (before they are verified). */
-export interface FillTap {
-  /** start is called when the whole fetch begins (so the caller knows its tap is in use). */
-  start(): void;
-  /** write receives each chunk; the fetch waits for it (backpressure). */
-  write(chunk: Buffer): Promise<void> | void;
-}
-
-/** streamTap is a tap writing into `out` (waiting while it is full; dropping bytes once it is destroyed); `used` tells whether a fetch began with it. */
-export function streamTap(out: Writable): FillTap & { used: boolean } {
-  const tap = {
-    used: false,
-    start: () => {
-      tap.used = true;
-    },
-    write: (chunk: Buffer): Promise<void> | void => {
-      if (out.destroyed || out.write(chunk)) return;
-      return new Promise<void>((resolve) => {
-        const go = (): void => {
-          out.off('drain', go);
-          out.off('close', go);
-          resolve();
-        };
-        out.on('drain', go);
-        out.on('close', go);
-      });
-    },
-  };
-  return tap;
-}
-
-function tapped(src: Readable, tap: FillTap): Readable {
-  tap.start();
-  const out = Readable.from(
-    (async function* () {
-      for await (const c of src) {
-        const chunk = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
-        await tap.write(chunk);
-        yield chunk;
-      }
-    })(),
-    { objectMode: false },
-  );
-  out.on('close', () => src.destroy());
-  return out;
 }
 
 /** PartialBlobs holds a cache's partial blobs and the fetches in flight, and makes per-blob fetchers. */
@@ -457,9 +410,16 @@ export class BlobFetcher {
       try {
         const src = await abortable(repo.fetchBlob(desc, undefined, controller.signal), controller.signal);
         controller.signal.addEventListener('abort', () => src.destroy(), { once: true });
-        await ingestBlob(tap ? tapped(src, tap) : src, desc, ctx.layout.ingest, dest, (bytes) => {
-          ctx.counters.bytesFetched += bytes;
-        });
+        await ingestBlob(
+          tap ? tapped(src, tap) : src,
+          desc,
+          ctx.layout.ingest,
+          dest,
+          (bytes) => {
+            ctx.counters.bytesFetched += bytes;
+          },
+          !tap,
+        );
       } catch (err) {
         if (controller.signal.aborted) throw closedError(digest);
         const e = ioError(`fetch of blob ${digest}`, err);
@@ -472,7 +432,9 @@ export class BlobFetcher {
         throw e;
       }
     });
-    store.blobs.add({ digest, size: desc.size, path: dest, lastAccess: ctx.tick(), verified: true, touched: true });
+    // A tapped fetch (an image layer's TOC pass, which someone waits for) skips the fsyncs: the blob is
+    // synced at close, before verified.json may vouch for it; after a crash it is hashed again before use.
+    store.blobs.add({ digest, size: desc.size, path: dest, lastAccess: ctx.tick(), verified: true, touched: true, unsynced: tap !== undefined });
     const stale = store.get(digest);
     if (stale) ctx.track(store.discard(stale));
     store.maybeEvict();

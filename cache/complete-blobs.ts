@@ -19,7 +19,7 @@ import { promises as fsp, constants as C } from 'node:fs';
 import path from 'node:path';
 import { isDigest, type Digest } from '../registry/digest.js';
 import { errnoOf, errorMessage, ioError } from '../util/errors.js';
-import { fsyncDir, writeFileAtomic } from '../util/fs-atomic.js';
+import { fdatasyncFile, fsyncDir, writeFileAtomic } from '../util/fs-atomic.js';
 import type { CacheContext } from './cache-context.js';
 import { statCount, statEnd, statStart } from '../util/read-stats.js';
 
@@ -55,6 +55,8 @@ export interface BlobEntry {
   verified: boolean;
   /** touched is true once this process used it (its access time is written back at close). */
   touched?: boolean;
+  /** unsynced: written without fsync (an image layer's TOC pass); synced at close before it is listed verified. */
+  unsynced?: boolean;
 }
 
 /** CompleteBlobs indexes a cache's complete blobs and reads from them through the shared fd pool. */
@@ -272,6 +274,8 @@ export class CompleteBlobs {
     const list: VerifiedList = { version: 1, blobs: {} };
     const settled = BigInt(Date.now() - CTIME_SETTLE_MS) * 1_000_000n;
     for (const e of verified) {
+      if (e.unsynced && !(await fdatasyncFile(e.path).then(() => true, () => false))) continue;
+      e.unsynced = false;
       const st = await fsp.lstat(e.path, { bigint: true }).catch(() => undefined);
       if (!st || !st.isFile() || Number(st.size) !== e.size || st.ctimeNs > settled) continue;
       list.blobs[e.digest] = fileKey(st);

@@ -6,10 +6,11 @@ import { BatchedWriter } from './batched-writer.js';
 
 /**
  * ingestBlob streams a whole blob into a fresh temp file under `ingestDir`, verifies it against `desc`
- * as it goes, fsyncs it, renames it to `dest` and fsyncs dest's directory (writeAtomic). On any error
+ * as it goes, fsyncs it, renames it to `dest` and fsyncs dest's directory (writeAtomic; `durable` false
+ * skips both fsyncs, for a caller that syncs later). On any error
  * (including a digest or size mismatch) the temp file is removed, `dest` is untouched, and the error is rethrown.
  */
-export async function ingestBlob(src: Readable, desc: Descriptor, ingestDir: string, dest: string, onChunk?: (bytes: number) => void): Promise<void> {
+export async function ingestBlob(src: Readable, desc: Descriptor, ingestDir: string, dest: string, onChunk?: (bytes: number) => void, durable = true): Promise<void> {
   const verifier = new Verifier(desc.digest, desc.size);
   try {
     await writeAtomic(
@@ -29,7 +30,7 @@ export async function ingestBlob(src: Readable, desc: Descriptor, ingestDir: str
         await writer.drain();
         verifier.verify();
       },
-      { tempDir: ingestDir },
+      { tempDir: ingestDir, durable },
     );
   } catch (err) {
     src.destroy();

