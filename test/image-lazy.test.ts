@@ -161,6 +161,28 @@ test.serial('after BlobCache.evict, rootfs files are extracted again (re-fetchin
   t.is(store.index.count, 1);
 });
 
+test.serial('a blob cached by the TOC pass (written without fsync) is synced at close and listed verified', async (t) => {
+  const dir = path.join(await tempDir(t, 'regfs-lazy-sync-'), 'cache');
+  const cache = await BlobCache.open(dir, { minFreeBytes: 0 });
+  const c = new RemoteRegistry(ctx.proxy.host, { retries: 1, baseDelayMs: 20, timeoutMs: 10_000 });
+  t.teardown(() => c.close());
+  const repo = c.repository('lazy/app');
+  const layer = ((await repo.fetchManifest('v1')).manifest as ImageManifest).layers[2]!;
+  await cache.layerTocs.toc(layer.digest, 'gzip', async () => (await cache.openBlob(repo, layer, { cacheFirst: false })).stream);
+  await cache.close();
+  const listed = JSON.parse(await fsp.readFile(path.join(dir, 'verified.json'), 'utf8')) as { blobs: Record<string, unknown> };
+  t.truthy(listed.blobs[layer.digest]);
+  // Reopened, the TOC is found on disk and the blob serves layers/ reads without a fetch.
+  const again = await BlobCache.open(dir, { minFreeBytes: 0 });
+  t.teardown(() => again.close());
+  const gets = blobGets(layer.digest);
+  const buf = Buffer.alloc(layer.size);
+  t.is(await again.read(repo, layer, buf, 0, layer.size), layer.size);
+  t.is(`sha256:${sha(buf)}`, layer.digest);
+  t.is((await again.layerTocs.toc(layer.digest, 'gzip', () => Promise.reject(new Error('not stored')))).entries.length, 2);
+  t.is(blobGets(layer.digest), gets);
+});
+
 test.serial('a layer streamed from the registry (not cached) publishes files only after its digest matched', async (t) => {
   const dir = await tempDir(t, 'regfs-lazy-nocache-');
   const filesDir = path.join(dir, 'files');
