@@ -418,7 +418,8 @@ export class BlobFetcher {
           (bytes) => {
             ctx.counters.bytesFetched += bytes;
           },
-          !tap,
+          // A tapped fetch (the TOC pass) trusts fetchBlob's own digest check (the ReadableRepository contract).
+          { durable: !tap, sourceVerifies: tap !== undefined },
         );
       } catch (err) {
         if (controller.signal.aborted) throw closedError(digest);
