@@ -23,8 +23,9 @@ import { ByteCursor, untar } from './tar-scan.js';
  *   wanted file is ahead of it, else from the start), then forgets the cursor and the miss count.
  *   Reading every file of a layer, in any order, so costs at most about three inflations of the layer
  *   rather than one per file.
- * - A blob the cache cannot hold (too large for its file system) is streamed from the registry instead;
- *   then the whole layer is extracted into temp files, published only once the stream's digest matched.
+ * - A blob the cache cannot hold (too large for its file system) is streamed from the registry instead,
+ *   once per file opened: the wanted file goes to a temp file, published only once the whole stream's
+ *   digest matched (the layer's other files would hardly fit where its blob does not).
  * Files are written to a temp file and renamed (util/fs-atomic.ts), never durable (they are rebuilt).
  * A hard link shares its target's file (its entry carries the target's offset).
  */
@@ -196,7 +197,7 @@ export class LayerExtractor {
     this.park(toc.digest, st);
   }
 
-  /** wholeLayer extracts every file of the layer not in files/ yet (and always `want`) in one pass. */
+  /** wholeLayer extracts every file of the layer not in files/ yet (and always `want`) in one pass; from a stream checked at its end, `want` only. */
   private async wholeLayer(
     repo: ReadableRepository,
     desc: Descriptor,
@@ -228,7 +229,8 @@ export class LayerExtractor {
       for (const e of toc.entries) {
         if (e.t !== 'f' || e.o === undefined || e.o < cur.pos || !e.s) continue;
         const file = this.entryPath(toc.digest, e);
-        if (file !== wanted && this.index.has(file)) continue;
+        // From a stream (a blob too large for the cache file system) only the wanted file: the rest would not fit either.
+        if (file !== wanted && (this.index.has(file) || !verifiedFirst)) continue;
         await cur.skip(e.o - cur.pos);
         if (verifiedFirst) await this.write(cur, file, e.s);
         else pending.push({ tmp: await this.writeTemp(cur, file, e.s), file, bytes: e.s });

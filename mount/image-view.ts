@@ -94,11 +94,18 @@ export class ImageView {
       } catch (err) {
         if (err instanceof MountError) throw err;
         const msg = `cannot extract ${entry.p} from layer ${toc.digest}: ${errorMessage(err)}`;
-        this.o.log.warn(msg);
+        this.warnOnce(msg);
         throw new MountError(Errno.EIO, msg);
       }
     };
     return { type: 'local-file', attr: attr(0o100000, node.size, Math.max(1, node.link.nlink)), file: tocs.entryPath(toc.digest, entry), materialize, xattrs: {} };
+  }
+
+  private warnOnce(msg: string): void {
+    if (this.warned.has(msg)) return;
+    if (this.warned.size > 1000) this.warned.clear();
+    this.warned.add(msg);
+    this.o.log.warn(msg);
   }
 
   /** manifestFile keeps the (verified) manifest bytes as a content-addressed file, for reads through the kernel. */
@@ -134,11 +141,7 @@ export class ImageView {
       })();
       p.catch((err: unknown) => {
         this.roots.delete(key);
-        const msg = `cannot show the rootfs of ${key}: ${errorMessage(err)}`;
-        if (!this.warned.has(msg)) {
-          this.warned.add(msg);
-          this.o.log.warn(msg);
-        }
+        this.warnOnce(`cannot show the rootfs of ${key}: ${errorMessage(err)}`);
       });
       if (this.roots.size > 64) this.roots.clear();
       this.roots.set(key, p);
