@@ -165,7 +165,7 @@ export class LayerExtractor {
     return false;
   }
 
-  /** open starts inflating the layer from its start: from the cached verified blob, or undefined when only a stream checked at its end is available. */
+  /** open starts inflating the layer from its start: from the cached verified blob, else (verifiedFirst false) from a stream checked at its end. */
   private async open(repo: ReadableRepository, desc: Descriptor, compression: LayerCompression): Promise<{ cur: ByteCursor; verifiedFirst: boolean }> {
     const blob = await this.blobs.openBlob(repo, desc, { cacheFirst: true });
     const tar = untar(blob.stream, compression);
@@ -180,7 +180,7 @@ export class LayerExtractor {
       c.busy = true;
     } else {
       const opened = await this.open(repo, desc, compression);
-      // Only a stream checked at its end: the whole layer, published after the check (never open a stream and leave it unread).
+      // Only a stream checked at its end: the file is published after the check (never open a stream and leave it unread).
       if (!opened.verifiedFirst) return this.wholeLayer(repo, desc, toc, e, compression, st, true, opened);
       c = { cur: opened.cur, busy: true };
       st.cursor = c;
