@@ -14,6 +14,8 @@ ROUNDS=${1:-3}
 SIZE=${2:-1073741824}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 SERVER_JS="$ROOT/dist/bench/fuse-floor-server.js"
+READER=${READER:-dd}
+case "$READER" in dd | cat) ;; *) echo "fuse3-floor.sh: READER must be dd or cat, not $READER" >&2; exit 2 ;; esac
 
 if [ "$(id -u)" != 0 ]; then
   echo "fuse3-floor.sh: run as root (it writes /sys/class/bdi/*/read_ahead_kb of its own mounts)" >&2
@@ -74,13 +76,17 @@ VARIANTS=(
   "libfuse3 1M single|fuse3|--single|1024"
 )
 
+TCK=$(getconf CLK_TCK)
+# CPU seconds (user + system, all threads) of a process so far: less sensitive to a shared machine's
+# load than wall time. For a FUSE server this includes the kernel's copy of its replies into the page cache.
+cpu_of() { awk -v t="$TCK" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / t }' "/proc/$1/stat"; }
 bdi_of() { awk -v m="$1" '$5 == m { print $3 }' /proc/self/mountinfo; }
 
-# trial NAME KIND ARGS RA: appends "NAME|seconds most_common_read_kib" to $RESULTS. Runs in this
+# trial NAME KIND ARGS RA: appends "NAME|seconds most_common_read_kib server_cpu_seconds" to $RESULTS. Runs in this
 # shell (no $(...) subshell) so PIDS and MNTS stay visible to the EXIT trap.
 trial() {
   local name=$1 kind=$2 args=$3 ra=$4 n=${#MNTS[@]}
-  local dir="$WORK/t$n" pid dev t0 t1 i mode
+  local dir="$WORK/t$n" pid dev t0 t1 c0 c1 i mode
   mkdir -p "$dir/mnt"
   MNTS+=("$dir/mnt")
   if [ "$kind" = native ]; then
@@ -101,9 +107,11 @@ trial() {
   stat "$dir/mnt/blob" >/dev/null
   dev=$(bdi_of "$dir/mnt")
   if [ "$ra" != - ]; then echo "$ra" >"/sys/class/bdi/$dev/read_ahead_kb"; fi
+  c0=$(cpu_of "$pid")
   t0=$(date +%s.%N)
-  dd if="$dir/mnt/blob" of=/dev/null bs=1M status=none
+  if [ "$READER" = cat ]; then cat "$dir/mnt/blob" >/dev/null; else dd if="$dir/mnt/blob" of=/dev/null bs=1M status=none; fi
   t1=$(date +%s.%N)
+  c1=$(cpu_of "$pid")
   kill -TERM "$pid"
   for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   if awk -v m="$dir/mnt" '$5 == m { found = 1 } END { exit !found }' /proc/self/mountinfo; then
@@ -113,12 +121,13 @@ trial() {
   grep -q " bytes=$SIZE\$" "$dir/stats" || { echo "$name: server served $(grep bytes= "$dir/stats"), want $SIZE" >&2; return 1; }
   mode=$(awk -F= '$1 == "mode_kib" { print $2 }' "$dir/stats")
   cp "$dir/stats" "$WORK/stats-${name// /_}"
-  awk -v t0="$t0" -v t1="$t1" -v mode="$mode" 'BEGIN { printf "%.3f %s\n", t1 - t0, mode }' >"$dir/result"
+  awk -v t0="$t0" -v t1="$t1" -v mode="$mode" -v c="$(awk -v a="$c0" -v b="$c1" 'BEGIN { print b - a }')" \
+    'BEGIN { printf "%.3f %s %.2f\n", t1 - t0, mode, c }' >"$dir/result"
   echo "  $name: $(cat "$dir/result")"
   echo "$name|$(cat "$dir/result")" >>"$RESULTS"
 }
 
-echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cpus, file $SIZE bytes, $ROUNDS rounds, libfuse3 $(pkg-config --modversion fuse3)"
+echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cpus, file $SIZE bytes, $ROUNDS rounds, reader $READER, libfuse3 $(pkg-config --modversion fuse3)"
 RESULTS="$WORK/results"
 : >"$RESULTS"
 nv=${#VARIANTS[@]}
@@ -135,14 +144,16 @@ for f in "$WORK"/stats-*; do
   echo "# ${f#"$WORK"/stats-}: $(head -1 "$f"); $(grep '^size ' "$f" | tr '\n' ';')"
 done
 echo
-echo "| variant | median s | GB/s | vs fuse-native | read request size (most common, KiB) |"
-echo "|---|---|---|---|---|"
+echo "| variant | median s | GB/s | vs fuse-native | server CPU s (median) | read request size (most common, KiB) |"
+echo "|---|---|---|---|---|---|"
 base=""
 for v in "${VARIANTS[@]}"; do
   IFS='|' read -r name _ _ _ <<<"$v"
   read -r med mode < <(awk -F'|' -v n="$name" '$1 == n { print $2 }' "$RESULTS" | sort -n -k1,1 |
     awk '{ s[NR] = $1; m[NR] = $2 } END { i = int((NR + 1) / 2); print s[i], m[i] }')
+  cpu=$(awk -F'|' -v n="$name" '$1 == n { split($2, f, " "); print f[3] }' "$RESULTS" | sort -n |
+    awk '{ c[NR] = $1 } END { print c[int((NR + 1) / 2)] }')
   [ -z "$base" ] && base=$med
-  awk -v n="$name" -v s="$med" -v b="$base" -v size="$SIZE" -v m="$mode" \
-    'BEGIN { printf "| %s | %.3f | %.2f | %.2fx | %s |\n", n, s, size / s / 1e9, b / s, m }'
+  awk -v n="$name" -v s="$med" -v b="$base" -v size="$SIZE" -v m="$mode" -v c="$cpu" \
+    'BEGIN { printf "| %s | %.3f | %.2f | %.2fx | %s | %s |\n", n, s, size / s / 1e9, b / s, c, m }'
 done
