@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# fuse3-floor.sh: the FUSE floor through fuse-native (libfuse2) vs libfuse3, measured (issue 13, step 5).
+# fuse3-floor.sh: the FUSE floor through fuse-native (libfuse2) vs libfuse3, measured (issue 13, step 5):
+# fuse-floor-server.ts (fuse-native), fuse3-floor.c (libfuse3, reads answered in C) and
+# napi-fuse3-floor.cjs (libfuse3 through the napi-fuse3/ spike addon, reads answered in JS).
 # A spike, not part of `npm run bench`. Run as root from anywhere, after `tsc` (needs
 # dist/bench/fuse-floor-server.js):   bash bench/spike/fuse3-floor.sh [ROUNDS] [SIZE_BYTES]
 #
@@ -66,6 +68,18 @@ trap 'exit 130' INT TERM
 
 gcc -O2 -Wall -Wextra -o "$WORK/fuse3-floor" "$ROOT/bench/spike/fuse3-floor.c" $(pkg-config --cflags --libs fuse3)
 
+# The N-API variant (libfuse3, reads answered in JS) needs node-gyp, which ships inside npm, and the Node
+# headers of the running node (PREFIX/include/node): built offline into $WORK, skipped if that fails.
+NODE_GYP="$(npm root -g)/npm/node_modules/node-gyp/bin/node-gyp.js"
+NODE_PREFIX=$(dirname "$(dirname "$(readlink -f "$(command -v node)")")")
+NAPI_ADDON="$WORK/napi/build/Release/fuse3_floor.node"
+mkdir -p "$WORK/napi"
+cp "$ROOT/bench/spike/napi-fuse3/binding.gyp" "$ROOT/bench/spike/napi-fuse3/fuse3-floor-napi.c" "$WORK/napi/"
+if ! (cd "$WORK/napi" && node "$NODE_GYP" rebuild --nodedir="$NODE_PREFIX" >build.log 2>&1); then
+  echo "# N-API variants skipped: node-gyp build failed ($(tail -1 "$WORK/napi/build.log"))" >&2
+  NAPI_ADDON=""
+fi
+
 # variant name | server kind | extra args | read_ahead_kb to set on the mount's bdi (- = leave the default)
 VARIANTS=(
   "fuse-native|native||-"
@@ -74,7 +88,12 @@ VARIANTS=(
   "libfuse3 128K|fuse3|--req-kb 128|-"
   "libfuse3 1M|fuse3||1024"
   "libfuse3 1M single|fuse3|--single|1024"
+  "libfuse3+JS (N-API)|napi||-"
+  "libfuse3+JS (N-API) 1M|napi||1024"
 )
+if [ -z "$NAPI_ADDON" ]; then
+  mapfile -t VARIANTS < <(printf '%s\n' "${VARIANTS[@]}" | grep -v '|napi|')
+fi
 
 TCK=$(getconf CLK_TCK)
 # CPU seconds (user + system, all threads) of a process so far: less sensitive to a shared machine's
@@ -91,6 +110,10 @@ trial() {
   MNTS+=("$dir/mnt")
   if [ "$kind" = native ]; then
     FUSE_FLOOR_STATS="$dir/stats" node --require "$ROOT/bench/spike/count-reads.cjs" "$SERVER_JS" "$dir/mnt" "$SIZE" \
+      >"$dir/out" 2>"$dir/err" &
+  elif [ "$kind" = napi ]; then
+    # shellcheck disable=SC2086
+    node "$ROOT/bench/spike/napi-fuse3-floor.cjs" "$NAPI_ADDON" "$dir/mnt" "$SIZE" $args --stats "$dir/stats" \
       >"$dir/out" 2>"$dir/err" &
   else
     # shellcheck disable=SC2086
