@@ -9,7 +9,7 @@ import { defaultPaths } from '../../util/paths.js';
 import { ExitCode } from '../exit-codes.js';
 import type { MountAccess } from '../../daemon/settings.js';
 import { DEFAULT_ATTR_POLICY, parseId, parseMode } from '../../mount/attr-policy.js';
-import { parseSeconds, parseSize } from '../parse.js';
+import { parseIntInRange, parseSeconds, parseSize } from '../parse.js';
 import { addFormatOption, addRemoteOptions } from '../context.js';
 import { loadFuseModule } from '../fuse-binding.js';
 import { action } from '../run.js';
@@ -74,8 +74,7 @@ export function registerMount(program: Command): void {
       const o = ctx.opts as typeof ctx.opts & AccessFlags & { logFile?: string; socket?: string; repository?: string[]; cacheDir?: string; metadataTtl: string; cacheMaxSize?: string; minFreeSpace: string; readStreams: string; verify: string; logFormat: string; logLevel: string };
       const access = accessFromFlags(o);
       if (o.verify !== 'lazy' && o.verify !== 'strict') throw new RegfsError('INVALID_ARGUMENT', `invalid --verify ${o.verify}: expected lazy or strict`);
-      const readStreams = Number(o.readStreams);
-      if (!Number.isInteger(readStreams) || readStreams < 1 || readStreams > 16) throw new RegfsError('INVALID_ARGUMENT', `invalid --read-streams ${o.readStreams}: expected a whole number from 1 to 16`);
+      const readStreams = parseIntInRange(o.readStreams, '--read-streams', 1, 16);
       if (o.logFormat !== 'text' && o.logFormat !== 'json') throw new RegfsError('INVALID_ARGUMENT', `invalid --log-format ${o.logFormat}: expected text or json`);
       if (!['debug', 'info', 'warn', 'error'].includes(o.logLevel)) throw new RegfsError('INVALID_ARGUMENT', `invalid --log-level ${o.logLevel}`);
       // Loaded on demand: push/pull never pay for the FUSE binding.
