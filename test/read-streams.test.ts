@@ -5,12 +5,13 @@
  */
 import test from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { runCli, tempDir } from '../lab/cli.js';
 import { startFaultProxy } from '../lab/fault-proxy.js';
 import { sh, startMount } from '../lab/mount.js';
 import { startRegistry } from '../lab/registry.js';
+import { mountDevice } from '../mount/mounter.js';
 
 const MiB = 1024 * 1024;
 
@@ -69,4 +70,20 @@ test('a sequential reader gets parallel range streams (4 by default, 1 with --re
     const r = await sh(`dd if=${file2} bs=1M skip=${block} count=1 status=none | cmp - <(dd if=${path.join(dir, 'big.bin')} bs=1M skip=${block} count=1 status=none)`);
     t.is(r.code, 0, `block ${block}: ${r.stdout}${r.stderr}`);
   }
+});
+
+test('--kernel-read-ahead sets the mount\'s kernel read-ahead; without it the kernel keeps its own', async (t) => {
+  const reg = await startRegistry(t, { flavour: 'plain' });
+  const readAheadKb = async (mnt: string): Promise<number> => {
+    const dev = await mountDevice(mnt);
+    t.truthy(dev, `no mountinfo line for ${mnt}`);
+    return Number((await readFile(`/sys/class/bdi/${dev}/read_ahead_kb`, 'utf8')).trim());
+  };
+  const set = await startMount(t, reg.host, { args: ['--kernel-read-ahead', '2M'] });
+  t.is(await readAheadKb(set.mnt), 2048);
+  const plain = await startMount(t, reg.host);
+  t.not(await readAheadKb(plain.mnt), 2048);
+  const bad = await runCli(['mount', reg.host, plain.mnt, '--kernel-read-ahead', 'lots']);
+  t.is(bad.code, 2);
+  t.regex(bad.stderr, /--kernel-read-ahead/);
 });
