@@ -197,16 +197,24 @@ export class BlobCache {
 
   /**
    * readFromMemory is read()'s synchronous fast path: the bytes of a complete, verified blob that a recent
-   * chunk holds, copied without a promise (a warm sequential read is one FUSE round trip per 128 KiB, and
+   * chunk holds, or of a partial blob that a fetch just brought, copied without a promise (a warm sequential read is one FUSE round trip per 128 KiB, and
    * each promise hop is a large part of its cost). undefined when read() must serve it.
    */
-  readFromMemory(desc: Descriptor, buf: Buffer, offset: number, length: number): number | undefined {
+  readFromMemory(repo: ReadableRepository, desc: Descriptor, buf: Buffer, offset: number, length: number): number | undefined {
     const { ctx } = this;
     if (ctx.closed || length === 0 || length > buf.length || offset < 0 || offset >= desc.size) return undefined;
-    const entry = this.blobs.get(desc.digest as Digest);
-    if (!entry || entry.size !== desc.size || ctx.isPoisoned(entry.digest)) return undefined;
+    const digest = desc.digest as Digest;
+    if (ctx.isPoisoned(digest)) return undefined;
     const n = Math.min(length, desc.size - offset);
-    if (!this.blobs.readFromMemory(entry, buf, offset, n)) return undefined;
+    const entry = this.blobs.get(digest);
+    if (entry) {
+      if (entry.size !== desc.size || !this.blobs.readFromMemory(entry, buf, offset, n)) return undefined;
+    } else {
+      // A partial blob (lazy verify, large): bytes a range fetch just brought.
+      const p = this.partials.get(digest);
+      if (!p || p.size !== desc.size || ctx.opts.verify !== 'lazy' || ctx.streaming(digest)) return undefined;
+      if (!this.partials.fetcher(repo, desc, digest).readPartialFromMemory(p, buf, offset, n)) return undefined;
+    }
     ctx.counters.hits++;
     ctx.counters.bytesServed += n;
     return n;

@@ -10,7 +10,7 @@ import type { FetchedManifest, ReadableRepository, Registry } from '../registry/
 export interface BlobReader {
   read(repo: ReadableRepository, desc: Descriptor, buf: Buffer, offset: number, length: number): Promise<number>;
   /** readFromMemory serves a read synchronously when the bytes are at hand (undefined: use read). */
-  readFromMemory?(desc: Descriptor, buf: Buffer, offset: number, length: number): number | undefined;
+  readFromMemory?(repo: ReadableRepository, desc: Descriptor, buf: Buffer, offset: number, length: number): number | undefined;
   ensureBlob(repo: ReadableRepository, desc: Descriptor): Promise<string>;
   pin(digest: Digest): void;
   unpin(digest: Digest): void;
