@@ -4,7 +4,7 @@
  * Rows: curl, node-fetch-ref, fuse-native floor, cold mount read, the first re-read after it,
  * and a new mount over the warm blob cache. The mount runs with REGFS_READ_STATS, so its read-path
  * account (mount/read-stats.ts) is printed too.
- * Usage: node dist/bench/read-probe.js [SIZE_MIB]   (default 256)
+ * Usage: node dist/bench/read-probe.js [SIZE_MIB]   (default 256); REGFS_PROBE_ARGS adds mount flags
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
@@ -43,7 +43,7 @@ try {
   for (const phase of ['cold', 'warm-cache new mount'] as const) {
     const mscope = new Scope(phase);
     try {
-      const m = await startMount(mscope, reg.host, { cacheDir: cache, env: { REGFS_READ_STATS: `${statsFile}-${phase.split(' ')[0]}.json` }, nodeArgs: process.env.REGFS_PROBE_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.REGFS_PROBE_PROFILE}/${phase.split(' ')[0]}`] : [] });
+      const m = await startMount(mscope, reg.host, { args: (process.env.REGFS_PROBE_ARGS ?? '').split(' ').filter(Boolean), cacheDir: cache, env: { REGFS_READ_STATS: `${statsFile}-${phase.split(' ')[0]}.json` }, nodeArgs: process.env.REGFS_PROBE_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.REGFS_PROBE_PROFILE}/${phase.split(' ')[0]}`] : [] });
       const file = path.join(m.mnt, 'probe', 'big', 'v1', 'big.bin');
       await run(['ls', '-l', path.dirname(file)]);
       const c0 = await cpuSeconds(m.child.pid!);

@@ -17,14 +17,14 @@
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { PassThrough, type Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import type { Descriptor } from '../registry/descriptor.js';
 import { parseDigest, type Digest } from '../registry/digest.js';
 import { RegfsError, errnoOf, ioError } from '../util/errors.js';
 import type { ReadableRepository } from '../registry/storage.js';
 import { nullLogger, type Logger } from '../util/log.js';
 import { PartialBlobs, type BlobFetcher } from './blob-fetch.js';
-import { streamTap } from './fill-tap.js';
+import { teeFill } from './fill-tap.js';
 import { DEFAULT_READ_STREAMS } from './partial-blob.js';
 import { BlobVerifier } from './blob-verify.js';
 import { CacheContext, noSpace, type ResolvedOptions } from './cache-context.js';
@@ -204,6 +204,31 @@ export class BlobCache implements LayerBlobSource {
     });
   }
 
+  /**
+   * readFromMemory is read()'s synchronous fast path: the bytes of a complete, verified blob that a recent
+   * chunk holds, or of a partial blob that a fetch just brought, copied without a promise (a warm sequential read is one FUSE round trip per 128 KiB, and
+   * each promise hop is a large part of its cost). undefined when read() must serve it.
+   */
+  readFromMemory(repo: ReadableRepository, desc: Descriptor, buf: Buffer, offset: number, length: number): number | undefined {
+    const { ctx } = this;
+    if (ctx.closed || length === 0 || length > buf.length || offset < 0 || offset >= desc.size) return undefined;
+    const digest = desc.digest as Digest;
+    if (ctx.isPoisoned(digest)) return undefined;
+    const n = Math.min(length, desc.size - offset);
+    const entry = this.blobs.get(digest);
+    if (entry) {
+      if (entry.size !== desc.size || !this.blobs.readFromMemory(entry, buf, offset, n)) return undefined;
+    } else {
+      // A partial blob (lazy verify, large): bytes a range fetch just brought.
+      const p = this.partials.get(digest);
+      if (!p || p.size !== desc.size || ctx.opts.verify !== 'lazy' || ctx.streaming(digest)) return undefined;
+      if (!this.partials.fetcher(repo, desc, digest).readPartialFromMemory(p, buf, offset, n)) return undefined;
+    }
+    ctx.counters.hits++;
+    ctx.counters.bytesServed += n;
+    return n;
+  }
+
   /** ensureBlob makes sure the complete, verified blob is cached (single flight) and returns its path. */
   async ensureBlob(repo: ReadableRepository, desc: Descriptor): Promise<string> {
     this.ctx.assertOpen();
@@ -253,19 +278,7 @@ export class BlobCache implements LayerBlobSource {
         throw err;
       }
     }
-    const out = new PassThrough({ highWaterMark: MiB });
-    const tap = streamTap(out);
-    const fill = this.operation(digest, () => this.partials.fetcher(repo, desc, digest).fill(tap));
-    fill
-      .then(async () => {
-        if (tap.used) return void out.end();
-        // Another caller's fill (or range fills of a partial blob) cached it: stream the cached blob.
-        const s = await this.openComplete(repo, desc);
-        s.on('error', (e) => out.destroy(e));
-        s.pipe(out);
-      })
-      .catch((err: unknown) => out.destroy(err as Error));
-    return { stream: out, verifiedFirst: false };
+    return { stream: teeFill((tap) => this.operation(digest, () => this.partials.fetcher(repo, desc, digest).fill(tap)), () => this.openComplete(repo, desc)), verifiedFirst: false };
   }
 
   /** openComplete opens the complete, verified cached blob (caching it first) as a stream. */

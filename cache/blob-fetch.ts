@@ -348,6 +348,23 @@ export class BlobFetcher {
   }
 
   /**
+   * readPartialFromMemory is readPartial's synchronous fast path: bytes present and still in memory
+   * (a fetch just brought them), with the same read-ahead bookkeeping; false when readPartial must serve.
+   * A read of a blob that is complete goes the slow way, which waits for its verification.
+   */
+  readPartialFromMemory(p: PartialBlob, buf: Buffer, offset: number, n: number): boolean {
+    const { store, digest } = this;
+    const end = offset + n;
+    if (p.dead || p.finalizing || p.isComplete() || !p.ranges.has(offset, end)) return false;
+    if (!store.ctx.recent.read(digest, offset, buf, n)) return false;
+    p.lastAccess = store.ctx.tick();
+    const window = p.readAhead.advance(offset, end);
+    for (const s of p.plan(offset, end, window, store.splitDistance, store.ctx.opts.readStreams)) this.startFetch(p, s);
+    statCount('partial.from-memory-sync');
+    return true;
+  }
+
+  /**
    * fill caches the complete blob (single flight): gaps of an existing partial by ranges, else one whole
    * verified fetch; `tap`, when this call runs the whole fetch, sees its bytes as they are written.
    */

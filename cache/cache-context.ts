@@ -108,6 +108,12 @@ export class CacheContext {
     if (this.closed) throw new RegfsError('IO', `blob cache ${this.layout.root} is closed`);
   }
 
+  /** isPoisoned tells whether reads of a digest fail now (its back-off lasts). */
+  isPoisoned(d: Digest): boolean {
+    const p = this.poisoned.get(d);
+    return p !== undefined && p.until > Date.now();
+  }
+
   /** throwIfPoisoned rethrows the failure remembered for a digest while its back-off lasts. */
   throwIfPoisoned(d: Digest): void {
     const p = this.poisoned.get(d);

@@ -1,4 +1,4 @@
-import { Readable, type Writable } from 'node:stream';
+import { PassThrough, Readable, type Writable } from 'node:stream';
 
 /** FillTap sees the bytes of a whole fetch as they stream into the cache (before they are verified). */
 export interface FillTap {
@@ -47,3 +47,23 @@ export function tapped(src: Readable, tap: FillTap): Readable {
   return out;
 }
 
+
+/**
+ * teeFill runs `fill` with a tap and returns the bytes it fetches, as they arrive; the stream ends once
+ * the fill succeeded (the blob is cached and verified) and errors when it failed. When the fill did not
+ * fetch the blob itself (another caller's fill was running, or a partial blob was completed by ranges),
+ * the stream gives the cached blob from `cached()` instead.
+ */
+export function teeFill(fill: (tap: FillTap) => Promise<void>, cached: () => Promise<Readable>): Readable {
+  const out = new PassThrough({ highWaterMark: 1024 * 1024 });
+  const tap = streamTap(out);
+  fill(tap)
+    .then(async () => {
+      if (tap.used) return void out.end();
+      const s = await cached();
+      s.on('error', (e) => out.destroy(e));
+      s.pipe(out);
+    })
+    .catch((err: unknown) => out.destroy(err as Error));
+  return out;
+}

@@ -147,14 +147,20 @@ export class PartialBlob {
     const known = this.known();
     let nearby = 0;
     for (const t of this.tasks) if (t.end > start && t.start < start + Math.max(window, end - start)) nearby++;
-    const readAhead = nearby < rs.streams ? window : 0;
+    // A read that needs a fetch of its own (the reader outran the fetches in flight) takes its
+    // read-ahead along in that request rather than asking for its few bytes alone.
+    const readAhead = nearby < rs.streams || !known.has(start, end) ? window : 0;
     const want = Math.min(this.size, Math.max(end, start + readAhead));
     let spans: ByteSpan[];
     if (known.has(start, end)) {
       const ahead = known.runEnd(end);
       if (ahead >= want || ahead - end >= readAhead / 2) return [];
       spans = known.missing(ahead, want);
-    } else spans = known.missing(start, want);
+    } else {
+      spans = known.missing(start, want);
+      // The streams are busy: fetch what this read needs (with its read-ahead run), nothing past a fetch in flight.
+      if (nearby >= rs.streams) spans = spans.filter((s) => s.start < end);
+    }
     // The first span (it holds the read's own missing bytes, when any) is always fetched; read-ahead
     // beyond it only while streams are free. A span the read needs is never cut below its end.
     const out: ByteSpan[] = [];

@@ -7,13 +7,16 @@ export const SMALL_READ = 64 * 1024;
 /** SMALL_WINDOW is the least a small random read fetches (a registry answers 64 KiB as fast as 4 KiB). */
 const SMALL_WINDOW = 64 * 1024;
 
+/** GROWTH is the window of a sequential run as a multiple of the bytes it has read (64 MiB after 32 MiB). */
+const GROWTH = 2;
+
 /**
  * ReadAhead is a per-blob sequential-access detector. A run starts at the blob's first read or at a
  * random jump; its first window is `min` (a small random read after a jump: about the request), and
  * nothing is read ahead past that window until a read goes beyond it, so one random block (a 1 MiB
  * read the kernel splits into 128 KiB requests) fetches about its own size. After that the window is
- * twice the run's bytes, up to `max`: it grows with what the reader has shown it reads, not with the
- * number of requests.
+ * GROWTH times the run's bytes, up to `max`: it grows with what the reader has shown it reads, not
+ * with the number of requests.
  */
 export class ReadAhead {
   private window: number;
@@ -44,7 +47,7 @@ export class ReadAhead {
       if (end <= this.firstEnd) return Math.max(0, this.firstEnd - start);
       this.firstEnd = 0; // past the first window: a sequential reader
     }
-    this.window = Math.min(this.max, Math.max(this.min, 2 * (this.next - this.runStart)));
+    this.window = Math.min(this.max, Math.max(this.min, GROWTH * (this.next - this.runStart)));
     return this.window;
   }
 

@@ -77,7 +77,7 @@ export class Daemon {
   /** start opens the cache (one daemon per cache), the queue and the socket, then mounts everything. */
   static async start(config: DaemonConfig, opts: { configFile?: string; log: Logger }): Promise<Daemon> {
     const { log, recent } = recordingLogger(opts.log);
-    const blobs = await BlobCache.open(config.cacheDir, { maxSize: config.cacheMaxSize, minFreeBytes: config.minFreeBytes, log });
+    const blobs = await BlobCache.open(config.cacheDir, { maxSize: config.cacheMaxSize, minFreeBytes: config.minFreeBytes, readAheadStreams: config.readStreams, log });
     const metadata = new MetadataCache({ ttlMs: config.metadataTtlSeconds * 1000, log });
     let d: Daemon | undefined;
     try {

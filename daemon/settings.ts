@@ -84,6 +84,8 @@ export interface DaemonConfig {
   metadataTtlSeconds: number;
   cacheMaxSize?: number;
   minFreeBytes: number;
+  /** readStreams is how many range fetches of one file may stream ahead of a sequential reader (1-16; default 4). */
+  readStreams?: number;
   quietSeconds: number;
   logFormat: 'text' | 'json';
   logLevel: 'debug' | 'info' | 'warn' | 'error';
@@ -93,7 +95,7 @@ export interface DaemonConfig {
   syncs: SyncConfig[];
 }
 
-const TOP_KEYS = ['cacheDir', 'stateDir', 'socket', 'metadataTtlSeconds', 'cacheMaxSize', 'minFreeBytes', 'quietSeconds', 'logFormat', 'logLevel', 'mounts', 'syncs', ...ACCESS_KEYS] as const;
+const TOP_KEYS = ['cacheDir', 'stateDir', 'socket', 'metadataTtlSeconds', 'cacheMaxSize', 'minFreeBytes', 'readStreams', 'quietSeconds', 'logFormat', 'logLevel', 'mounts', 'syncs', ...ACCESS_KEYS] as const;
 const MOUNT_KEYS = ['source', 'mountpoint', 'staging', 'allowDelete', 'plainHttp', 'insecure', 'caFile', 'registryConfig', 'repositories', ...ACCESS_KEYS] as const;
 const SYNC_KEYS = ['local', 'repository', 'tags', 'direction', 'intervalSeconds', 'propagateDeletes', 'plainHttp', 'insecure', 'caFile', 'registryConfig'] as const;
 
@@ -139,6 +141,10 @@ export function validateConfig(raw: unknown, where: string, baseDir: string): Pa
       case 'cacheMaxSize':
       case 'minFreeBytes':
         out[k] = parseSizeValue(v, `${where}: ${k}`);
+        break;
+      case 'readStreams':
+        if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 16) throw new RegfsError('INVALID_ARGUMENT', `${where}: readStreams: must be a whole number from 1 to 16`);
+        out.readStreams = v;
         break;
       case 'logFormat':
         if (v !== 'text' && v !== 'json') throw new RegfsError('INVALID_ARGUMENT', `${where}: logFormat: must be "text" or "json"`);

@@ -90,6 +90,8 @@ export interface RequestRecord {
   rule?: number;
   /** connection numbers the client's TCP connection (1, 2, ... in the order they were accepted). */
   connection: number;
+  /** ended is when the answer was finished or abandoned (Date.now()); unset while in flight. */
+  ended?: number;
 }
 
 /** FaultProxy is a running fault-injection proxy and its controls. */
@@ -517,10 +519,13 @@ export async function startFaultProxy(
   const server = http.createServer({ requestTimeout: 0 }, (req, res) => {
     inFlight++;
     peak = Math.max(peak, inFlight);
-    res.once('close', () => inFlight--);
     const method = req.method ?? 'GET';
     const p = req.url ?? '/';
     const rec: RequestRecord = { method, path: p, headers: { ...req.headers }, status: 0, bytesOut: 0, time: Date.now(), connection: connectionIds.get(req.socket) ?? 0 };
+    res.once('close', () => {
+      inFlight--;
+      rec.ended = Date.now();
+    });
     const picked = pickRule(method, p);
     if (picked) rec.rule = picked.index;
     requests.push(rec);

@@ -162,6 +162,11 @@ export function createHandlers(opts: HandlerOptions): FuseHandlers {
         return;
       }
       const t0 = statStart();
+      const now = blobs.readFromMemory?.(h.repo, h.layer, buf, pos, len);
+      if (now !== undefined) {
+        if (readStatsOn) statEnd('fuse.read', t0, now);
+        return cb(now);
+      }
       const served = readStatsOn
         ? (n: number): void => {
             statEnd('fuse.read', t0, n);

@@ -116,6 +116,35 @@ export interface FuseMountOptions {
   /** defaultPermissions makes the kernel enforce the modes and owners stat shows (FUSE default_permissions). */
   defaultPermissions?: boolean;
   fsname?: string;
+  /**
+   * kernelReadAheadKiB sets the mount's kernel read-ahead (/sys/class/bdi/MAJ:MIN/read_ahead_kb) once it is
+   * up; default 0 leaves the kernel's 128 KiB for FUSE. Needs root; else left as is.
+   */
+  kernelReadAheadKiB?: number;
+}
+
+/** mountDevice finds a mount's MAJ:MIN in /proc/self/mountinfo (read there, not by stat, which would ask the mount itself). */
+export async function mountDevice(mountpoint: string): Promise<string | undefined> {
+  const text = await fsp.readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
+  const unescape = (f: string): string => f.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+  let dev: string | undefined;
+  for (const line of text.split('\n')) {
+    const f = line.split(' ');
+    if (f.length > 4 && unescape(f[4]!) === mountpoint) dev = f[2]; // the last one listed is the top mount
+  }
+  return dev && /^\d+:\d+$/.test(dev) ? dev : undefined;
+}
+
+/** setKernelReadAhead writes the mount's kernel read-ahead in KiB; false when it could not (not root, no sysfs). */
+export async function setKernelReadAhead(mountpoint: string, kib: number): Promise<boolean> {
+  const dev = await mountDevice(mountpoint);
+  if (!dev) return false;
+  try {
+    await fsp.writeFile(`/sys/class/bdi/${dev}/read_ahead_kb`, String(kib));
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** FuseMount is a live mount: the thin shell around fuse-native. */
@@ -141,8 +170,11 @@ export class FuseMount {
     });
     return new Promise((resolve, reject) => {
       fuse.mount((err) => {
-        if (err) reject(new RegfsError('IO', `cannot mount at ${mountpoint}: ${err.message}`));
-        else resolve(new FuseMount(mountpoint, fuse));
+        if (err) return reject(new RegfsError('IO', `cannot mount at ${mountpoint}: ${err.message}`));
+        const kib = opts.kernelReadAheadKiB ?? 0;
+        // More kernel read-ahead keeps more 128 KiB requests in flight for a sequential reader (libfuse2
+        // cannot make them larger); failure to set it (not root) only leaves the kernel's default.
+        void (kib > 0 ? setKernelReadAhead(path.resolve(mountpoint), kib) : Promise.resolve(false)).then(() => resolve(new FuseMount(mountpoint, fuse)));
       });
     });
   }

@@ -10,6 +10,8 @@ import type { FetchedManifest, ReadableRepository, Registry } from '../registry/
 /** BlobReader is what the mount needs from the blob cache (not to be confused with registry's BlobSource, bytes to upload). */
 export interface BlobReader {
   read(repo: ReadableRepository, desc: Descriptor, buf: Buffer, offset: number, length: number): Promise<number>;
+  /** readFromMemory serves a read synchronously when the bytes are at hand (undefined: use read). */
+  readFromMemory?(repo: ReadableRepository, desc: Descriptor, buf: Buffer, offset: number, length: number): number | undefined;
   ensureBlob(repo: ReadableRepository, desc: Descriptor): Promise<string>;
   pin(digest: Digest): void;
   unpin(digest: Digest): void;

@@ -34,6 +34,8 @@ export interface ServeOptions {
   /** blobs and metadata, when given, are shared caches (the daemon's); the mount then does not close them. */
   blobs?: BlobCache;
   metadata?: MetadataCache;
+  /** kernelReadAheadKiB sets the mount's kernel read-ahead (default 0: the kernel's 128 KiB). */
+  kernelReadAheadKiB?: number;
   /** staging, when given, makes the mount writable: changes land in this staging folder (the daemon pushes it). */
   staging?: StagingOptions;
 }
@@ -82,7 +84,7 @@ export async function serveMount(opts: ServeOptions): Promise<RunningMount> {
   const handlers = createHandlers({ tree: writer ?? vfs, blobs, statfsPath: opts.staging?.dir ?? cacheDir, log: opts.log, writer, attrs: opts.attrs });
   let fuse: FuseMount;
   try {
-    fuse = await FuseMount.mount(mountpoint, handlers, { allowOther: opts.allowOther, defaultPermissions: opts.allowOther });
+    fuse = await FuseMount.mount(mountpoint, handlers, { allowOther: opts.allowOther, defaultPermissions: opts.allowOther, kernelReadAheadKiB: opts.kernelReadAheadKiB });
   } catch (err) {
     if (ownsCache) await blobs.close();
     throw err;

@@ -85,7 +85,8 @@ export async function copyGraph(src: ReadableRepository, dst: Repository, refere
     if (done.has(d.digest)) return;
     done.add(d.digest);
     let result: 'pushed' | 'exists' | 'mounted';
-    if (await dst.blobExists(d)) result = 'exists';
+    // pushBlob asks whether the blob exists itself: ask first only when a mount may come before it.
+    if (opts.mountFrom && (await dst.blobExists(d))) result = 'exists';
     else if (opts.mountFrom && (await dst.mountBlob(d, opts.mountFrom))) result = 'mounted';
     else result = await dst.pushBlob(d, () => src.fetchBlob(d));
     if (result === 'pushed') {

@@ -22,6 +22,8 @@ test('unknown keys and bad values are rejected with the key named', (t) => {
     [{ metadataTtlSeconds: -1 }, /metadataTtlSeconds: must be a non-negative number/],
     [{ logFormat: 'xml' }, /logFormat: must be "text" or "json"/],
     [{ cacheMaxSize: 'lots' }, /cacheMaxSize: must be a size/],
+    [{ readStreams: 0 }, /readStreams: must be a whole number from 1 to 16/],
+    [{ readStreams: 2.5 }, /readStreams: must be a whole number from 1 to 16/],
     [{ mounts: {} }, /mounts: must be a list/],
     [{ mounts: [{ mountpoint: '/m' }] }, /mounts\[0\]\.source/],
     [{ mounts: [{ source: 'x', mountpoint: '/m', plainHttp: 'yes' }] }, /mounts\[0\]\.plainHttp: must be true or false/],

@@ -8,7 +8,7 @@ import { humanBytes } from '../output.js';
 import { addFormatOption } from '../context.js';
 import { loadFuseModule } from '../fuse-binding.js';
 import { action } from '../run.js';
-import { parseSeconds, parseSize } from '../parse.js';
+import { parseIntInRange, parseSeconds, parseSize } from '../parse.js';
 import { accessFromFlags, addAccessOptions, type AccessFlags } from './mount.js';
 
 /** registerDaemon adds `regfs daemon` (foreground service) and the commands that control it over its socket. */
@@ -32,6 +32,7 @@ export function registerDaemon(program: Command): void {
     .option('--cache-max-size <size>', 'evict least recently used blobs above this size, e.g. 10G')
     .option('--quiet-period <seconds>', 'how long staged files must be unchanged before they are pushed (default 2)')
     .option('--log-format <format>', 'text or json (for journald pipelines)', 'text')
+    .option('--read-streams <n>', 'range fetches of one file that may stream ahead of a sequential reader at once (1-16; default 4)')
     .option('--log-level <level>', 'debug, info, warn or error', 'info')
     .option('--log-file <file>', 'append the log to FILE (created 0600) instead of stderr');
   // Access flags are defaults for every mount of the daemon (a mount's own config keys win).
@@ -41,7 +42,7 @@ export function registerDaemon(program: Command): void {
     action(async (ctx) => {
       const opts = ctx.opts as unknown as AccessFlags & { logFile?: string;
         config?: string; source?: string; repository?: string[]; mountpoint?: string; staging?: string; allowDelete?: boolean; cacheDir?: string; stateDir?: string; socket?: string;
-        plainHttp?: boolean; registryConfig?: string; metadataTtl?: string; cacheMaxSize?: string; quietPeriod?: string; logFormat: string; logLevel: string;
+        plainHttp?: boolean; registryConfig?: string; metadataTtl?: string; cacheMaxSize?: string; readStreams?: string; quietPeriod?: string; logFormat: string; logLevel: string;
       };
       if (opts.logFormat !== 'text' && opts.logFormat !== 'json') throw new RegfsError('INVALID_ARGUMENT', `invalid --log-format ${opts.logFormat}: expected text or json`);
       if (!['debug', 'info', 'warn', 'error'].includes(opts.logLevel)) throw new RegfsError('INVALID_ARGUMENT', `invalid --log-level ${opts.logLevel}: expected debug, info, warn or error`);
@@ -62,6 +63,7 @@ export function registerDaemon(program: Command): void {
         ...(opts.registryConfig ? { registryConfig: opts.registryConfig } : {}),
         ...(opts.metadataTtl ? { metadataTtlSeconds: parseSeconds(opts.metadataTtl, '--metadata-ttl') } : {}),
         ...(opts.cacheMaxSize ? { cacheMaxSize: parseSize(opts.cacheMaxSize, '--cache-max-size') } : {}),
+        ...(opts.readStreams ? { readStreams: parseIntInRange(opts.readStreams, '--read-streams', 1, 16) } : {}),
         ...(opts.quietPeriod ? { quietSeconds: parseSeconds(opts.quietPeriod, '--quiet-period') } : {}),
         logFormat: opts.logFormat,
         logLevel: opts.logLevel as 'info',

@@ -9,7 +9,7 @@ import { defaultPaths } from '../../util/paths.js';
 import { ExitCode } from '../exit-codes.js';
 import type { MountAccess } from '../../daemon/settings.js';
 import { DEFAULT_ATTR_POLICY, parseId, parseMode } from '../../mount/attr-policy.js';
-import { parseSeconds, parseSize } from '../parse.js';
+import { parseIntInRange, parseSeconds, parseSize } from '../parse.js';
 import { addFormatOption, addRemoteOptions } from '../context.js';
 import { loadFuseModule } from '../fuse-binding.js';
 import { action } from '../run.js';
@@ -59,6 +59,7 @@ export function registerMount(program: Command): void {
     .option('--metadata-ttl <seconds>', 'how long tag and repository listings are trusted', '30')
     .option('--cache-max-size <size>', 'evict least recently used blobs above this size, e.g. 10G')
     .option('--min-free-space <size>', 'keep at least this much disk free in the cache filesystem', '1G')
+    .option('--kernel-read-ahead <size>', "set the mount's kernel read-ahead, e.g. 1M (root only; default 0: the kernel's 128K)", '0')
     .option('--read-streams <n>', 'range fetches of one file that may stream ahead of a sequential reader at once (1-16)', '4')
     .option('--verify <mode>', 'lazy: serve ranges before the whole blob is verified; strict: only verified bytes', 'lazy')
     .option('--repository <name...>', 'show these repositories at the root even when the registry does not list them (no catalog)')
@@ -71,11 +72,10 @@ export function registerMount(program: Command): void {
   cmd.addHelpText('after', '\nExamples:\n  regfs mount localhost:5000 /mnt/registry\n  regfs mount ghcr.io/myorg /mnt/myorg              # a namespace: its repositories at the root\n  regfs mount docker.io/library/alpine /mnt/alpine  # a repository: its tags at the root\n  regfs mount localhost:5000/samples/artifact:1.0 /mnt/a  # one artifact: its files at the root\n  regfs mount oci:./store ./mnt --cache-max-size 20G\n  ls /mnt/registry/samples/artifact/1.0/ && cat /mnt/registry/samples/artifact/1.0/artifact.txt\n');
   cmd.action(
     action(async (ctx, source: string, mountpoint: string) => {
-      const o = ctx.opts as typeof ctx.opts & AccessFlags & { logFile?: string; socket?: string; repository?: string[]; cacheDir?: string; metadataTtl: string; cacheMaxSize?: string; minFreeSpace: string; readStreams: string; verify: string; logFormat: string; logLevel: string };
+      const o = ctx.opts as typeof ctx.opts & AccessFlags & { logFile?: string; socket?: string; repository?: string[]; cacheDir?: string; metadataTtl: string; cacheMaxSize?: string; minFreeSpace: string; readStreams: string; kernelReadAhead: string; verify: string; logFormat: string; logLevel: string };
       const access = accessFromFlags(o);
       if (o.verify !== 'lazy' && o.verify !== 'strict') throw new RegfsError('INVALID_ARGUMENT', `invalid --verify ${o.verify}: expected lazy or strict`);
-      const readStreams = Number(o.readStreams);
-      if (!Number.isInteger(readStreams) || readStreams < 1 || readStreams > 16) throw new RegfsError('INVALID_ARGUMENT', `invalid --read-streams ${o.readStreams}: expected a whole number from 1 to 16`);
+      const readStreams = parseIntInRange(o.readStreams, '--read-streams', 1, 16);
       if (o.logFormat !== 'text' && o.logFormat !== 'json') throw new RegfsError('INVALID_ARGUMENT', `invalid --log-format ${o.logFormat}: expected text or json`);
       if (!['debug', 'info', 'warn', 'error'].includes(o.logLevel)) throw new RegfsError('INVALID_ARGUMENT', `invalid --log-level ${o.logLevel}`);
       // Loaded on demand: push/pull never pay for the FUSE binding.
@@ -100,6 +100,7 @@ export function registerMount(program: Command): void {
           readAheadStreams: readStreams,
         },
         log,
+        kernelReadAheadKiB: Math.floor(parseSize(o.kernelReadAhead, '--kernel-read-ahead') / 1024),
         allowOther: access.allowOther,
         attrs: { ...DEFAULT_ATTR_POLICY, ...access },
       });
