@@ -31,6 +31,7 @@ export function streamTap(out: Writable): FillTap & { used: boolean } {
   return tap;
 }
 
+/** tapped passes a fetch's chunks through, handing each to the tap first (the source is destroyed with the result). */
 export function tapped(src: Readable, tap: FillTap): Readable {
   tap.start();
   const out = Readable.from(
