@@ -182,7 +182,7 @@ export function convertToc(json: Buffer, layer: Digest, tocDigest: Digest, blobS
       if (size > 0) {
         open = { name: rawName, size, hex, chunks: [], keep };
         addChunk(item, 0);
-      }
+      } else if (keep) out.estargz.files[hex] ??= [];
       if (!keep) continue;
       const e: TocEntry = { p: name!, t: 'f', ...base, s: size, h: hex };
       files.set(name!, e);

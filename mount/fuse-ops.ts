@@ -124,7 +124,7 @@ export function createHandlers(opts: HandlerOptions): FuseHandlers {
             blobs.pin(r.layer.digest);
             handles.set(fd, { kind: 'blob', repo: r.repo, layer: r.layer });
           } else if (r.type === 'local-file') {
-            handles.set(fd, { kind: 'local', fh: await fsp.open(r.file, 'r') });
+            handles.set(fd, { kind: 'local', fh: await fsp.open(r.materialize ? await r.materialize() : r.file, 'r') });
           } else return cb(r.type === 'dir' ? Errno.EISDIR : Errno.EINVAL);
           cb(0, fd);
         },

@@ -1,5 +1,6 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
+import { EstargzLayers } from '../cache/estargz.js';
 import { layerCompression, type LayerTocStore } from '../cache/layer-toc.js';
 import { digestHex } from '../registry/digest.js';
 import type { Descriptor } from '../registry/descriptor.js';
@@ -44,8 +45,19 @@ export interface ImageViewOptions {
 export class ImageView {
   private readonly roots = new Map<string, Promise<RootDir>>();
   private readonly warned = new Set<string>();
+  /** estargz reads layers with a TOC digest annotation by Range (cache/estargz.ts); the others stream whole. */
+  readonly estargz: EstargzLayers;
 
-  constructor(private readonly o: ImageViewOptions) {}
+  constructor(private readonly o: ImageViewOptions) {
+    this.estargz = new EstargzLayers(o.tocs, (msg) => this.warnOnce(msg));
+  }
+
+  private warnOnce(msg: string): void {
+    if (this.warned.has(msg)) return;
+    if (this.warned.size > 10_000) this.warned.clear();
+    this.warned.add(msg);
+    this.o.log.warn(msg);
+  }
 
   async resolve(repo: ReadableRepository, fm: FetchedManifest, rest: string[], mtime: Date, xattrs: Record<string, string>): Promise<Resolved> {
     const m = fm.manifest as ImageManifest;
@@ -82,7 +94,8 @@ export class ImageView {
     }
     // Linux shows every symlink as 0777, whatever its tar header says (umoci and the kernel agree).
     if (node.kind === 'symlink') return { type: 'symlink', attr: { ...attr(0o120000, Buffer.byteLength(node.target), 1), mode: 0o120777 }, target: node.target, xattrs: {} };
-    return { type: 'local-file', attr: attr(0o100000, node.size, Math.max(1, node.link.nlink)), file: this.o.tocs.filePath(node.hash), xattrs: {} };
+    const materialize = this.estargz.lazyFile(node.hash);
+    return { type: 'local-file', attr: attr(0o100000, node.size, Math.max(1, node.link.nlink)), file: this.o.tocs.filePath(node.hash), ...(materialize ? { materialize } : {}), xattrs: {} };
   }
 
   /** manifestFile keeps the (verified) manifest bytes as a content-addressed file, for reads through the kernel. */
@@ -108,16 +121,13 @@ export class ImageView {
           if (!layerCompression(layer.mediaType)) throw new MountError(Errno.EIO, `layer ${layer.digest} has media type ${layer.mediaType}, which is not a tar layer`);
         }
         // Layers are streamed from the registry and indexed in parallel, not kept in the blob cache (layers/ reads go through it).
-        const tocs = await Promise.all(m.layers.map((layer) => this.o.tocs.toc(layer.digest, layerCompression(layer.mediaType)!, () => repo.fetchBlob(layer))));
+        // An eStargz layer (TOC digest annotation) is read by Range; undefined from it means: read it as plain gzip.
+        const tocs = await Promise.all(m.layers.map(async (layer) => (await this.estargz.toc(repo, layer)) ?? this.o.tocs.toc(layer.digest, layerCompression(layer.mediaType)!, () => repo.fetchBlob(layer))));
         return mergeLayers(tocs);
       })();
       p.catch((err: unknown) => {
         this.roots.delete(key);
-        const msg = `cannot show the rootfs of ${key}: ${errorMessage(err)}`;
-        if (!this.warned.has(msg)) {
-          this.warned.add(msg);
-          this.o.log.warn(msg);
-        }
+        this.warnOnce(`cannot show the rootfs of ${key}: ${errorMessage(err)}`);
       });
       if (this.roots.size > 64) this.roots.clear();
       this.roots.set(key, p);

@@ -124,6 +124,7 @@ export class WriteHandles {
 
   /** open opens a handle on an existing file (`source`); nothing changes until the first write or truncate. */
   async open(t: WriteTarget, source: Resolved, flags: number): Promise<WriteHandle> {
+    if (source.type === 'local-file' && source.materialize) source = { ...source, file: await source.materialize(), materialize: undefined };
     const w: WriteHandle = { ...t, size: source.attr.size, source, modified: false, chain: Promise.resolve(), lastTouch: 0 };
     if (source.type === 'file') this.host.blobs.pin(source.layer.digest);
     this.track(w);
