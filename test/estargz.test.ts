@@ -91,13 +91,22 @@ test.before(async () => {
   ], { chunkSize: 256 * 1024 });
   // Level 0 (stored): a member rebuilt from other bytes of the same length has the same length.
   const stored = await estargzLayer([{ name: 'victim', content: 'A'.repeat(5000) }, { name: 'other', content: 'other' }], { level: 0 });
+  const hostile = await estargzLayer([
+    { name: 'ok', content: 'fine' },
+    { name: '../evil', content: 'evil' },
+    { name: 'a/../../b', content: 'b' },
+    { name: 'hl', type: 'link', linkname: '../../etc/shadow' },
+    { name: 'hl2', type: 'link', linkname: 'later' },
+    { name: 'later', content: 'later' },
+  ]);
   const good = await estargzLayer([{ name: 'etc/', type: 'directory' }, { name: 'etc/motd', content: 'fallback works\n' }]);
   const wrongToc: EstargzLayer = { ...good, annotations: { 'containerd.io/snapshot/stargz/toc.digest': `sha256:${sha('not the toc')}` } };
   const a = await writeOciImage(layout, 'a', [base, upper]);
   const b = await writeOciImage(layout, 'b', [lazy], [{ tag: 'a', manifest: a.manifest }]);
   const c = await writeOciImage(layout, 'c', [stored], [{ tag: 'a', manifest: a.manifest }, { tag: 'b', manifest: b.manifest }]);
-  await writeOciImage(layout, 'd', [wrongToc], [{ tag: 'a', manifest: a.manifest }, { tag: 'b', manifest: b.manifest }, { tag: 'c', manifest: c.manifest }]);
-  for (const tag of ['a', 'b', 'c', 'd']) await skopeoPush(layout, tag, reg.host, `es/app:${tag}`);
+  const d = await writeOciImage(layout, 'd', [wrongToc], [{ tag: 'a', manifest: a.manifest }, { tag: 'b', manifest: b.manifest }, { tag: 'c', manifest: c.manifest }]);
+  await writeOciImage(layout, 'h', [hostile], [{ tag: 'a', manifest: a.manifest }, { tag: 'b', manifest: b.manifest }, { tag: 'c', manifest: c.manifest }, { tag: 'd', manifest: d.manifest }]);
+  for (const tag of ['a', 'b', 'c', 'd', 'h']) await skopeoPush(layout, tag, reg.host, `es/app:${tag}`);
   const proxy = await startFaultProxy(hook, reg.url);
   const mount = await startMount(hook, proxy.host);
   ctx = { reg, proxy, layout, mount, upper, lazy, stored, wrongToc };
@@ -142,6 +151,10 @@ test.serial('a cold cat of one file fetches only the footer, the TOC and that fi
   const l = ctx.lazy;
   const rootfs = path.join(ctx.mount.mnt, 'es/app/b/rootfs');
   ctx.proxy.reset();
+  // stat and listing need the TOC only: the footer and the TOC member, two Range requests.
+  t.is((await lstat(path.join(rootfs, 'usr/big1'))).size, 2 * 1024 * 1024);
+  t.deepEqual((await readdir(path.join(rootfs, 'usr'))).sort(), ['big1', 'big2', 'chunked']);
+  t.is(blobRequests(l.digest).length, 2);
   t.is(await readFile(path.join(rootfs, 'etc/os-release'), 'utf8'), 'ID=lazy\n');
   const gets = blobRequests(l.digest);
   const entry = l.toc.entries.find((e) => e.name === 'etc/os-release')!;
@@ -195,6 +208,15 @@ test.serial('a TOC that does not match the annotation falls back to the plain gz
   t.is(await readFile(path.join(rootfs, 'etc/motd'), 'utf8'), 'fallback works\n');
   t.regex(ctx.mount.logs(), /reading layer sha256:[0-9a-f]+ as plain gzip, not eStargz: its TOC has digest/);
   t.true(blobRequests(l.digest).some((r) => r.headers.range === undefined), 'the whole blob was fetched');
+});
+
+test.serial('hostile TOC names are hidden and logged, hard links only to earlier files', async (t) => {
+  const rootfs = path.join(ctx.mount.mnt, 'es/app/h/rootfs');
+  t.deepEqual((await readdir(rootfs)).sort(), ['later', 'ok']);
+  t.is(await readFile(path.join(rootfs, 'ok'), 'utf8'), 'fine');
+  t.is(await readFile(path.join(rootfs, 'later'), 'utf8'), 'later');
+  t.regex(ctx.mount.logs(), /hiding tar entry "\.\.\/evil"/);
+  t.regex(ctx.mount.logs(), /hiding tar entry "hl2".*not a file earlier/);
 });
 
 test.serial('an eStargz blob is a valid tar.gz: tar -xzf gives the same files', async (t) => {
