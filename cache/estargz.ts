@@ -8,7 +8,7 @@ import { digestHex, type Digest } from '../registry/digest.js';
 import type { Descriptor } from '../registry/descriptor.js';
 import type { ReadableRepository } from '../registry/storage.js';
 import { RegfsError, errorMessage, isRegfsError } from '../util/errors.js';
-import { writeAll, writeAtomic, writeFileAtomic } from '../util/fs-atomic.js';
+import { tempPathFor, writeFileAtomic } from '../util/fs-atomic.js';
 import { convertToc, FOOTER_SIZE, parseFooter, TOC_DIGEST_ANNOTATION, unpackToc, type EsChunk, type EstargzToc } from './estargz-toc.js';
 import { defaultTocLimits, layerCompression, type LayerToc, type LayerTocStore, type TocLimits } from './layer-toc.js';
 
@@ -25,6 +25,9 @@ import { defaultTocLimits, layerCompression, type LayerToc, type LayerTocStore, 
  * is read as plain gzip. A layer that is not usable eStargz (no footer, TOC not matching the annotation,
  * malformed TOC) also falls back to the plain gzip path (logged once); limits are refusals (EIO) as there.
  */
+
+/** FILL_PARALLEL is how many chunks of one file are fetched at once. */
+const FILL_PARALLEL = 4;
 
 /** LayerSource is what a file fetch needs: the repository last seen with the layer, the layer and its TOC. */
 interface LayerSource {
@@ -156,7 +159,18 @@ export class EstargzLayers {
         const chunks = src?.toc.estargz.files[hex];
         if (!src || !chunks) throw new RegfsError('NOT_FOUND', `no eStargz layer holds file ${hex}`);
         await fsp.mkdir(path.dirname(dest), { recursive: true, mode: 0o700 });
-        await writeAtomic(dest, (fh) => this.fill(fh, src, hex, chunks), { durable: false });
+        // Temp file then rename (util/fs-atomic's temp name), opened read-write: fill reads it back to hash it.
+        const tmp = tempPathFor(dest);
+        const fh = await fsp.open(tmp, 'wx+', 0o600);
+        try {
+          await this.fill(fh, src, hex, chunks);
+          await fh.close();
+          await fsp.rename(tmp, dest);
+        } catch (err) {
+          await fh.close().catch(() => undefined);
+          await fsp.rm(tmp, { force: true });
+          throw err;
+        }
         return dest;
       })();
       this.fetching.set(hex, p);
@@ -166,21 +180,42 @@ export class EstargzLayers {
   }
 
   /**
-   * fill streams a file's chunks in order into the temp file, each checked against its chunkDigest and the
-   * whole against the file digest; any failure throws, so the temp file is dropped and nothing is served.
+   * fill streams a file's chunks into the temp file at their offsets (up to FILL_PARALLEL chunks at once),
+   * each checked against its chunkDigest; then the whole file, read back in order, against the file digest
+   * (its content address). Any failure throws, so the temp file is dropped and nothing is served.
    */
   private async fill(fh: FileHandle, src: LayerSource, hex: string, chunks: EsChunk[]): Promise<void> {
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < chunks.length) {
+        const i = next++;
+        const c = chunks[i]!;
+        this.chunkFetches++;
+        const h = createHash('sha256');
+        let pos = c.co;
+        await inflateChunk(await src.repo.fetchBlob(src.layer, { start: c.o, end: c.e }), c, async (buf) => {
+          h.update(buf);
+          for (let off = 0; off < buf.length; ) {
+            const { bytesWritten } = await fh.write(buf, off, buf.length - off, pos);
+            off += bytesWritten;
+            pos += bytesWritten;
+          }
+        });
+        const got = h.digest('hex');
+        if (got !== c.d) throw new RegfsError('DIGEST_MISMATCH', `chunk ${i} of file ${hex} in layer ${src.layer.digest} has sha256 ${got}, its TOC chunkDigest says ${c.d}`);
+      }
+    };
+    const workers = Array.from({ length: Math.min(FILL_PARALLEL, chunks.length) }, () => worker());
+    const results = await Promise.allSettled(workers);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
     const whole = createHash('sha256');
-    for (const [i, c] of chunks.entries()) {
-      this.chunkFetches++;
-      const h = createHash('sha256');
-      await inflateChunk(await src.repo.fetchBlob(src.layer, { start: c.o, end: c.e }), c, async (buf) => {
-        h.update(buf);
-        whole.update(buf);
-        await writeAll(fh, buf);
-      });
-      const got = h.digest('hex');
-      if (got !== c.d) throw new RegfsError('DIGEST_MISMATCH', `chunk ${i} of file ${hex} in layer ${src.layer.digest} has sha256 ${got}, its TOC chunkDigest says ${c.d}`);
+    const buf = Buffer.allocUnsafe(1024 * 1024);
+    for (let pos = 0; ; ) {
+      const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
+      if (bytesRead === 0) break;
+      whole.update(buf.subarray(0, bytesRead));
+      pos += bytesRead;
     }
     const got = whole.digest('hex');
     if (got !== hex) throw new RegfsError('DIGEST_MISMATCH', `file ${hex} from layer ${src.layer.digest} has sha256 ${got}`);
