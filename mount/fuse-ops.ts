@@ -92,6 +92,16 @@ export function createHandlers(opts: HandlerOptions): FuseHandlers {
     return errno;
   };
 
+  /** openLocal opens a local file, making it first when it is extracted on demand (once more if it vanished meanwhile). */
+  const openLocal = async (r: Extract<Resolved, { type: 'local-file' }>): Promise<FileHandle> => {
+    if (!r.materialize) return fsp.open(r.file, 'r');
+    try {
+      return await fsp.open(await r.materialize(), 'r');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      return fsp.open(await r.materialize(), 'r');
+    }
+  };
   const handlers: FuseHandlers = {
     getattr(p, cb) {
       vfs.lookup(p).then((r) => cb(0, applyAttrPolicy(attrOf(r), policy)), (e: unknown) => cb(fail('getattr', p, e)));
@@ -124,7 +134,7 @@ export function createHandlers(opts: HandlerOptions): FuseHandlers {
             blobs.pin(r.layer.digest);
             handles.set(fd, { kind: 'blob', repo: r.repo, layer: r.layer });
           } else if (r.type === 'local-file') {
-            handles.set(fd, { kind: 'local', fh: await fsp.open(r.materialize ? await r.materialize() : r.file, 'r') });
+            handles.set(fd, { kind: 'local', fh: await openLocal(r) });
           } else return cb(r.type === 'dir' ? Errno.EISDIR : Errno.EINVAL);
           cb(0, fd);
         },

@@ -44,8 +44,7 @@ export interface Attr {
 export type Resolved =
   | { type: 'dir'; attr: Attr; list: () => Promise<string[]>; xattrs: Record<string, string> }
   | { type: 'file'; attr: Attr; repo: ReadableRepository; layer: Descriptor; xattrs: Record<string, string> }
-  /** materialize, when set, must be awaited before `file` is opened (it fetches the file into the cache, e.g. from an eStargz layer). */
-  | { type: 'local-file'; attr: Attr; file: string; materialize?: () => Promise<string>; xattrs: Record<string, string> }
+  | { type: 'local-file'; attr: Attr; file: string; xattrs: Record<string, string>; /** materialize, when set, makes `file` exist (on open) and returns it. */ materialize?: () => Promise<string> }
   | { type: 'symlink'; attr: Attr; target: string; xattrs: Record<string, string> };
 
 /** Tree is what the FUSE handlers read from: the registry's tree (Vfs), or it overlaid with staged writes. */

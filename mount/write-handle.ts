@@ -124,7 +124,6 @@ export class WriteHandles {
 
   /** open opens a handle on an existing file (`source`); nothing changes until the first write or truncate. */
   async open(t: WriteTarget, source: Resolved, flags: number): Promise<WriteHandle> {
-    if (source.type === 'local-file' && source.materialize) source = { ...source, file: await source.materialize(), materialize: undefined };
     const w: WriteHandle = { ...t, size: source.attr.size, source, modified: false, chain: Promise.resolve(), lastTouch: 0 };
     if (source.type === 'file') this.host.blobs.pin(source.layer.digest);
     this.track(w);
@@ -227,7 +226,7 @@ export class WriteHandles {
       const src = w.source;
       if (a && !a.base) return (await a.fh.read(buf, 0, len, pos)).bytesRead;
       if (src?.type === 'file' && !a) return this.host.blobs.read(src.repo, src.layer, buf, pos, len);
-      const file = a?.base ?? (src?.type === 'local-file' ? src.file : undefined);
+      const file = a?.base ?? (src?.type === 'local-file' ? ((await src.materialize?.()) ?? src.file) : undefined);
       if (!file) return 0;
       const fh = await fsp.open(file, 'r');
       try {
