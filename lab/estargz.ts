@@ -44,6 +44,12 @@ export interface EstargzOptions {
   chunkSize?: number;
   /** level is the gzip level (default 1); 0 stores, so same-length content gives same-length members. */
   level?: number;
+  /**
+   * minChunkSize, when set, lets small payloads share a gzip member (ctr-remote's --estargz-min-chunk-size):
+   * a payload starts a new member only once the current one holds this many uncompressed bytes, otherwise
+   * its TOC entry points at the current member with an `innerOffset`.
+   */
+  minChunkSize?: number;
   /** landmark adds `.no.prefetch.landmark` (one 0xf byte) first, as the Go writer does (default true). */
   landmark?: boolean;
 }
@@ -122,12 +128,15 @@ export async function estargzLayer(input: Iterable<ImageEntry>, o: EstargzOption
     const headLen = bytes.length - content.length - pad512(content.length);
     cur.push(bytes.subarray(0, headLen));
     for (let off = 0; off < content.length; off += chunkSize) {
-      cut();
+      const inner = cur.reduce((a, b) => a + b.length, 0);
+      if (!o.minChunkSize || inner >= o.minChunkSize) cut();
+      const innerOffset = cur.reduce((a, b) => a + b.length, 0);
       const piece = content.subarray(off, Math.min(off + chunkSize, content.length));
       const last = off + chunkSize >= content.length;
       const chunk: EstargzTocEntry = off === 0
         ? { ...base, size: content.length, offset: blobLen, digest: `sha256:${sha(content)}` }
         : { name: e.name, type: 'chunk', offset: blobLen, chunkOffset: off };
+      if (innerOffset > 0) chunk.innerOffset = innerOffset;
       if (!last) chunk.chunkSize = piece.length;
       chunk.chunkDigest = `sha256:${sha(piece)}`;
       entries.push(chunk);

@@ -70,6 +70,7 @@ interface Ctx {
   wrongToc: EstargzLayer;
 }
 let ctx: Ctx;
+let t0Packed: EstargzLayer;
 const cleanups: (() => unknown)[] = [];
 const hook = { teardown: (fn: () => unknown): void => void cleanups.push(fn) };
 test.after.always(async () => {
@@ -101,7 +102,13 @@ test.before(async () => {
   ]);
   const good = await estargzLayer([{ name: 'etc/', type: 'directory' }, { name: 'etc/motd', content: 'fallback works\n' }]);
   const wrongToc: EstargzLayer = { ...good, annotations: { 'containerd.io/snapshot/stargz/toc.digest': `sha256:${sha('not the toc')}` } };
-  const a = await writeOciImage(layout, 'a', [base, upper]);
+  // Small payloads sharing gzip members (innerOffset), over the other two.
+  const packed = await estargzLayer([
+    { name: 'packed/', type: 'directory' },
+    ...Array.from({ length: 30 }, (_, i): ImageEntry => ({ name: `packed/f${i}`, content: `small file ${i}\n`.repeat(i * 40) })),
+  ], { minChunkSize: 64 * 1024 });
+  t0Packed = packed;
+  const a = await writeOciImage(layout, 'a', [base, upper, packed]);
   const b = await writeOciImage(layout, 'b', [lazy], [{ tag: 'a', manifest: a.manifest }]);
   const c = await writeOciImage(layout, 'c', [stored], [{ tag: 'a', manifest: a.manifest }, { tag: 'b', manifest: b.manifest }]);
   const d = await writeOciImage(layout, 'd', [wrongToc], [{ tag: 'a', manifest: a.manifest }, { tag: 'b', manifest: b.manifest }, { tag: 'c', manifest: c.manifest }]);
@@ -132,7 +139,8 @@ test.serial('an eStargz layer over a gzip layer: rootfs/ equals umoci unpack (fo
   const ours = await listing(rootfs);
   t.deepEqual(ours, await listing(theirs, FORMAT_FILES));
   const files = ours.filter((l) => / f /.test(l)).map((l) => l.split(' ')[0]!);
-  t.true(files.includes('data/multi.bin') && files.includes('bin/tool2'));
+  t.true(files.includes('data/multi.bin') && files.includes('bin/tool2') && files.includes('packed/f29'));
+  t.true(t0Packed.toc.entries.filter((e) => (e.innerOffset ?? 0) > 0).length > 10, 'the packed layer shares members');
   for (const p of files) t.is(await fileSha(path.join(rootfs, p)), await fileSha(path.join(theirs, p)), p);
   t.deepEqual(await readdir(path.join(rootfs, 'opq')), ['new']);
   t.deepEqual(await readdir(path.join(rootfs, 'etc')), ['os-release']);
