@@ -227,6 +227,14 @@ test.serial('hostile TOC names are hidden and logged, hard links only to earlier
   t.regex(ctx.mount.logs(), /hiding tar entry "hl2".*not a file earlier/);
 });
 
+test.serial('an eStargz layer over the entry limit is EIO on rootfs/ with a logged reason', async (t) => {
+  const m = await startMount(t, ctx.proxy.host, { env: { REGFS_TOC_MAX_ENTRIES: '5' } });
+  const err = await readdir(path.join(m.mnt, 'es/app/b/rootfs')).then(() => undefined, (e: NodeJS.ErrnoException) => e);
+  t.is(err?.code, 'EIO');
+  t.regex(m.logs(), /more than 5 entries/);
+  t.is(m.child.exitCode, null);
+});
+
 test.serial('an eStargz blob is a valid tar.gz: tar -xzf gives the same files', async (t) => {
   const dir = await tempDir(t, 'regfs-esgz-tar-');
   const blob = path.join(dir, 'layer.tar.gz');
