@@ -26,6 +26,8 @@ import { defaultTocLimits, layerCompression, type LayerToc, type LayerTocStore, 
  * malformed TOC) also falls back to the plain gzip path (logged once); limits are refusals (EIO) as there.
  */
 
+/** MAX_LAYERS is how many eStargz layers are kept ready for file fetches (the image view keeps 64 rootfs trees). */
+const MAX_LAYERS = 1024;
 /** FILL_PARALLEL is how many chunks of one file are fetched at once. */
 const FILL_PARALLEL = 4;
 
@@ -87,9 +89,12 @@ export class EstargzLayers {
   }
 
   private register(key: string, repo: ReadableRepository, layer: Descriptor, toc: EstargzToc): void {
-    if (this.layers.size > 4096) {
-      this.layers.clear();
-      this.byHash.clear();
+    this.layers.delete(key);
+    // Bounded: the oldest layer is forgotten (its files already fetched stay readable; the others are found again when its rootfs is rebuilt).
+    while (this.layers.size >= MAX_LAYERS) {
+      const [oldKey, old] = this.layers.entries().next().value as [string, LayerSource];
+      this.layers.delete(oldKey);
+      for (const hex of Object.keys(old.toc.estargz.files)) if (this.byHash.get(hex) === oldKey) this.byHash.delete(hex);
     }
     this.layers.set(key, { repo, layer, toc });
     for (const hex of Object.keys(toc.estargz.files)) this.byHash.set(hex, key);
