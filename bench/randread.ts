@@ -1,12 +1,12 @@
 /**
  * fio randread rows: `fio --rw=randread` (psync, queue depth 1, page cache dropped for the file at
- * open, a fixed number of reads) over a cold 1 GiB file through a fresh mount behind the counting proxy, with 4 KiB and 1 MiB
+ * open, a fixed number of reads) over a cold 1 GiB file through a fresh mount, with 4 KiB and 1 MiB
  * blocks; bytes fetched from the registry against bytes fio read, and fio's IOPS against the same
- * random Range GETs sent straight to the registry in the same run (bench/range-peer.ts).
+ * random Range GETs sent straight to the registry in the same run (bench/range-peer.ts); the
+ * registry's access log counts the bytes it sent, so no proxy sits in either path.
  */
 import path from 'node:path';
 import { REPO_ROOT } from '../lab/cli.js';
-import type { FaultProxy } from '../lab/fault-proxy.js';
 import { progress, run, type Result } from './lib.js';
 
 /** IOS is how many reads each side makes: few enough that random blocks rarely overlap (1 GiB file). */
@@ -14,13 +14,29 @@ const IOS = { '4k': 400, '1m': 150 } as const;
 
 /** RandReadMount is what the rows need from the caller: a fresh mount's file for each trial. */
 export interface RandReadSetup {
-  proxy: FaultProxy;
   size: number;
+  /** blobUrl is the blob's URL at the registry. */
   blobUrl: string;
-  /** freshFile mounts afresh through the proxy and returns the file and a close function. */
+  /** freshFile mounts afresh and returns the file and a close function. */
   freshFile(): Promise<{ file: string; close(): Promise<void> }>;
-  /** fetchedBytes sums the blob bytes the proxy sent since its last reset, once transfers settle. */
-  fetchedBytes(): Promise<number>;
+  /** blobBytesServed is the registry's running total of blob body bytes sent (its access log). */
+  blobBytesServed(): number;
+}
+
+/** settledBytes polls f until its value has not changed for 1 s (at most 15 s). */
+async function settledBytes(f: () => number): Promise<number> {
+  let last = f();
+  let since = Date.now();
+  const t0 = Date.now();
+  while (Date.now() - since < 1000 && Date.now() - t0 < 15_000) {
+    await new Promise((r) => setTimeout(r, 100));
+    const v = f();
+    if (v !== last) {
+      last = v;
+      since = Date.now();
+    }
+  }
+  return last;
 }
 
 /** benchRandRead returns the fio-randread-4k and fio-randread-1m rows. */
@@ -30,10 +46,10 @@ export async function benchRandRead(s: RandReadSetup): Promise<Result[]> {
     const peer = JSON.parse((await run([process.execPath, path.join(REPO_ROOT, 'dist', 'bench', 'range-peer.js'), s.blobUrl, String(s.size), String(bs), String(IOS[label])], { timeoutMs: 120_000 })).stdout) as { iops: number };
     const m = await s.freshFile();
     try {
-      s.proxy.reset();
+      const base = await settledBytes(() => s.blobBytesServed());
       const r = await run(['fio', '--name=randread', `--filename=${m.file}`, '--readonly', '--rw=randread', `--bs=${bs}`, `--size=${s.size}`, `--number_ios=${IOS[label]}`, '--ioengine=psync', '--invalidate=1', '--output-format=json'], { timeoutMs: 120_000 });
       const job = (JSON.parse(r.stdout.slice(r.stdout.indexOf('{'))) as { jobs: Array<{ read: { iops: number; io_bytes: number } }> }).jobs[0]!.read;
-      const fetched = await s.fetchedBytes();
+      const fetched = (await settledBytes(() => s.blobBytesServed())) - base;
       const amplification = fetched / Math.max(1, job.io_bytes);
       const ratio = job.iops / peer.iops;
       progress(`fio randread ${label}: ${job.iops.toFixed(0)} IOPS (direct Range GETs ${peer.iops.toFixed(0)}), ${(job.io_bytes / 1048576).toFixed(1)} MiB read, ${(fetched / 1048576).toFixed(1)} MiB fetched`);

@@ -8,7 +8,7 @@
  * A full run writes bench/results/latest.json; --quick or --only write latest-partial.json (git-ignored)
  * unless --out says otherwise.
  *
- * Benchmarks: cold-read-1g, warm-read-1g, first-4k, ls-lR, rss-4g, staging-push-1g, staging-1000-files, image-cat, image-cat-estargz
+ * Benchmarks: cold-read-1g, warm-read-1g, first-4k, fio-randread, cold-read-capped, first-4k-latency, ls-lR, rss-4g, staging-push-1g, staging-1000-files, image-cat, image-cat-estargz
  * (see bench/README.md).
  */
 import { randomBytes } from 'node:crypto';
@@ -46,9 +46,10 @@ import { benchStagingMany, benchStagingPush } from './staging.js';
 import { benchRandRead } from './randread.js';
 import { benchImageCat } from './image.js';
 import { benchImageCatEstargz } from './image-estargz.js';
+import { benchStreams } from './streams.js';
 
 /** BENCHMARKS are the names --only accepts, in run order. */
-export const BENCHMARKS = ['cold-read-1g', 'warm-read-1g', 'first-4k', 'fio-randread', 'ls-lR', 'rss-4g', 'staging-push-1g', 'staging-1000-files', 'image-cat', 'image-cat-estargz'] as const;
+export const BENCHMARKS = ['cold-read-1g', 'warm-read-1g', 'first-4k', 'fio-randread', 'cold-read-capped', 'first-4k-latency', 'ls-lR', 'rss-4g', 'staging-push-1g', 'staging-1000-files', 'image-cat', 'image-cat-estargz'] as const;
 
 /** BenchConfig is the parsed command line. */
 export interface BenchConfig {
@@ -218,7 +219,7 @@ async function benchBigFile(cfg: BenchConfig, results: Result[]): Promise<void> 
   try {
     const dir = await tempDirIn(scope, 'regfs-bench-big-');
     progress('big file: starting registry');
-    const reg = await startRegistry(undefined, { flavour: 'plain' });
+    const reg = await startRegistry(undefined, { flavour: 'plain', accessLog: true });
     scope.teardown(() => reg.stop());
     const local = path.join(dir, 'big.bin');
     progress(`big file: writing ${cfg.bigSize / MiB} MiB of random bytes`);
@@ -488,20 +489,18 @@ async function benchBigFile(cfg: BenchConfig, results: Result[]): Promise<void> 
       });
     }
     if (want('fio-randread')) {
-      const proxy: FaultProxy = await startFaultProxy(undefined, reg.url);
-      scope.teardown(() => proxy.close());
+      // No proxy in between: both sides talk to the registry, whose access log counts the bytes.
       results.push(
         ...(await benchRandRead({
-          proxy,
           size: cfg.bigSize,
           blobUrl,
           freshFile: async () => {
-            const mounted = await mountFresh(proxy.host);
+            const mounted = await mountFresh(reg.host);
             const d = await tagDir(mounted.m.mnt, 'bench/big', 'v1');
             await run(['ls', '-l', d]);
             return { file: path.join(d, 'big.bin'), close: () => mounted.scope.close() };
           },
-          fetchedBytes: () => waitSettled(() => blobBytes(proxy.requests), 1000, 15_000),
+          blobBytesServed: () => reg.blobBytesServed(),
         })),
       );
     }
@@ -722,6 +721,7 @@ export async function main(argv: string[]): Promise<number> {
   };
   const bigRows = [...(cfg.only.has('cold-read-1g') ? ['cold-read-1g'] : []), ...(cfg.only.has('warm-read-1g') ? ['warm-read-1g'] : []), ...(cfg.only.has('first-4k') ? ['first-4k', 'first-4k-bytes'] : []), ...(cfg.only.has('fio-randread') ? ['fio-randread-4k', 'fio-randread-1m'] : [])];
   await group(['cold-read-1g', 'warm-read-1g', 'first-4k', 'fio-randread'], bigRows, () => benchBigFile(cfg, results));
+  await group(['cold-read-capped', 'first-4k-latency'], ['cold-read-capped', 'first-4k-latency'].filter((n) => cfg.only.has(n)), () => benchStreams(results, (n) => cfg.only.has(n), cfg.quick));
   await group(['ls-lR'], ['ls-lR-cold', 'ls-lR-warm'], () => benchLsLR(cfg, results));
   await group(['rss-4g'], ['rss-4g'], () => benchRss(cfg, results));
   await group(['staging-push-1g'], ['staging-push-1g'], () => benchStagingPush(cfg.bigSize, results));

@@ -23,6 +23,7 @@ import { RegfsError, ioError } from '../util/errors.js';
 import type { ReadableRepository } from '../registry/storage.js';
 import { nullLogger, type Logger } from '../util/log.js';
 import { PartialBlobs, type BlobFetcher } from './blob-fetch.js';
+import { DEFAULT_READ_STREAMS } from './partial-blob.js';
 import { BlobVerifier } from './blob-verify.js';
 import { CacheContext, noSpace, type ResolvedOptions } from './cache-context.js';
 import { CacheLayout } from './cache-layout.js';
@@ -45,8 +46,12 @@ export interface BlobCacheOptions {
   smallBlobThreshold?: number;
   /** readAheadStart is the first read-ahead window of a large blob; default 1 MiB. */
   readAheadStart?: number;
-  /** readAheadMax caps the read-ahead window, which doubles on each sequential read; default 64 MiB. */
+  /** readAheadMax caps the read-ahead window, which grows with a sequential run's bytes; default 64 MiB. */
   readAheadMax?: number;
+  /** readAheadStreams is how many range fetches of one blob may stream ahead of a reader at once; default 4 (1: one stream). */
+  readAheadStreams?: number;
+  /** readAheadChunk is the most one read-ahead fetch asks for, so a wide window becomes parallel streams; default 8 MiB. */
+  readAheadChunk?: number;
   /** verify 'lazy' (default) serves fetched ranges before the whole blob is verified; 'strict' never serves unverified bytes. */
   verify?: 'lazy' | 'strict';
   /** log receives warnings (digest mismatches, discarded files); default silent. */
@@ -135,6 +140,10 @@ export class BlobCache {
       smallBlobThreshold: nonNegative(opts.smallBlobThreshold, 4 * MiB, 'smallBlobThreshold'),
       readAheadStart: Math.max(1, readAheadStart),
       readAheadMax: Math.max(Math.max(1, readAheadStart), nonNegative(opts.readAheadMax, 64 * MiB, 'readAheadMax')),
+      readStreams: {
+        streams: Math.max(1, Math.floor(nonNegative(opts.readAheadStreams, DEFAULT_READ_STREAMS.streams, 'readAheadStreams'))),
+        chunk: Math.max(64 * 1024, nonNegative(opts.readAheadChunk, DEFAULT_READ_STREAMS.chunk, 'readAheadChunk')),
+      },
       verify: opts.verify ?? 'lazy',
       log: opts.log ?? nullLogger,
       mismatchBackoffMs: nonNegative(opts.mismatchBackoffMs, 5_000, 'mismatchBackoffMs'),

@@ -316,7 +316,7 @@ export class BlobFetcher {
         await store.finalize(p);
         return { fetched };
       }
-      const spans = p.plan(offset, end, window, store.splitDistance);
+      const spans = p.plan(offset, end, window, store.splitDistance, store.ctx.opts.readStreams);
       window = 0; // read-ahead is planned once per read; later rounds only fill what is needed
       for (const s of spans) this.startFetch(p, s);
       if (p.ranges.has(offset, end)) break;

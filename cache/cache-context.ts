@@ -18,6 +18,7 @@ import { RegfsError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import type { CacheLayout } from './cache-layout.js';
 import { FdPool } from './fd-pool.js';
+import type { ReadStreams } from './partial-blob.js';
 import { RecentBytes } from './recent-bytes.js';
 
 /** RECENT_BYTES_MAX bounds the blob bytes kept in memory for the next reads (cache/recent-bytes.ts). */
@@ -30,6 +31,8 @@ export interface ResolvedOptions {
   smallBlobThreshold: number;
   readAheadStart: number;
   readAheadMax: number;
+  /** readStreams bound the parallel range streams of one blob's read-ahead. */
+  readStreams: ReadStreams;
   verify: 'lazy' | 'strict';
   log: Logger;
   mismatchBackoffMs: number;

@@ -47,8 +47,15 @@ interface Waiter {
   reject(err: Error): void;
 }
 
-/** MAX_FETCHES_AHEAD is how many fetches of one blob may be in flight before read-ahead waits. */
-const MAX_FETCHES_AHEAD = 2;
+/** ReadStreams bound the parallel range streams of one blob's read-ahead. */
+export interface ReadStreams {
+  /** streams is how many fetches of one blob may be in flight ahead of a reader (default 4). */
+  streams: number;
+  /** chunk is the most one read-ahead fetch asks for (default 8 MiB): a wide window becomes parallel chunks. */
+  chunk: number;
+}
+
+export const DEFAULT_READ_STREAMS: ReadStreams = { streams: 4, chunk: 8 * 1024 * 1024 };
 
 function overlaps(a: ByteSpan, b: ByteSpan): boolean {
   return a.start < b.end && b.start < a.end;
@@ -123,11 +130,14 @@ export class PartialBlob {
 
   /**
    * plan returns the spans to fetch so [start, end) becomes present, plus read-ahead up to `window` bytes
-   * from `start` (only once less than half a window is known ahead of `end`). A fetch in flight whose next
-   * byte is more than `splitDistance` before the first missing byte is cut short there, so a far-away
-   * reader does not wait for it to stream through everything in between.
+   * from `start` (only once less than half a window is known ahead of `end`). Read-ahead is cut into
+   * chunks of at most `rs.chunk` bytes, at most `rs.streams` fetches in flight near this read: parallel
+   * streams for a wide window (object stores and CDNs cap each connection), one for a narrow one
+   * (random reads). A fetch in flight whose next byte is more than `splitDistance` before the first
+   * missing byte is cut short there, so a far-away reader does not wait for it to stream through
+   * everything in between.
    */
-  plan(start: number, end: number, window: number, splitDistance: number): ByteSpan[] {
+  plan(start: number, end: number, window: number, splitDistance: number, rs: ReadStreams = DEFAULT_READ_STREAMS): ByteSpan[] {
     const gap = this.ranges.missing(start, end)[0];
     if (gap) {
       for (const t of this.tasks) {
@@ -135,19 +145,30 @@ export class PartialBlob {
       }
     }
     const known = this.known();
-    // Read-ahead streams compete for bandwidth with the one the reader waits on: keep at most
-    // MAX_FETCHES_AHEAD in flight within this read's window, and plan read-ahead only when less than
-    // half a window is known ahead.
     let nearby = 0;
-    for (const t of this.tasks) if (t.end > start && t.start < start + window) nearby++;
-    const readAhead = nearby < MAX_FETCHES_AHEAD ? window : 0;
+    for (const t of this.tasks) if (t.end > start && t.start < start + Math.max(window, end - start)) nearby++;
+    const readAhead = nearby < rs.streams ? window : 0;
     const want = Math.min(this.size, Math.max(end, start + readAhead));
+    let spans: ByteSpan[];
     if (known.has(start, end)) {
       const ahead = known.runEnd(end);
       if (ahead >= want || ahead - end >= readAhead / 2) return [];
-      return known.missing(ahead, want);
+      spans = known.missing(ahead, want);
+    } else spans = known.missing(start, want);
+    // The first span (it holds the read's own missing bytes, when any) is always fetched; read-ahead
+    // beyond it only while streams are free. A span the read needs is never cut below its end.
+    const out: ByteSpan[] = [];
+    let free = Math.max(1, rs.streams - nearby);
+    for (const s of spans) {
+      for (let a = s.start; a < s.end && free > 0; ) {
+        const needed = a < end ? Math.min(s.end, end) : a;
+        const b = Math.min(s.end, Math.max(needed, a + rs.chunk));
+        out.push({ start: a, end: b });
+        a = b;
+        if (b > end) free--;
+      }
     }
-    return known.missing(start, want);
+    return out;
   }
 
   /** startFetch streams [span.start, span.end) from upstream into the sparse file, marking bytes as each chunk lands. */

@@ -68,6 +68,8 @@ export interface FaultRule {
   delayResponseMs?: number;
   /** bytesPerSecond paces forwarded bodies to about this rate, shared by every answer the rule matches (one slow link, counted from its first byte). */
   bytesPerSecond?: number;
+  /** bytesPerSecondEach paces each forwarded body on its own to about this rate (a per-connection cap, as object stores and CDNs have). */
+  bytesPerSecondEach?: number;
 }
 
 /** RequestRecord is one request seen by the proxy; status and bytesOut are updated as it progresses. */
@@ -346,6 +348,8 @@ export async function startFaultProxy(
 
     let offset = 0;
     let done = false;
+    /** own is this answer's own paced link (bytesPerSecondEach). */
+    let own: { started: number; bytes: number } | undefined;
     const onData = (chunk: Buffer): void => {
       if (done) return;
       let c = chunk;
@@ -368,11 +372,15 @@ export async function startFaultProxy(
         closeAfterFlush(res.socket);
         return;
       }
-      const rate = rule?.bytesPerSecond;
+      const rate = rule?.bytesPerSecond ?? rule?.bytesPerSecondEach;
       let ahead = 0;
       if (rate && rule) {
-        const link = links.get(rule) ?? { started: Date.now(), bytes: 0 };
-        links.set(rule, link);
+        let link = rule.bytesPerSecond ? links.get(rule) : own;
+        if (!link) {
+          link = { started: Date.now(), bytes: 0 };
+          if (rule.bytesPerSecond) links.set(rule, link);
+          else own = link;
+        }
         link.bytes += c.length;
         ahead = (link.bytes / rate) * 1000 - (Date.now() - link.started);
       }

@@ -54,6 +54,8 @@ export interface StartedRegistry {
   kill(): Promise<void>;
   /** logs returns the combined stdout/stderr of the registry so far (capped at 1 MiB, newest kept). */
   logs(): string;
+  /** blobBytesServed sums the body bytes the registry wrote for blob requests since start (needs `accessLog`; counts every answer as its access log line lands). */
+  blobBytesServed(): number;
 }
 
 /** StartOptions configures startRegistry. */
@@ -74,6 +76,8 @@ export interface StartOptions {
    * returns the base URL the registry redirects to instead (e.g. a fault proxy's URL + "/").
    */
   blobHostFront?: (blobHostUrl: string) => Promise<string>;
+  /** accessLog turns on distribution's access log, so blobBytesServed() counts what it sent without a proxy in between. */
+  accessLog?: boolean;
 }
 
 const REGISTRY_BIN = '/usr/bin/docker-registry';
@@ -158,6 +162,7 @@ function buildConfig(o: {
   dir: string;
   port: number;
   deleteEnabled: boolean;
+  accessLog?: boolean;
   auth?: string;
   tls?: { cert: string; key: string };
   redirectBaseUrl?: string;
@@ -167,7 +172,7 @@ function buildConfig(o: {
     'log:',
     '  level: warn',
     '  accesslog:',
-    '    disabled: true',
+    `    disabled: ${o.accessLog ? 'false' : 'true'}`,
     'storage:',
     '  filesystem:',
     `    rootdirectory: ${yamlQuote(path.join(o.dir, 'data'))}`,
@@ -304,7 +309,19 @@ export async function startRegistry(
   const configFile = path.join(dir, 'config.yml');
 
   let logBuf = '';
+  let logTail = '';
+  let blobBytes = 0;
+  // An access log line: ... "GET /v2/NAME/blobs/sha256:HEX HTTP/1.1" 206 4096 ...
+  const accessLine = /"(?:GET|HEAD) \S*\/blobs\/\S* HTTP\/[\d.]+" \d{3} (\d+)/;
   const appendLog = (s: string): void => {
+    if (opts.accessLog) {
+      const lines = (logTail + s).split('\n');
+      logTail = lines.pop() ?? '';
+      for (const line of lines) {
+        const m = accessLine.exec(line);
+        if (m) blobBytes += Number(m[1]);
+      }
+    }
     logBuf += s;
     if (logBuf.length > LOG_CAP) logBuf = '[... earlier log output truncated ...]\n' + logBuf.slice(logBuf.length - LOG_CAP);
   };
@@ -322,7 +339,7 @@ export async function startRegistry(
 
   /** Spawn the registry on `port` and wait for readiness; rejects (and reaps) if it dies first. */
   const launch = async (): Promise<void> => {
-    await fsp.writeFile(configFile, buildConfig({ dir, port, deleteEnabled, auth, tls, redirectBaseUrl }));
+    await fsp.writeFile(configFile, buildConfig({ dir, port, deleteEnabled, accessLog: opts.accessLog, auth, tls, redirectBaseUrl }));
     const c = spawn(REGISTRY_BIN, ['serve', configFile], {
       cwd: dir,
       env,
@@ -454,6 +471,9 @@ export async function startRegistry(
     },
     logs(): string {
       return logBuf;
+    },
+    blobBytesServed(): number {
+      return blobBytes;
     },
   };
   if (username !== undefined) reg.username = username;

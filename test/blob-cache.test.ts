@@ -162,7 +162,8 @@ test('large blob: a sequential read transfers it once and ends verified in blobs
   t.is(path1, path.join(e.dir, 'blobs', 'sha256', digestHex(big.desc.digest)));
   const transferred = e.proxy.bytesOut();
   t.true(transferred >= BIG_SIZE && transferred <= BIG_SIZE * 1.02, `transferred ${transferred} bytes`);
-  t.true(blobGets(e.proxy, big) <= 12, `${blobGets(e.proxy, big)} range requests`);
+  // The window ramps (1 MiB, then twice the bytes read) and is cut into 8 MiB chunks: 64/8 plus the ramp.
+  t.true(blobGets(e.proxy, big) <= 16, `${blobGets(e.proxy, big)} range requests`);
   t.deepEqual(await listDir(path.join(e.dir, 'partial')), []);
   t.true(await e.cache.has(big.desc.digest));
   t.true(await e.cache.verifyCached(big.desc.digest));

@@ -59,6 +59,7 @@ export function registerMount(program: Command): void {
     .option('--metadata-ttl <seconds>', 'how long tag and repository listings are trusted', '30')
     .option('--cache-max-size <size>', 'evict least recently used blobs above this size, e.g. 10G')
     .option('--min-free-space <size>', 'keep at least this much disk free in the cache filesystem', '1G')
+    .option('--read-streams <n>', 'range fetches of one file that may stream ahead of a sequential reader at once (1-16)', '4')
     .option('--verify <mode>', 'lazy: serve ranges before the whole blob is verified; strict: only verified bytes', 'lazy')
     .option('--repository <name...>', 'show these repositories at the root even when the registry does not list them (no catalog)')
     .option('--log-format <format>', 'text or json', 'text')
@@ -70,9 +71,11 @@ export function registerMount(program: Command): void {
   cmd.addHelpText('after', '\nExamples:\n  regfs mount localhost:5000 /mnt/registry\n  regfs mount ghcr.io/myorg /mnt/myorg              # a namespace: its repositories at the root\n  regfs mount docker.io/library/alpine /mnt/alpine  # a repository: its tags at the root\n  regfs mount localhost:5000/samples/artifact:1.0 /mnt/a  # one artifact: its files at the root\n  regfs mount oci:./store ./mnt --cache-max-size 20G\n  ls /mnt/registry/samples/artifact/1.0/ && cat /mnt/registry/samples/artifact/1.0/artifact.txt\n');
   cmd.action(
     action(async (ctx, source: string, mountpoint: string) => {
-      const o = ctx.opts as typeof ctx.opts & AccessFlags & { logFile?: string; socket?: string; repository?: string[]; cacheDir?: string; metadataTtl: string; cacheMaxSize?: string; minFreeSpace: string; verify: string; logFormat: string; logLevel: string };
+      const o = ctx.opts as typeof ctx.opts & AccessFlags & { logFile?: string; socket?: string; repository?: string[]; cacheDir?: string; metadataTtl: string; cacheMaxSize?: string; minFreeSpace: string; readStreams: string; verify: string; logFormat: string; logLevel: string };
       const access = accessFromFlags(o);
       if (o.verify !== 'lazy' && o.verify !== 'strict') throw new RegfsError('INVALID_ARGUMENT', `invalid --verify ${o.verify}: expected lazy or strict`);
+      const readStreams = Number(o.readStreams);
+      if (!Number.isInteger(readStreams) || readStreams < 1 || readStreams > 16) throw new RegfsError('INVALID_ARGUMENT', `invalid --read-streams ${o.readStreams}: expected a whole number from 1 to 16`);
       if (o.logFormat !== 'text' && o.logFormat !== 'json') throw new RegfsError('INVALID_ARGUMENT', `invalid --log-format ${o.logFormat}: expected text or json`);
       if (!['debug', 'info', 'warn', 'error'].includes(o.logLevel)) throw new RegfsError('INVALID_ARGUMENT', `invalid --log-level ${o.logLevel}`);
       // Loaded on demand: push/pull never pay for the FUSE binding.
@@ -94,6 +97,7 @@ export function registerMount(program: Command): void {
           maxSize: o.cacheMaxSize ? parseSize(o.cacheMaxSize, '--cache-max-size') : undefined,
           minFreeBytes: parseSize(o.minFreeSpace, '--min-free-space'),
           verify: o.verify,
+          readAheadStreams: readStreams,
         },
         log,
         allowOther: access.allowOther,
