@@ -8,7 +8,7 @@
  * A full run writes bench/results/latest.json; --quick or --only write latest-partial.json (git-ignored)
  * unless --out says otherwise.
  *
- * Benchmarks: cold-read-1g, warm-read-1g, first-4k, fio-randread, cold-read-capped, first-4k-latency, ls-lR, rss-4g, staging-push-1g, staging-1000-files, image-cat
+ * Benchmarks: cold-read-1g, warm-read-1g, first-4k, fio-randread, cold-read-capped, first-4k-latency, ls-lR, rss-4g, staging-push-1g, staging-1000-files, image-cat, image-cat-estargz
  * (see bench/README.md).
  */
 import { randomBytes } from 'node:crypto';
@@ -45,10 +45,11 @@ import { fuseFloorSeconds } from './fuse-floor.js';
 import { benchStagingMany, benchStagingPush } from './staging.js';
 import { benchRandRead } from './randread.js';
 import { benchImageCat } from './image.js';
+import { benchImageCatEstargz } from './image-estargz.js';
 import { benchStreams } from './streams.js';
 
 /** BENCHMARKS are the names --only accepts, in run order. */
-export const BENCHMARKS = ['cold-read-1g', 'warm-read-1g', 'first-4k', 'fio-randread', 'cold-read-capped', 'first-4k-latency', 'ls-lR', 'rss-4g', 'staging-push-1g', 'staging-1000-files', 'image-cat'] as const;
+export const BENCHMARKS = ['cold-read-1g', 'warm-read-1g', 'first-4k', 'fio-randread', 'cold-read-capped', 'first-4k-latency', 'ls-lR', 'rss-4g', 'staging-push-1g', 'staging-1000-files', 'image-cat', 'image-cat-estargz'] as const;
 
 /** BenchConfig is the parsed command line. */
 export interface BenchConfig {
@@ -726,6 +727,7 @@ export async function main(argv: string[]): Promise<number> {
   await group(['staging-push-1g'], ['staging-push-1g'], () => benchStagingPush(cfg.bigSize, results));
   await group(['staging-1000-files'], ['staging-1000-files', 'staging-1000-files-rss'], () => benchStagingMany(results));
   await group(['image-cat'], ['image-cat'], () => benchImageCat(results, cfg.quick));
+  await group(['image-cat-estargz'], ['image-cat-estargz', 'image-cat-estargz-bytes'], () => benchImageCatEstargz(results, cfg.quick));
   await Scope.closeAll();
 
   const seconds = (Date.now() - started) / 1000;

@@ -25,6 +25,8 @@ export interface BuiltLayer {
   gz: Buffer;
   digest: string;
   diffId: string;
+  /** annotations go on the layer's descriptor (an eStargz layer's TOC digest). */
+  annotations?: Record<string, string>;
 }
 
 const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
@@ -79,7 +81,7 @@ export async function writeOciImage(dir: string, tag: string, layers: BuiltLayer
     schemaVersion: 2,
     mediaType: 'application/vnd.oci.image.manifest.v1+json',
     config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: configDigest, size: config.length },
-    layers: layers.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: l.digest, size: l.gz.length })),
+    layers: layers.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: l.digest, size: l.gz.length, ...(l.annotations ? { annotations: l.annotations } : {}) })),
   }));
   const digest = await put(manifest);
   const all = [...prior, { tag, manifest }];

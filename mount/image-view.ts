@@ -1,5 +1,6 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
+import { EstargzLayers } from '../cache/estargz.js';
 import { layerCompression, type LayerTocStore } from '../cache/layer-toc.js';
 import { digestHex } from '../registry/digest.js';
 import type { Descriptor } from '../registry/descriptor.js';
@@ -45,8 +46,19 @@ export interface ImageViewOptions {
 export class ImageView {
   private readonly roots = new Map<string, Promise<RootDir>>();
   private readonly warned = new Set<string>();
+  /** estargz reads layers with a TOC digest annotation by Range (cache/estargz.ts); the others stream whole. */
+  readonly estargz: EstargzLayers;
 
-  constructor(private readonly o: ImageViewOptions) {}
+  constructor(private readonly o: ImageViewOptions) {
+    this.estargz = new EstargzLayers(o.tocs, (msg) => this.warnOnce(msg));
+  }
+
+  private warnOnce(msg: string): void {
+    if (this.warned.has(msg)) return;
+    if (this.warned.size > 10_000) this.warned.clear();
+    this.warned.add(msg);
+    this.o.log.warn(msg);
+  }
 
   async resolve(repo: ReadableRepository, fm: FetchedManifest, rest: string[], mtime: Date, xattrs: Record<string, string>): Promise<Resolved> {
     const m = fm.manifest as ImageManifest;
@@ -86,6 +98,9 @@ export class ImageView {
     if (node.kind === 'symlink') return { type: 'symlink', attr: { ...attr(0o120000, Buffer.byteLength(node.target), 1), mode: 0o120777 }, target: node.target, xattrs: {} };
     const { toc, entry } = node.src;
     const { tocs } = this.o;
+    // An eStargz layer's file is fetched chunk by chunk on first open (cache/estargz.ts).
+    const lazy = 'estargz' in toc ? this.estargz.lazyFile(node.hash) : undefined;
+    if (lazy) return { type: 'local-file', attr: attr(0o100000, node.size, Math.max(1, node.link.nlink)), file: tocs.filePath(node.hash), materialize: lazy, xattrs: {} };
     const layer = m.layers.find((l) => l.digest === toc.digest);
     const materialize = async (): Promise<string> => {
       if (!layer) throw new MountError(Errno.EIO, `layer ${toc.digest} is not in ${m.layers.length} layers of this image`);
@@ -99,13 +114,6 @@ export class ImageView {
       }
     };
     return { type: 'local-file', attr: attr(0o100000, node.size, Math.max(1, node.link.nlink)), file: tocs.entryPath(toc.digest, entry), materialize, xattrs: {} };
-  }
-
-  private warnOnce(msg: string): void {
-    if (this.warned.has(msg)) return;
-    if (this.warned.size > 1000) this.warned.clear();
-    this.warned.add(msg);
-    this.o.log.warn(msg);
   }
 
   /** manifestFile keeps the (verified) manifest bytes as a content-addressed file, for reads through the kernel. */
@@ -132,10 +140,12 @@ export class ImageView {
         for (const layer of m.layers) {
           if (!layerCompression(layer.mediaType)) throw new MountError(Errno.EIO, `layer ${layer.digest} has media type ${layer.mediaType}, which is not a tar layer`);
         }
-        // Layers are indexed in parallel, each streamed once into the blob cache (a later read of layers/ fetches nothing).
+        // Layers are indexed in parallel: an eStargz layer (TOC digest annotation) by Range (undefined from
+        // it means: read it as plain gzip), any other streamed once into the blob cache (a later read of
+        // layers/ fetches nothing).
         const { tocs: store } = this.o;
         const tocs = await Promise.all(
-          m.layers.map((layer) => store.toc(layer.digest, layerCompression(layer.mediaType)!, async () => (await store.blobs.openBlob(repo, layer, { cacheFirst: false })).stream)),
+          m.layers.map(async (layer) => (await this.estargz.toc(repo, layer)) ?? store.toc(layer.digest, layerCompression(layer.mediaType)!, async () => (await store.blobs.openBlob(repo, layer, { cacheFirst: false })).stream)),
         );
         return mergeLayers(tocs);
       })();
