@@ -308,7 +308,7 @@ export class BlobFetcher {
     const p = store.partialFor(this.desc, digest);
     p.lastAccess = store.ctx.tick();
     const end = offset + n;
-    let window = p.readAhead.advance(offset, end);
+    const window = p.readAhead.advance(offset, end);
     let fetched = false;
     for (let round = 0; ; round++) {
       store.ctx.assertOpen();
@@ -318,7 +318,8 @@ export class BlobFetcher {
         return { fetched };
       }
       const spans = p.plan(offset, end, window, store.splitDistance, store.ctx.opts.readStreams);
-      window = 0; // read-ahead is planned once per read; later rounds only fill what is needed
+      // Later rounds (a fetch settled while this read waited) plan again: streams that finished ahead of a
+      // waiting reader are replaced at once instead of when the reader moves on.
       for (const s of spans) this.startFetch(p, s);
       if (p.ranges.has(offset, end)) break;
       fetched = true;

@@ -130,7 +130,7 @@ export class PartialBlob {
 
   /**
    * plan returns the spans to fetch so [start, end) becomes present, plus read-ahead up to `window` bytes
-   * from `start` (only once less than half a window is known ahead of `end`). Read-ahead is cut into
+   * from `start` (only once a chunk, or half a narrow window, is missing from it). Read-ahead is cut into
    * chunks of at most `rs.chunk` bytes, at most `rs.streams` fetches in flight near this read: parallel
    * streams for a wide window (object stores and CDNs cap each connection), one for a narrow one
    * (random reads). A fetch in flight whose next byte is more than `splitDistance` before the first
@@ -154,7 +154,9 @@ export class PartialBlob {
     let spans: ByteSpan[];
     if (known.has(start, end)) {
       const ahead = known.runEnd(end);
-      if (ahead >= want || ahead - end >= readAhead / 2) return [];
+      // Top up once a chunk's worth is missing (half the window for a narrow one): a stream that
+      // finished is replaced while the others still run, and no request is tiny.
+      if (ahead >= want || want - ahead < Math.min(rs.chunk, readAhead / 2)) return [];
       spans = known.missing(ahead, want);
     } else {
       spans = known.missing(start, want);
