@@ -11,6 +11,7 @@ import { RegfsError, errorMessage, isRegfsError } from '../util/errors.js';
 import { tempPathFor, writeFileAtomic } from '../util/fs-atomic.js';
 import { convertToc, FOOTER_SIZE, parseFooter, TOC_DIGEST_ANNOTATION, unpackToc, type EsChunk, type EstargzToc } from './estargz-toc.js';
 import { defaultTocLimits, layerCompression, type LayerToc, type LayerTocStore, type TocLimits } from './layer-toc.js';
+import { readExactly } from './read-exactly.js';
 
 /*
  * eStargz layers, read lazily by HTTP Range. A gzip layer whose descriptor carries the
@@ -120,11 +121,11 @@ export class EstargzLayers {
   private async build(repo: ReadableRepository, layer: Descriptor, tocDigest: Digest): Promise<EstargzToc | undefined> {
     try {
       if (layer.size < FOOTER_SIZE + 20) throw new RegfsError('INVALID_ARGUMENT', `the layer is only ${layer.size} bytes`);
-      const footer = await readAll(await repo.fetchBlob(layer, { start: layer.size - FOOTER_SIZE, end: layer.size }), FOOTER_SIZE);
+      const footer = await readExactly(await repo.fetchBlob(layer, { start: layer.size - FOOTER_SIZE, end: layer.size }), FOOTER_SIZE, 'SIZE_MISMATCH', 'the footer range fetch');
       const tocOffset = parseFooter(footer, layer.size);
       const memberLen = layer.size - FOOTER_SIZE - tocOffset;
       if (memberLen > this.limits.maxTocBytes) throw new RegfsError('TOO_LARGE', `layer ${layer.digest} has an eStargz TOC member of ${memberLen} bytes, over the limit of ${this.limits.maxTocBytes}`);
-      const member = await readAll(await repo.fetchBlob(layer, { start: tocOffset, end: layer.size - FOOTER_SIZE }), memberLen);
+      const member = await readExactly(await repo.fetchBlob(layer, { start: tocOffset, end: layer.size - FOOTER_SIZE }), memberLen, 'SIZE_MISMATCH', 'the TOC range fetch');
       const json = await unpackToc(member, this.limits);
       const actual = `sha256:${createHash('sha256').update(json).digest('hex')}`;
       if (actual !== tocDigest) throw new RegfsError('INVALID_ARGUMENT', `its TOC has digest ${actual}, the manifest's ${TOC_DIGEST_ANNOTATION} annotation says ${tocDigest}`);
@@ -228,22 +229,6 @@ export class EstargzLayers {
     const got = whole.digest('hex');
     if (got !== hex) throw new RegfsError('DIGEST_MISMATCH', `file ${hex} from layer ${src.layer.digest} has sha256 ${got}`);
   }
-}
-
-/** readAll collects a stream of exactly n bytes. */
-async function readAll(src: Readable, n: number): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  let got = 0;
-  for await (const c of src as AsyncIterable<Buffer>) {
-    parts.push(c);
-    got += c.length;
-    if (got > n) break;
-  }
-  if (got !== n) {
-    src.destroy();
-    throw new RegfsError('SIZE_MISMATCH', `registry sent ${got} bytes for a range of ${n}`);
-  }
-  return Buffer.concat(parts);
 }
 
 /** inflateChunk inflates a chunk's member(s) and hands bytes [io, io + s) of the output to `take`; the rest is not inflated. */

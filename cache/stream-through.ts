@@ -18,12 +18,12 @@
  *   (a seek past the hashed prefix) are served unverified, as lazy verify serves partial blobs.
  */
 import { createHash, type Hash } from 'node:crypto';
-import type { Readable } from 'node:stream';
 import type { Descriptor } from '../registry/descriptor.js';
 import type { Digest } from '../registry/digest.js';
 import type { ReadableRepository } from '../registry/storage.js';
 import { RegfsError, ioError } from '../util/errors.js';
 import type { CacheContext } from './cache-context.js';
+import { readExactly } from './read-exactly.js';
 
 const MiB = 1024 * 1024;
 /** MIN_WINDOW is the first (and after a seek) window of a streamed blob. */
@@ -61,21 +61,6 @@ interface StreamedBlob {
 
 function hashAlgorithm(d: Digest): 'sha256' | 'sha512' {
   return d.startsWith('sha512:') ? 'sha512' : 'sha256';
-}
-
-async function collect(src: Readable, want: number): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let n = 0;
-  for await (const c of src as AsyncIterable<Buffer>) {
-    chunks.push(c);
-    n += c.length;
-    if (n > want) break;
-  }
-  if (n !== want) {
-    src.destroy();
-    throw new RegfsError('IO', `range fetch returned ${n} bytes, expected ${want}`);
-  }
-  return Buffer.concat(chunks, n);
 }
 
 /** StreamThrough serves reads of blobs the cache cannot hold from memory windows fetched by range. */
@@ -175,7 +160,7 @@ export class StreamThrough {
     let data: Buffer;
     try {
       const src = await repo.fetchBlob(desc, { start, end }, controller.signal);
-      data = await collect(src, end - start);
+      data = await readExactly(src, end - start, 'IO', 'range fetch');
     } catch (err) {
       throw ioError(`blob ${b.digest}: streamed range ${start}-${end}`, err);
     } finally {
