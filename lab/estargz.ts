@@ -8,8 +8,7 @@
  */
 import { createHash } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
-import tar from 'tar-stream';
-import type { BuiltLayer, ImageEntry } from './oci-image.js';
+import { entryTar, packTar, type BuiltLayer, type ImageEntry, type TarHeader } from './oci-image.js';
 
 export const TOC_DIGEST_ANNOTATION = 'containerd.io/snapshot/stargz/toc.digest';
 
@@ -58,21 +57,8 @@ const sha = (b: Buffer | string): string => createHash('sha256').update(b).diges
 const pad512 = (n: number): number => (512 - (n % 512)) % 512;
 
 /** packOne returns one entry's tar bytes (headers, content, padding) without the end-of-archive blocks. */
-async function packOne(header: Partial<tar.Header> & { name: string }, content?: Buffer): Promise<Buffer> {
-  const pack = tar.pack();
-  const chunks: Buffer[] = [];
-  const done = new Promise<Buffer>((resolve, reject) => {
-    pack.on('data', (c: unknown) => void chunks.push(c as Buffer));
-    pack.on('end', () => resolve(Buffer.concat(chunks)));
-    pack.on('error', reject);
-  });
-  await new Promise<void>((resolve, reject) => {
-    const cb = (err?: Error | null): void => (err ? reject(err) : resolve());
-    if (content) pack.entry(header, content, cb);
-    else pack.entry(header, cb);
-  });
-  pack.finalize();
-  const all = await done;
+async function packOne(header: TarHeader, content?: Buffer): Promise<Buffer> {
+  const all = await packTar([{ header, content }]);
   return all.subarray(0, all.length - 1024);
 }
 
@@ -106,10 +92,8 @@ export async function estargzLayer(input: Iterable<ImageEntry>, o: EstargzOption
   if (o.landmark !== false) all.unshift({ name: '.no.prefetch.landmark', content: Buffer.from([0xf]) });
   for (const e of all) {
     const type = e.type ?? 'file';
-    const mtime = e.mtime ?? new Date('2024-01-02T03:04:05Z');
-    const mode = e.mode ?? (type === 'directory' ? 0o755 : 0o644);
-    const header = { name: e.name, type, linkname: e.linkname, mode, uid: e.uid ?? 0, gid: e.gid ?? 0, mtime };
-    const content = type === 'file' ? (typeof e.content === 'string' ? Buffer.from(e.content) : (e.content ?? Buffer.alloc(0))) : undefined;
+    const { header, content } = entryTar(e);
+    const { mtime, mode } = header;
     const bytes = await packOne(header, content);
     const base: EstargzTocEntry = {
       name: e.name,

@@ -31,8 +31,27 @@ export interface BuiltLayer {
 
 const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
 
-/** tarLayer packs entries into a tar with tar-stream and gzips it (level 1 by default: fast, fine for compressible data). */
-export async function tarLayer(entries: Iterable<ImageEntry>, level = 1): Promise<BuiltLayer> {
+/** TarHeader is a tar-stream entry header. */
+export type TarHeader = Partial<tar.Header> & { name: string };
+
+/** entryTar is an image entry as tar-stream takes it: the header (with the lab's defaults) and a file's content. */
+export function entryTar(e: ImageEntry): { header: TarHeader & { mode: number; mtime: Date }; content?: Buffer } {
+  const type = e.type ?? 'file';
+  const header = {
+    name: e.name,
+    type,
+    linkname: e.linkname,
+    mode: e.mode ?? (type === 'directory' ? 0o755 : 0o644),
+    uid: e.uid ?? 0,
+    gid: e.gid ?? 0,
+    mtime: e.mtime ?? new Date('2024-01-02T03:04:05Z'),
+  };
+  if (type !== 'file') return { header };
+  return { header, content: typeof e.content === 'string' ? Buffer.from(e.content) : (e.content ?? Buffer.alloc(0)) };
+}
+
+/** packTar packs entries (header and optional content each) into one tar with tar-stream, end-of-archive blocks included. */
+export async function packTar(items: Iterable<{ header: TarHeader; content?: Buffer }>): Promise<Buffer> {
   const pack = tar.pack();
   const chunks: Buffer[] = [];
   const done = new Promise<Buffer>((resolve, reject) => {
@@ -40,25 +59,20 @@ export async function tarLayer(entries: Iterable<ImageEntry>, level = 1): Promis
     pack.on('end', () => resolve(Buffer.concat(chunks)));
     pack.on('error', reject);
   });
-  for (const e of entries) {
-    const type = e.type ?? 'file';
-    const header = {
-      name: e.name,
-      type,
-      linkname: e.linkname,
-      mode: e.mode ?? (type === 'directory' ? 0o755 : 0o644),
-      uid: e.uid ?? 0,
-      gid: e.gid ?? 0,
-      mtime: e.mtime ?? new Date('2024-01-02T03:04:05Z'),
-    };
+  for (const { header, content } of items) {
     await new Promise<void>((resolve, reject) => {
       const cb = (err?: Error | null): void => (err ? reject(err) : resolve());
-      if (type === 'file') pack.entry(header, typeof e.content === 'string' ? Buffer.from(e.content) : (e.content ?? Buffer.alloc(0)), cb);
+      if (content) pack.entry(header, content, cb);
       else pack.entry(header, cb);
     });
   }
   pack.finalize();
-  const raw = await done;
+  return done;
+}
+
+/** tarLayer packs entries into a tar with tar-stream and gzips it (level 1 by default: fast, fine for compressible data). */
+export async function tarLayer(entries: Iterable<ImageEntry>, level = 1): Promise<BuiltLayer> {
+  const raw = await packTar([...entries].map(entryTar));
   const gz = gzipSync(raw, { level });
   return { gz, digest: `sha256:${sha(gz)}`, diffId: `sha256:${sha(raw)}` };
 }
