@@ -191,6 +191,28 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+/** round rounds v to `digits` decimals (for the JSON results). */
+export function round(v: number, digits = 4): number {
+  const f = 10 ** digits;
+  return Math.round(v * f) / f;
+}
+
+/** waitSettled polls f until its value has not changed for quietMs (or maxMs passed). */
+export async function waitSettled(f: () => number, quietMs: number, maxMs: number): Promise<number> {
+  const deadline = Date.now() + maxMs;
+  let last = f();
+  let since = Date.now();
+  while (Date.now() < deadline) {
+    await sleep(200);
+    const v = f();
+    if (v !== last) {
+      last = v;
+      since = Date.now();
+    } else if (Date.now() - since >= quietMs) break;
+  }
+  return f();
+}
+
 /** manifestLayers fetches a manifest from a registry and returns its layer descriptors. */
 export async function manifestLayers(registryUrl: string, repo: string, ref: string): Promise<Array<{ digest: string; size: number; mediaType: string }>> {
   const res = await fetch(`${registryUrl}/v2/${repo}/manifests/${ref}`, {

@@ -7,7 +7,7 @@
  */
 import path from 'node:path';
 import { REPO_ROOT } from '../lab/cli.js';
-import { progress, run, type Result } from './lib.js';
+import { progress, run, waitSettled, type Result } from './lib.js';
 
 /** IOS is how many reads each side makes: few enough that random blocks rarely overlap (1 GiB file). */
 const IOS = { '4k': 400, '1m': 150 } as const;
@@ -23,22 +23,6 @@ export interface RandReadSetup {
   blobBytesServed(): number;
 }
 
-/** settledBytes polls f until its value has not changed for 1 s (at most 15 s). */
-async function settledBytes(f: () => number): Promise<number> {
-  let last = f();
-  let since = Date.now();
-  const t0 = Date.now();
-  while (Date.now() - since < 1000 && Date.now() - t0 < 15_000) {
-    await new Promise((r) => setTimeout(r, 100));
-    const v = f();
-    if (v !== last) {
-      last = v;
-      since = Date.now();
-    }
-  }
-  return last;
-}
-
 /** benchRandRead returns the fio-randread-4k and fio-randread-1m rows. */
 export async function benchRandRead(s: RandReadSetup): Promise<Result[]> {
   const rows: Result[] = [];
@@ -46,10 +30,10 @@ export async function benchRandRead(s: RandReadSetup): Promise<Result[]> {
     const peer = JSON.parse((await run([process.execPath, path.join(REPO_ROOT, 'dist', 'bench', 'range-peer.js'), s.blobUrl, String(s.size), String(bs), String(IOS[label])], { timeoutMs: 120_000 })).stdout) as { iops: number };
     const m = await s.freshFile();
     try {
-      const base = await settledBytes(() => s.blobBytesServed());
+      const base = await waitSettled(() => s.blobBytesServed(), 1000, 15_000);
       const r = await run(['fio', '--name=randread', `--filename=${m.file}`, '--readonly', '--rw=randread', `--bs=${bs}`, `--size=${s.size}`, `--number_ios=${IOS[label]}`, '--ioengine=psync', '--invalidate=1', '--output-format=json'], { timeoutMs: 120_000 });
       const job = (JSON.parse(r.stdout.slice(r.stdout.indexOf('{'))) as { jobs: Array<{ read: { iops: number; io_bytes: number } }> }).jobs[0]!.read;
-      const fetched = (await settledBytes(() => s.blobBytesServed())) - base;
+      const fetched = (await waitSettled(() => s.blobBytesServed(), 1000, 15_000)) - base;
       const amplification = fetched / Math.max(1, job.io_bytes);
       const ratio = job.iops / peer.iops;
       progress(`fio randread ${label}: ${job.iops.toFixed(0)} IOPS (direct Range GETs ${peer.iops.toFixed(0)}), ${(job.io_bytes / 1048576).toFixed(1)} MiB read, ${(fetched / 1048576).toFixed(1)} MiB fetched`);

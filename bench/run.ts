@@ -35,9 +35,11 @@ import {
   progress,
   randomFile,
   RssSampler,
+  round,
   run,
   Scope,
   sleep,
+  waitSettled,
   tempDirIn,
   type Result,
 } from './lib.js';
@@ -149,11 +151,6 @@ async function pushFile(reg: StartedRegistry, dir: string, repoTag: string, name
   if (r.code !== 0) throw new Error(`regfs push ${repoTag} failed (${r.code}): ${r.stderr}`);
 }
 
-function round(v: number, digits = 4): number {
-  const f = 10 ** digits;
-  return Math.round(v * f) / f;
-}
-
 function blobBytes(reqs: RequestRecord[]): number {
   return reqs.filter((q) => /\/blobs\//.test(q.path)).reduce((a, q) => a + q.bytesOut, 0);
 }
@@ -176,22 +173,6 @@ function breakdown(reqs: RequestRecord[]): Record<string, number> {
   const manifestPaths = reqs.filter((q) => q.path.includes('/manifests/')).map((q) => `${q.method} ${q.path}`);
   b.manifestRepeats = manifestPaths.length - new Set(manifestPaths).size;
   return b;
-}
-
-/** waitSettled polls f until its value has not changed for quietMs (or maxMs passed). */
-async function waitSettled(f: () => number, quietMs: number, maxMs: number): Promise<number> {
-  const deadline = Date.now() + maxMs;
-  let last = f();
-  let since = Date.now();
-  while (Date.now() < deadline) {
-    await sleep(200);
-    const v = f();
-    if (v !== last) {
-      last = v;
-      since = Date.now();
-    } else if (Date.now() - since >= quietMs) break;
-  }
-  return f();
 }
 
 /** lineDiff returns up to max "-old / +new" pairs of lines that differ at the same position. */

@@ -9,17 +9,12 @@ import path from 'node:path';
 import { REGFS_BIN, runCli } from '../lab/cli.js';
 import { startDaemon } from '../lab/daemon.js';
 import { startRegistry } from '../lab/registry.js';
-import { MiB, procStatusKiB, progress, randomFile, run, Scope, sleep, tempDirIn, type Result } from './lib.js';
+import { MiB, procStatusKiB, progress, randomFile, round, run, Scope, sleep, tempDirIn, type Result } from './lib.js';
 
 /** QUIET_PERIOD_S is the daemon's --quiet-period used by startDaemon; it counts from the newest file mtime, so a moved-in file does not wait for it. */
 export const QUIET_PERIOD_S = 0.5;
 const DAEMON_RSS_TARGET_MIB = 300;
 const LONG = 900_000;
-
-function round(v: number, digits = 4): number {
-  const f = 10 ** digits;
-  return Math.round(v * f) / f;
-}
 
 /** manifest returns the layers of repo:ref, or undefined while it does not resolve (any non-2xx). */
 async function manifest(registryUrl: string, repo: string, ref: string): Promise<Array<{ size: number; digest: string }> | undefined> {

@@ -11,17 +11,12 @@ import { runCli } from '../lab/cli.js';
 import { startFaultProxy } from '../lab/fault-proxy.js';
 import { startMount } from '../lab/mount.js';
 import { startRegistry } from '../lab/registry.js';
-import { MiB, manifestLayers, progress, randomFile, run, Scope, tempDirIn, type Result } from './lib.js';
+import { MiB, manifestLayers, progress, randomFile, round, run, Scope, tempDirIn, type Result } from './lib.js';
 
 const CAP = 40_000_000;
 const STREAMS = 4;
 const LATENCY_MS = 20;
 const LONG = 600_000;
-
-function round(v: number, digits = 4): number {
-  const f = 10 ** digits;
-  return Math.round(v * f) / f;
-}
 
 export async function benchStreams(results: Result[], want: (name: string) => boolean, quick: boolean): Promise<void> {
   const scope = new Scope('streams');
