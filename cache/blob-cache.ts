@@ -32,7 +32,7 @@ import { CacheLayout } from './cache-layout.js';
 import { CompleteBlobs } from './complete-blobs.js';
 import { acquireDirLock, type DirLock } from './dir-lock.js';
 import { Evictor, type EvictResult } from './eviction.js';
-import { verifyingStream, type LayerBlobSource, type OpenedBlob } from './layer-extract.js';
+import type { LayerBlobSource, OpenedBlob } from './layer-extract.js';
 import { LayerTocStore } from './layer-toc.js';
 import { StreamThrough } from './stream-through.js';
 
@@ -267,7 +267,8 @@ export class BlobCache implements LayerBlobSource {
     const digest = parseDigest(desc.digest);
     checkIndex(desc.size, 'descriptor size');
     this.ctx.throwIfPoisoned(digest);
-    const through = async (): Promise<OpenedBlob> => ({ stream: verifyingStream(await repo.fetchBlob(desc), desc), verifiedFirst: false });
+    // fetchBlob's whole-blob stream errors at its end unless the bytes match (the ReadableRepository contract).
+    const through = async (): Promise<OpenedBlob> => ({ stream: await repo.fetchBlob(desc), verifiedFirst: false });
     const cached = this.blobs.has(digest);
     if (!cached && (this.ctx.streaming(digest) || (await this.tooLargeToCache(desc, digest)))) return through();
     if (cached || opts.cacheFirst) {

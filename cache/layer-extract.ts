@@ -1,8 +1,8 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { Transform, type Readable, type TransformCallback } from 'node:stream';
+import type { Readable } from 'node:stream';
 import type { Descriptor } from '../registry/descriptor.js';
-import { digestHex, Verifier, type Digest } from '../registry/digest.js';
+import { digestHex, type Digest } from '../registry/digest.js';
 import type { ReadableRepository } from '../registry/storage.js';
 import { RegfsError } from '../util/errors.js';
 import { tempPathFor, writeAll, writeAtomic } from '../util/fs-atomic.js';
@@ -56,36 +56,13 @@ export interface LayerBlobSource {
   openBlob(repo: ReadableRepository, desc: Descriptor, opts: { cacheFirst: boolean }): Promise<OpenedBlob>;
 }
 
-/** verifyingStream passes a blob's bytes through and errors at the end unless they match the descriptor. */
-export function verifyingStream(src: Readable, desc: Descriptor): Readable {
-  const v = new Verifier(desc.digest, desc.size);
-  const t = new Transform({
-    transform(chunk: Buffer, _enc, cb: TransformCallback) {
-      try {
-        v.update(chunk);
-        cb(null, chunk);
-      } catch (err) {
-        cb(err as Error);
-      }
-    },
-    flush(cb: TransformCallback) {
-      try {
-        v.verify();
-        cb();
-      } catch (err) {
-        cb(err as Error);
-      }
-    },
-  });
-  src.on('error', (err) => t.destroy(err));
-  t.on('close', () => src.destroy());
-  return src.pipe(t);
-}
-
-/** registrySource streams layers straight from the registry (verified at the end), for stores without a blob cache. */
+/**
+ * registrySource streams layers straight from the registry, for stores without a blob cache; a whole-blob
+ * fetchBlob stream errors at its end unless the bytes match the descriptor (the ReadableRepository contract).
+ */
 export const registrySource: LayerBlobSource = {
   async openBlob(repo, desc) {
-    return { stream: verifyingStream(await repo.fetchBlob(desc), desc), verifiedFirst: false };
+    return { stream: await repo.fetchBlob(desc), verifiedFirst: false };
   },
 };
 
