@@ -43,7 +43,8 @@ export interface Hashed {
   result(): { digest: Digest; size: number };
   /**
    * settled is result() once the stream has ended: a transport may see the server's answer (all the
-   * announced bytes sent) before the source's end is read, so this drains what is left (at most EOF).
+   * announced bytes sent) before the source's end is read, so this drains what is left (at most EOF);
+   * when the transport destroyed the stream after the announced bytes, it is their digest.
    */
   settled(): Promise<{ digest: Digest; size: number }>;
   /** failure is the size error the stream raised, if any (a transport may wrap it in its own error). */
@@ -56,6 +57,11 @@ export interface Hashed {
  */
 export function hashing(src: Readable, size?: number): Hashed {
   let done: { digest: Digest; size: number } | undefined;
+  // allSent is the digest of exactly `size` bytes, taken when the last announced byte passed: a transport
+  // that has sent Content-Length bytes may get its answer and destroy the body before the source's EOF is
+  // read, and the registry then holds exactly these bytes (the closing PUT names this digest and the
+  // registry checks it against what it received, so bytes buffered here but never sent fail there).
+  let allSent: { digest: Digest; size: number } | undefined;
   let failed: RegfsError | undefined;
   const fail = (msg: string): never => {
     failed = new RegfsError('SIZE_MISMATCH', msg);
@@ -68,6 +74,7 @@ export function hashing(src: Readable, size?: number): Hashed {
       s.n += chunk.length;
       if (size !== undefined && s.n > size) fail(`upload source is longer than the ${size} bytes announced (did the file change?)`);
       s.h.update(chunk);
+      if (size !== undefined && s.n === size) allSent = { digest: `sha256:${s.h.copy().digest('hex')}`, size };
     },
     (s) => {
       if (size !== undefined && s.n !== size) fail(`upload source has ${s.n} bytes, ${size} were announced (did the file change?)`);
@@ -87,8 +94,9 @@ export function hashing(src: Readable, size?: number): Hashed {
         await ended;
       }
       if (failed) throw failed;
-      if (!done) throw new RegfsError('IO', 'upload stream ended before it was read to the end');
-      return done;
+      const got = done ?? allSent;
+      if (!got) throw new RegfsError('IO', 'upload stream ended before it was read to the end');
+      return got;
     },
     failure: () => failed,
   };

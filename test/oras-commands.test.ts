@@ -139,6 +139,7 @@ test.serial('blob push prints the digest (curl HEAD finds it), --descriptor, std
   t.true(r.stdout.includes(`Pushed [registry] ${reg.host}/blobs@${sha(data)}`));
   t.is(await httpStatus(`${reg.url}/v2/blobs/blobs/${sha(data)}`), `200 ${data.length}`);
   const d = await run(['blob', 'push', `${reg.host}/blobs`, 'blob.bin', '--media-type', 'application/x.test', '--descriptor']);
+  t.is(d.code, 0, d.stderr);
   t.deepEqual(JSON.parse(d.stdout), { mediaType: 'application/x.test', digest: sha(data), size: data.length });
   const other = Buffer.from('from stdin');
   const s = await run(['blob', 'push', `${reg.host}/blobs`, '-', '--size', String(other.length), '--descriptor'], other);
