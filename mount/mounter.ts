@@ -121,6 +121,8 @@ export interface FuseMountOptions {
    * up; default 0 leaves the kernel's 128 KiB for FUSE. Needs root; else left as is.
    */
   kernelReadAheadKiB?: number;
+  /** log says when kernelReadAheadKiB could not be applied. */
+  log?: Logger;
 }
 
 /** mountDevice finds a mount's MAJ:MIN in /proc/self/mountinfo (read there, not by stat, which would ask the mount itself). */
@@ -135,15 +137,26 @@ export async function mountDevice(mountpoint: string): Promise<string | undefine
   return dev && /^\d+:\d+$/.test(dev) ? dev : undefined;
 }
 
-/** setKernelReadAhead writes the mount's kernel read-ahead in KiB; false when it could not (not root, no sysfs). */
-export async function setKernelReadAhead(mountpoint: string, kib: number): Promise<boolean> {
+/**
+ * setKernelReadAhead writes the mount's kernel read-ahead in KiB and reads it back; it returns why it did not
+ * hold (not root, no sysfs, no mountinfo line), undefined when it did.
+ *
+ * The kernel clamps read_ahead_kb to the max_readahead of the FUSE_INIT reply when it takes that reply
+ * (fs/fuse/inode.c process_init_reply), and fuse-native calls back from mount before its loop thread has
+ * answered INIT: a value written then is lowered back to 128 on a loaded machine. A stat of the mountpoint
+ * waits until INIT is done (the kernel holds every request until then), so it is written after one.
+ */
+export async function setKernelReadAhead(mountpoint: string, kib: number): Promise<string | undefined> {
+  await fsp.stat(mountpoint).catch(() => undefined);
   const dev = await mountDevice(mountpoint);
-  if (!dev) return false;
+  if (!dev) return `no line for ${mountpoint} in /proc/self/mountinfo`;
+  const file = `/sys/class/bdi/${dev}/read_ahead_kb`;
   try {
-    await fsp.writeFile(`/sys/class/bdi/${dev}/read_ahead_kb`, String(kib));
-    return true;
-  } catch {
-    return false;
+    await fsp.writeFile(file, String(kib));
+    const now = Number((await fsp.readFile(file, 'utf8')).trim());
+    return now === kib ? undefined : `${file} reads ${now} after writing ${kib}`;
+  } catch (err) {
+    return `cannot write ${file}: ${(err as Error).message}`;
   }
 }
 
@@ -173,8 +186,11 @@ export class FuseMount {
         if (err) return reject(new RegfsError('IO', `cannot mount at ${mountpoint}: ${err.message}`));
         const kib = opts.kernelReadAheadKiB ?? 0;
         // More kernel read-ahead keeps more 128 KiB requests in flight for a sequential reader (libfuse2
-        // cannot make them larger); failure to set it (not root) only leaves the kernel's default.
-        void (kib > 0 ? setKernelReadAhead(path.resolve(mountpoint), kib) : Promise.resolve(false)).then(() => resolve(new FuseMount(mountpoint, fuse)));
+        // cannot make them larger); failure to set it (not root) only leaves the kernel's default, said once.
+        void (kib > 0 ? setKernelReadAhead(path.resolve(mountpoint), kib) : Promise.resolve(undefined)).then((why) => {
+          if (why) opts.log?.warn(`--kernel-read-ahead ${kib}K not applied (${why}); the kernel's own read-ahead stays`);
+          resolve(new FuseMount(mountpoint, fuse));
+        });
       });
     });
   }

@@ -84,7 +84,7 @@ export async function serveMount(opts: ServeOptions): Promise<RunningMount> {
   const handlers = createHandlers({ tree: writer ?? vfs, blobs, statfsPath: opts.staging?.dir ?? cacheDir, log: opts.log, writer, attrs: opts.attrs });
   let fuse: FuseMount;
   try {
-    fuse = await FuseMount.mount(mountpoint, handlers, { allowOther: opts.allowOther, defaultPermissions: opts.allowOther, kernelReadAheadKiB: opts.kernelReadAheadKiB });
+    fuse = await FuseMount.mount(mountpoint, handlers, { allowOther: opts.allowOther, defaultPermissions: opts.allowOther, kernelReadAheadKiB: opts.kernelReadAheadKiB, log: opts.log });
   } catch (err) {
     if (ownsCache) await blobs.close();
     throw err;
