@@ -45,6 +45,9 @@ export interface Location {
  */
 const MAX_GUESSED_LEVELS = 2;
 
+/** SHADOW_PROBES bounds the tag lists asked to tell whether nested repositories hide a tag of the same name. */
+const SHADOW_PROBES = 8;
+
 interface RepoTrie {
   children: Map<string, RepoTrie>;
   repo?: string;
@@ -193,7 +196,12 @@ export class Vfs {
     const trie = await this.trie();
     let node = trie;
     let i = 0;
-    while (i < full.length && node.children.has(full[i]!)) node = node.children.get(full[i++]!)!;
+    while (i < full.length) {
+      const next = node.children.get(full[i]!);
+      if (!next || (node.repo && i >= this.prefix.length && !(await this.shadows(node, full[i]!)))) break;
+      node = next;
+      i++;
+    }
     if (i === full.length) return { kind: 'folder', node, depth: i, possible: false };
     const c = full[i]!;
     const tag = c.startsWith(':') ? c.slice(1) : c;
@@ -219,6 +227,35 @@ export class Vfs {
       if (j === full.length) return { kind: 'folder', node: { children: new Map() }, depth: j, possible: true, known: i };
     }
     return missing(`no ${full.join('/')}`);
+  }
+
+  /**
+   * shadows tells whether the known repositories below `node/name` hide the tag `name` of node's
+   * repository (that tag is then `:name`). Only repositories with at least one tag do: registries list a
+   * repository once a blob was uploaded to it (an abandoned push, or a folder that looked like a tag
+   * folder for a moment during `cp -r`), and such an empty one must not hide a real tag. Asked only when
+   * `name` is a tag of node's repository; at most SHADOW_PROBES tag lists, past that it shadows. A tag list
+   * that fails other than "not found" counts as tags (the repository wins, as before).
+   */
+  private async shadows(node: RepoTrie, name: string): Promise<boolean> {
+    const child = node.children.get(name);
+    if (!child || !isTag(name)) return !!child;
+    if (!(await this.opts.metadata.tags(this.opts.registry.repository(node.repo!)).catch(() => [] as string[])).includes(name)) return true;
+    const repos: string[] = [];
+    const collect = (n: RepoTrie): void => {
+      if (n.repo) repos.push(n.repo);
+      for (const c of n.children.values()) if (repos.length <= SHADOW_PROBES) collect(c);
+    };
+    collect(child);
+    if (repos.length > SHADOW_PROBES) return true;
+    for (const r of repos) {
+      try {
+        if ((await this.opts.metadata.tags(this.opts.registry.repository(r))).length > 0) return true;
+      } catch (err) {
+        if (!(err instanceof RegfsError && err.code === 'NOT_FOUND')) return true;
+      }
+    }
+    return false;
   }
 
   private full(p: string): string[] {
@@ -280,7 +317,7 @@ export class Vfs {
         if (node.repo) {
           const tags = await this.opts.metadata.tags(this.opts.registry.repository(node.repo));
           // A hostile tag list may hold '.', '..', names with '/' (not tags: filtered) and duplicates (listed once).
-          for (const t of new Set(tags)) if (isTag(t)) names.push(node.children.has(t) ? `:${t}` : t);
+          for (const t of new Set(tags)) if (isTag(t)) names.push(node.children.has(t) && (await this.shadows(node, t)) ? `:${t}` : t);
         }
         return [...new Set(names)].sort();
       },

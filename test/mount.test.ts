@@ -92,7 +92,7 @@ test('the mount shows artifacts as a tree: files, nested titles, a directory lay
   t.is(await m.stop(), 0);
 });
 
-test('a name that is both a tag and a nested repository: the repository wins, the tag stays reachable as :tag', async (t) => {
+test('a name that is both a tag and a nested repository: the repository wins, the tag stays reachable as :tag; a repository without tags hides nothing', async (t) => {
   const reg = await startRegistry(t, { flavour: 'plain' });
   const { env } = await cliEnv(t);
   const src = await tempDir(t);
@@ -100,11 +100,21 @@ test('a name that is both a tag and a nested repository: the repository wins, th
   await writeFile(path.join(src, 'repofile'), 'from repo a/b');
   t.is((await runCli(['push', `${reg.host}/a:b`, 'tagfile'], { cwd: src, env })).code, 0);
   t.is((await runCli(['push', `${reg.host}/a/b:c`, 'repofile'], { cwd: src, env })).code, 0);
+  // a:d is a tag, and a/d/e a repository the catalog lists only because a blob was uploaded to it (an
+  // abandoned push): it has no tag, so it must not hide the tag d.
+  t.is((await runCli(['push', `${reg.host}/a:d`, 'tagfile'], { cwd: src, env })).code, 0);
+  const blob = await runCli(['blob', 'push', `${reg.host}/a/d/e`, 'repofile'], { cwd: src, env });
+  t.is(blob.code, 0, blob.stderr);
+  const catalog = (await (await fetch(`${reg.url}/v2/_catalog`)).json()) as { repositories: string[] };
+  t.true(catalog.repositories.includes('a/d/e'), JSON.stringify(catalog));
   const m = await startMount(t, reg.host);
-  t.deepEqual(await readdir(path.join(m.mnt, 'a')), [':b', 'b']);
+  t.deepEqual(await readdir(path.join(m.mnt, 'a')), [':b', 'b', 'd']);
   t.deepEqual(await readdir(path.join(m.mnt, 'a/b')), ['c']);
   t.is(await readFile(path.join(m.mnt, 'a/b/c/repofile'), 'utf8'), 'from repo a/b');
   t.is(await readFile(path.join(m.mnt, 'a/:b/tagfile'), 'utf8'), 'from tag a:b');
+  t.deepEqual(await readdir(path.join(m.mnt, 'a/d')), ['tagfile']);
+  t.is(await readFile(path.join(m.mnt, 'a/d/tagfile'), 'utf8'), 'from tag a:b');
+  t.is(await readFile(path.join(m.mnt, 'a/:d/tagfile'), 'utf8'), 'from tag a:b');
   // `regfs unmount` from outside detaches the tree and the mount process exits cleanly, releasing the cache.
   const un = await runCli(['unmount', m.mnt], { env });
   t.is(un.code, 0, un.stderr);
