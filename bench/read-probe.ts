@@ -1,7 +1,7 @@
 /**
  * read-probe: one file, every read-path reference in one run, with the mount's CPU seconds beside
  * each wall time (CPU time moves far less than wall time when other jobs share the cores).
- * Rows: curl, node-fetch-ref, fuse-native floor, cold mount read, the first re-read after it,
+ * Rows: curl, node-fetch-ref, fuse-native floor, both of those at once, cold mount read, the first re-read after it,
  * and a new mount over the warm blob cache. The mount runs with REGFS_READ_STATS, so its read-path
  * account (mount/read-stats.ts) is printed too.
  * Usage: node dist/bench/read-probe.js [SIZE_MIB]   (default 256); REGFS_PROBE_ARGS adds mount flags
@@ -38,6 +38,11 @@ try {
   rows.push(['node-fetch-ref', (JSON.parse(ref.stdout) as { seconds: number }).seconds, undefined]);
   await fsp.rm(refOut);
   rows.push(['fuse-native floor', await fuseFloorSeconds(size), undefined]);
+  const refAlongside = async (): Promise<void> => {
+    await run([process.execPath, path.join(REPO_ROOT, 'dist', 'bench', 'node-fetch-ref.js'), url, refOut], { timeoutMs: 600_000 });
+    await fsp.rm(refOut);
+  };
+  rows.push(['node-fetch-ref + floor at once', await fuseFloorSeconds(size, refAlongside), undefined]);
   const cache = path.join(dir, 'cache');
   const statsFile = path.join(dir, 'stats');
   for (const phase of ['cold', 'warm-cache new mount'] as const) {
