@@ -8,8 +8,9 @@ export function prompt(question: string, opts: { hidden?: boolean; input?: NodeJ
   const input = opts.input ?? process.stdin;
   const output = opts.output ?? process.stderr;
   const hidden = opts.hidden === true && input.isTTY === true;
-  output.write(question);
+  // Echo goes off before the question shows: a password typed (or pasted) the moment it appears is never echoed.
   if (hidden) input.setRawMode(true);
+  output.write(question);
   return new Promise((resolve, reject) => {
     let buf = '';
     const finish = (err?: Error): void => {

@@ -156,7 +156,7 @@ export async function openRegularFile(abs: string, expect?: { dev: number; ino: 
 }
 
 /** prepareFile hashes one file or directory (a directory becomes a tar+gzip layer with the unpack annotation; `pack` tunes its tar). */
-export async function prepareFile(arg: FileArg, cwd: string, extra?: Record<string, string>, pack: { publishableOnly?: boolean; allowAbsolute?: boolean } = {}): Promise<PreparedBlob> {
+export async function prepareFile(arg: FileArg, cwd: string, extra?: Record<string, string>, pack: { publishableOnly?: boolean; allowAbsolute?: boolean; omitNames?: readonly string[] } = {}): Promise<PreparedBlob> {
   const title = titleFor(arg.path, pack.allowAbsolute);
   const abs = path.resolve(cwd, arg.path);
   let st;

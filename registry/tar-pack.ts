@@ -25,6 +25,8 @@ export interface PackOptions {
    * and names pull would refuse are left out, and dir itself must not be a symlink.
    */
   publishableOnly?: boolean;
+  /** omitNames are names left out at every depth: staging's reserved names (its tag marker) are never published. */
+  omitNames?: readonly string[];
 }
 
 /** HeaderArg is what tar-stream's pack.entry takes. */
@@ -116,13 +118,14 @@ async function addFile(pack: tar.Pack, abs: string, name: string): Promise<void>
 }
 
 /** walk adds dir's children depth-first, names sorted bytewise within each directory (Go's filepath.Walk order). */
-async function walk(pack: tar.Pack, absDir: string, nameDir: string, publishableOnly: boolean): Promise<void> {
+async function walk(pack: tar.Pack, absDir: string, nameDir: string, opts: PackOptions): Promise<void> {
   const names = (
     await fsp.readdir(absDir).catch((err: unknown) => {
       throw ioError(`cannot pack ${JSON.stringify(absDir)}`, err);
     })
   ).sort(byteCompare);
   for (const child of names) {
+    if (opts.omitNames?.includes(child)) continue;
     const abs = path.join(absDir, child);
     const name = `${nameDir}/${child}`;
     let st: Stats;
@@ -131,11 +134,11 @@ async function walk(pack: tar.Pack, absDir: string, nameDir: string, publishable
     } catch (err) {
       throw ioError(`cannot pack ${JSON.stringify(abs)}`, err);
     }
-    if (publishableOnly && unpublishableReason(child, st) !== undefined) continue;
+    if (opts.publishableOnly && unpublishableReason(child, st) !== undefined) continue;
     const common = commonHeader(name, st);
     if (st.isDirectory()) {
       await addEntry(pack, { ...common, type: 'directory', size: 0 });
-      await walk(pack, abs, name, publishableOnly);
+      await walk(pack, abs, name, opts);
     } else if (st.isSymbolicLink()) {
       const linkname = await fsp.readlink(abs).catch((err: unknown) => {
         throw ioError(`cannot pack ${JSON.stringify(abs)}`, err);
@@ -164,7 +167,7 @@ export function packDirectory(dir: string, opts: PackOptions = {}): Readable {
     const st = opts.publishableOnly ? await fsp.lstat(root) : await fsp.stat(root);
     if (!st.isDirectory()) throw new RegfsError('INVALID_ARGUMENT', `cannot pack ${JSON.stringify(dir)}: not a directory`);
     await addEntry(pack, { ...commonHeader(prefix, st), type: 'directory', size: 0 });
-    await walk(pack, root, prefix, opts.publishableOnly === true);
+    await walk(pack, root, prefix, opts);
     pack.finalize();
   };
   run().catch((err: unknown) => {

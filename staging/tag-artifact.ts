@@ -11,7 +11,7 @@ import type { Manifest } from '../registry/manifest.js';
 import { Annotation, EMPTY_CONFIG, MediaType } from '../registry/media-types.js';
 import { buildManifest, EMPTY_CONFIG_DESCRIPTOR, prepareFile, type PreparedBlob } from '../registry/pack.js';
 import { checkTitle } from '../registry/safe-path.js';
-import type { StagedEntry } from './layout.js';
+import { TAG_MARKER, type StagedEntry } from './layout.js';
 
 /** TAG_ARTIFACT_TYPE is the artifactType of a tag folder's manifest. */
 export const TAG_ARTIFACT_TYPE = MediaType.unknownArtifact;
@@ -30,10 +30,11 @@ export function fileLayer(title: string, digest: Digest, size: number): Descript
 /**
  * prepareEntry hashes one entry of a tag folder into its layer (a folder becomes a tar+gzip layer with the
  * unpack annotation, see registry/pack.ts prepareFile, holding only what registry/publishable.ts allows) and a
- * way to open its bytes.
+ * way to open its bytes. A tag marker below the tag level (mkdir wrote it while the folder looked like a tag
+ * folder of a nested repository, before a file landed at the tag level) is staging's, never published.
  */
 export function prepareEntry(dir: string, entry: Pick<StagedEntry, 'name'>): Promise<PreparedBlob> {
-  return prepareFile({ path: entry.name }, dir, undefined, { publishableOnly: true });
+  return prepareFile({ path: entry.name }, dir, undefined, { publishableOnly: true, omitNames: [TAG_MARKER] });
 }
 
 /** tagManifest serialises the manifest of a tag folder whose entries became these layers (in entry order). */

@@ -7,7 +7,7 @@ import { digestOf } from '../registry/digest.js';
 import { parseManifest } from '../registry/manifest.js';
 import { Annotation, MediaType } from '../registry/media-types.js';
 import { packArtifact } from '../registry/pack.js';
-import { scanTagDir } from '../staging/layout.js';
+import { scanTagDir, TAG_MARKER } from '../staging/layout.js';
 import { fileLayer, prepareEntry, rebuildable, tagManifest, tagManifestDigest, titledLayers } from '../staging/tag-artifact.js';
 
 test('a tag folder is pushed as the ORAS artifact of its entries: same digest as `regfs push` of the same names', async (t) => {
@@ -37,4 +37,19 @@ test('a tag folder is pushed as the ORAS artifact of its entries: same digest as
   const typed = parseManifest(Buffer.from(JSON.stringify({ ...JSON.parse(tagManifest(layers).toString()), artifactType: 'application/x-other' })), MediaType.ociManifest);
   const lossy = rebuildable(typed, () => undefined);
   t.true(lossy.ok && lossy.lossy);
+});
+
+test('staging\'s tag marker below the tag level is never published; other hidden files inside a folder are', async (t) => {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'regfs-tag-artifact-'));
+  t.teardown(() => fsp.rm(dir, { recursive: true, force: true }));
+  await fsp.writeFile(path.join(dir, 'a.txt'), 'a\n');
+  await fsp.mkdir(path.join(dir, 'sub/img'), { recursive: true });
+  await fsp.writeFile(path.join(dir, 'sub/img/b.txt'), 'b\n');
+  const entries = await scanTagDir(dir);
+  const clean = await tagManifestDigest(dir, entries);
+  await fsp.writeFile(path.join(dir, 'sub/img', TAG_MARKER), '');
+  await fsp.writeFile(path.join(dir, 'sub', TAG_MARKER), '');
+  t.is(await tagManifestDigest(dir, entries), clean, 'the markers change nothing');
+  await fsp.writeFile(path.join(dir, 'sub/img/.keep'), '');
+  t.not(await tagManifestDigest(dir, entries), clean, 'a hidden file of the user inside a folder is published (as oras push does)');
 });
