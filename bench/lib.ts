@@ -7,6 +7,7 @@ import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { REPO_ROOT } from '../lab/cli.js';
 
 /** MiB is 2^20 bytes. */
 export const MiB = 1024 * 1024;
@@ -302,4 +303,19 @@ export function machineInfo(): { date: string; node: string; cores: number; kern
     cpu: os.cpus()[0]?.model.trim() ?? 'unknown',
     memGiB: Math.round(os.totalmem() / GiB),
   };
+}
+
+/**
+ * nodeFetchRefSeconds runs bench/node-fetch-ref.ts (one undici GET into a new file `out` + sha256, issue 13's
+ * reference) in its own process and returns its seconds (Node's start-up excluded); `out` is removed before
+ * and after.
+ */
+export async function nodeFetchRefSeconds(url: string, out: string, timeoutMs = 900_000): Promise<number> {
+  await fsp.rm(out, { force: true });
+  try {
+    const r = await run([process.execPath, path.join(REPO_ROOT, 'dist', 'bench', 'node-fetch-ref.js'), url, out], { timeoutMs });
+    return (JSON.parse(r.stdout) as { seconds: number }).seconds;
+  } finally {
+    await fsp.rm(out, { force: true });
+  }
 }

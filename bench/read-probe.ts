@@ -10,9 +10,9 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { startMount } from '../lab/mount.js';
 import { startRegistry } from '../lab/registry.js';
-import { REGFS_BIN, REPO_ROOT } from '../lab/cli.js';
+import { REGFS_BIN } from '../lab/cli.js';
 import { fuseFloorSeconds } from './fuse-floor.js';
-import { MiB, Scope, manifestLayers, randomFile, run, tempDirIn } from './lib.js';
+import { MiB, Scope, manifestLayers, nodeFetchRefSeconds, randomFile, run, tempDirIn } from './lib.js';
 
 async function cpuSeconds(pid: number): Promise<number> {
   const stat = await fsp.readFile(`/proc/${pid}/stat`, 'utf8');
@@ -34,15 +34,9 @@ try {
   await run(['curl', '-sf', '-o', '/dev/null', url]);
   rows.push(['curl', (await run(['curl', '-sf', '-o', '/dev/null', url])).seconds, undefined]);
   const refOut = path.join(dir, 'ref.bin');
-  const ref = await run([process.execPath, path.join(REPO_ROOT, 'dist', 'bench', 'node-fetch-ref.js'), url, refOut], { timeoutMs: 600_000 });
-  rows.push(['node-fetch-ref', (JSON.parse(ref.stdout) as { seconds: number }).seconds, undefined]);
-  await fsp.rm(refOut);
+  rows.push(['node-fetch-ref', await nodeFetchRefSeconds(url, refOut), undefined]);
   rows.push(['fuse-native floor', await fuseFloorSeconds(size), undefined]);
-  const refAlongside = async (): Promise<void> => {
-    await run([process.execPath, path.join(REPO_ROOT, 'dist', 'bench', 'node-fetch-ref.js'), url, refOut], { timeoutMs: 600_000 });
-    await fsp.rm(refOut);
-  };
-  rows.push(['node-fetch-ref + floor at once', await fuseFloorSeconds(size, refAlongside), undefined]);
+  rows.push(['node-fetch-ref + floor at once', await fuseFloorSeconds(size, () => nodeFetchRefSeconds(url, refOut)), undefined]);
   const cache = path.join(dir, 'cache');
   const statsFile = path.join(dir, 'stats');
   for (const phase of ['cold', 'warm-cache new mount'] as const) {

@@ -31,6 +31,7 @@ import {
   manifestLayers,
   markdownTable,
   MiB,
+  nodeFetchRefSeconds,
   procStatusKiB,
   progress,
   randomFile,
@@ -235,11 +236,7 @@ async function benchBigFile(cfg: BenchConfig, results: Result[]): Promise<void> 
           });
           // The minimal Node pipeline a caching mount does (undici GET -> new file + sha256), in the same run.
           const refOut = path.join(dir, 'node-fetch-ref.out');
-          const nodeRef = async (): Promise<number> => {
-            await fsp.rm(refOut, { force: true });
-            const r = await run([process.execPath, path.join(REPO_ROOT, 'dist', 'bench', 'node-fetch-ref.js'), blobUrl, refOut], { timeoutMs: LONG });
-            return (JSON.parse(r.stdout) as { seconds: number }).seconds;
-          };
+          const nodeRef = (): Promise<number> => nodeFetchRefSeconds(blobUrl, refOut, LONG);
           nodeRefBest = await bestOf(2, async (i) => {
             const s = await nodeRef();
             progress(`cold-read: node-fetch-ref #${i + 1}: ${s.toFixed(3)} s`);
@@ -252,7 +249,6 @@ async function benchBigFile(cfg: BenchConfig, results: Result[]): Promise<void> 
             progress(`cold-read: node-fetch-ref and the fuse-native floor at once #${i + 1}: ${s.toFixed(3)} s`);
             return s;
           });
-          await fsp.rm(refOut, { force: true });
           // The floor under any fuse-native filesystem here: a fresh mount serving the same size from memory.
           floorBest = await bestOf(2, async (i) => {
             const s = await fuseFloorSeconds(cfg.bigSize);
