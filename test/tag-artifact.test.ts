@@ -47,9 +47,16 @@ test('staging\'s tag marker below the tag level is never published; other hidden
   await fsp.writeFile(path.join(dir, 'sub/img/b.txt'), 'b\n');
   const entries = await scanTagDir(dir);
   const clean = await tagManifestDigest(dir, entries);
+  // A new entry changes its folder's mtime, which the tar records: put the folders' mtimes back, so only
+  // the entries themselves can change the digest.
+  const folders = [path.join(dir, 'sub'), path.join(dir, 'sub/img')];
+  const times = await Promise.all(folders.map((f) => fsp.stat(f)));
+  const restore = () => Promise.all(folders.map((f, i) => fsp.utimes(f, times[i]!.atime, times[i]!.mtime)));
   await fsp.writeFile(path.join(dir, 'sub/img', TAG_MARKER), '');
   await fsp.writeFile(path.join(dir, 'sub', TAG_MARKER), '');
+  await restore();
   t.is(await tagManifestDigest(dir, entries), clean, 'the markers change nothing');
   await fsp.writeFile(path.join(dir, 'sub/img/.keep'), '');
+  await restore();
   t.not(await tagManifestDigest(dir, entries), clean, 'a hidden file of the user inside a folder is published (as oras push does)');
 });
