@@ -38,6 +38,9 @@ export async function writevAll(fh: FileHandle, bufs: Buffer[], position: number
 export class BatchedWriter {
   private pending: Buffer[] = [];
   private pendingBytes = 0;
+  /** writingBufs are the buffers of the writev in progress, from writingAt on (not yet reported written). */
+  private writingBufs: readonly Buffer[] = [];
+  private writingAt = 0;
   private writing = false;
   private idle: Promise<void> = Promise.resolve();
   private error?: unknown;
@@ -64,6 +67,28 @@ export class BatchedWriter {
     return this.pendingBytes >= this.maxPending ? this.idle : undefined;
   }
 
+  /**
+   * copyOut copies the pushed bytes not yet reported written (being written, or queued) from file position
+   * `pos` on into dst, where dst[0] is the byte at `dstStart`, up to `dstEnd`; it returns the position after
+   * the last byte copied (`pos` when it holds no byte at pos).
+   */
+  copyOut(pos: number, dst: Buffer, dstStart: number, dstEnd: number): number {
+    if (this.error !== undefined) return pos;
+    let at = this.writingBufs.length > 0 ? this.writingAt : this.position - this.pendingBytes;
+    for (const list of [this.writingBufs, this.pending]) {
+      for (const b of list) {
+        const bEnd = at + b.length;
+        if (pos >= at && pos < bEnd && pos < dstEnd) {
+          const upto = Math.min(bEnd, dstEnd);
+          b.copy(dst, pos - dstStart, pos - at, upto - at);
+          pos = upto;
+        }
+        at = bEnd;
+      }
+    }
+    return pos;
+  }
+
   /** drain waits until everything pushed is written, and throws the first write error. */
   async drain(): Promise<void> {
     this.kick();
@@ -87,7 +112,13 @@ export class BatchedWriter {
           this.pendingBytes -= n;
           const at = this.position - this.pendingBytes - n;
           const t0 = statStart();
-          await writevAll(this.fh, bufs, at);
+          this.writingBufs = bufs;
+          this.writingAt = at;
+          try {
+            await writevAll(this.fh, bufs, at);
+          } finally {
+            this.writingBufs = [];
+          }
           statEnd('write.writev', t0, n);
           this.onWritten(at, at + n, bufs);
         }

@@ -324,8 +324,14 @@ export class BlobFetcher {
       if (p.ranges.has(offset, end)) break;
       fetched = true;
       const t0 = statStart();
-      await p.waitFor(offset, end);
+      // The bytes memory holds from offset on (written by a fetch) go first; the rest come from the fetches.
+      const served = await p.waitFor(offset, end, buf, store.ctx.recent.readPrefix(digest, offset, buf, n));
       statEnd('partial.wait-range', t0, n);
+      if (served) {
+        // Copied from the fetch's stream as it arrived; the file gets the same bytes when the write lands.
+        statCount('partial.from-stream');
+        return { bytes: n, fetched };
+      }
       if (round > 10_000) throw new RegfsError('IO', `blob ${digest}: range fetches keep settling without the bytes arriving`);
     }
     if (p.isComplete()) {
@@ -375,7 +381,9 @@ export class BlobFetcher {
     return store.fill(digest, async () => {
       if (store.blobs.has(digest)) return;
       const p = store.get(digest);
-      if (p && !p.dead && p.ranges.covered() > 0) {
+      // A partial with bytes present or on their way (a read may return before its fetch's bytes are
+      // written) is completed by ranges: a whole fetch would bring those bytes twice.
+      if (p && !p.dead && (p.ranges.covered() > 0 || p.tasks.size > 0)) {
         store.ctx.checkSize(p.size, desc);
         await this.fillPartial(p);
         return;

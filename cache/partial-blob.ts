@@ -43,8 +43,13 @@ export interface PartialBlobFiles {
 interface Waiter {
   start: number;
   end: number;
-  resolve(): void;
+  /** resolve settles the wait; `served` is true when `into` holds all of [start, end) from a fetch's stream. */
+  resolve(served: boolean): void;
   reject(err: Error): void;
+  /** into, when given, is filled from a fetch's bytes as they arrive, before they are written to the file. */
+  into?: Buffer;
+  /** next is the first byte of [start, end) not yet copied into `into`. */
+  next: number;
 }
 
 /** ReadStreams bound the parallel range streams of one blob's read-ahead. */
@@ -88,6 +93,8 @@ export class PartialBlob {
   /** lastPersist is when the range map was last written (ms). */
   lastPersist = 0;
   private readonly waiters = new Set<Waiter>();
+  /** writers are the fetches' writers in flight: bytes that arrived and are not on the file yet. */
+  private readonly writers = new Set<BatchedWriter>();
   private persistChain: Promise<void> = Promise.resolve();
   private queuedPersist?: Promise<void>;
   private deadError?: RegfsError;
@@ -217,6 +224,7 @@ export class PartialBlob {
         this.wake();
       });
       writer = w;
+      this.writers.add(w);
       try {
         for await (const c of stream) {
           if (task.controller.signal.aborted) break;
@@ -224,6 +232,7 @@ export class PartialBlob {
           const room = task.end - task.pos;
           if (room <= 0) break;
           if (chunk.length > room) chunk = chunk.subarray(0, room);
+          this.feed(task.pos, chunk);
           task.pos += chunk.length;
           const full = w.push(chunk);
           if (full) await full;
@@ -240,6 +249,7 @@ export class PartialBlob {
       error = task.controller.signal.aborted ? (this.deadError ?? closedError(this.digest)) : toRegfsError(err, what);
     } finally {
       await writer?.drain().catch(() => undefined); // never release the file under a write in flight
+      if (writer) this.writers.delete(writer);
       lease?.release();
       this.tasks.delete(task);
     }
@@ -247,18 +257,56 @@ export class PartialBlob {
     if (error) throw error;
   }
 
-  /** waitFor resolves when [start, end) is present, or when a fetch it depends on settles (so the caller re-plans); it rejects with that fetch's error. */
-  waitFor(start: number, end: number): Promise<void> {
+  /**
+   * waitFor resolves when [start, end) is present, or when a fetch it depends on settles (so the caller
+   * re-plans); it rejects with that fetch's error. With `into` (at least end - start bytes, the first
+   * `filled` of them already holding [start, start + filled)), the bytes are also copied into it, in order:
+   * those that arrived and are not yet written, then each chunk of a fetch's stream as it arrives. It
+   * resolves true once all of them were, before they are on the file (a reader need not wait for the
+   * write, nor read them back). The read of the blob's last byte never takes that way: it waits for the
+   * file, then for the blob's verification (BlobFetcher.readPartial).
+   */
+  waitFor(start: number, end: number, into?: Buffer, filled = 0): Promise<boolean> {
     if (this.deadError) return Promise.reject(this.deadError);
-    if (this.dead || this.ranges.has(start, end) || !this.known().has(start, end)) return Promise.resolve();
-    return new Promise<void>((resolve, reject) => this.waiters.add({ start, end, resolve, reject }));
+    if (this.dead || this.ranges.has(start, end) || !this.known().has(start, end)) return Promise.resolve(false);
+    const fill = into && end < this.size ? into : undefined;
+    let next = start + filled;
+    if (fill) {
+      for (let moved = true; moved && next < end; ) {
+        moved = false;
+        for (const w of this.writers) {
+          const after = w.copyOut(next, fill, start, end);
+          if (after > next) {
+            next = after;
+            moved = true;
+          }
+        }
+      }
+      if (next >= end) return Promise.resolve(true);
+    }
+    return new Promise<boolean>((resolve, reject) => this.waiters.add({ start, end, resolve, reject, into: fill, next }));
+  }
+
+  /** feed copies a chunk of a fetch's stream, the bytes at `at`, into the waiters whose next bytes it holds. */
+  private feed(at: number, chunk: Buffer): void {
+    const end = at + chunk.length;
+    for (const w of this.waiters) {
+      if (!w.into || w.next < at || w.next >= end) continue;
+      const upto = Math.min(end, w.end);
+      chunk.copy(w.into, w.next - w.start, w.next - at, upto - at);
+      w.next = upto;
+      if (upto === w.end) {
+        this.waiters.delete(w);
+        w.resolve(true);
+      }
+    }
   }
 
   private wake(): void {
     for (const w of this.waiters) {
       if (this.ranges.has(w.start, w.end)) {
         this.waiters.delete(w);
-        w.resolve();
+        w.resolve(false);
       }
     }
   }
@@ -268,7 +316,7 @@ export class PartialBlob {
     for (const w of this.waiters) {
       this.waiters.delete(w);
       if (error && !this.ranges.has(w.start, w.end) && overlaps(w, unfilled)) w.reject(error);
-      else w.resolve();
+      else w.resolve(false);
     }
   }
 
@@ -311,7 +359,7 @@ export class PartialBlob {
     for (const w of this.waiters) {
       this.waiters.delete(w);
       if (error) w.reject(error);
-      else w.resolve();
+      else w.resolve(false);
     }
     await this.drain();
     await this.persistChain;

@@ -60,6 +60,26 @@ export class RecentBytes {
     }
   }
 
+  /**
+   * readPrefix copies the longest run of [offset, offset + n) that memory holds from offset on into
+   * target[0..) and returns its length (0 when memory does not hold the byte at offset). Not counted as a hit or miss.
+   */
+  readPrefix(digest: Digest, offset: number, target: Buffer, n: number): number {
+    const spans = this.byDigest.get(digest);
+    if (!spans || n <= 0) return 0;
+    let i = lowerBound(spans, offset + 1) - 1;
+    const end = offset + n;
+    let pos = offset;
+    for (; pos < end && i >= 0 && i < spans.length; i++) {
+      const s = spans[i]!;
+      if (s.start > pos || s.end <= pos) break;
+      const take = Math.min(end, s.end) - pos;
+      s.buf.copy(target, pos - offset, pos - s.start, pos - s.start + take);
+      pos += take;
+    }
+    return pos - offset;
+  }
+
   /** read copies [offset, offset + n) into target[0..n) when memory holds all of it; it returns whether it did. */
   read(digest: Digest, offset: number, target: Buffer, n: number): boolean {
     const spans = this.byDigest.get(digest);
