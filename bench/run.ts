@@ -343,17 +343,22 @@ async function benchBigFile(cfg: BenchConfig, results: Result[]): Promise<void> 
           // so this is the blob cache's own read path.
           await kept.scope.close();
           kept = undefined;
-          progress('warm-read: remount on the same cache dir');
-          const again = await mountFresh(reg.host, { cacheDir: path.join(keepCache, 'cache') });
-          let remount = NaN;
-          try {
-            const d2 = await tagDir(again.m.mnt, 'bench/big', 'v1');
-            await run(['ls', '-l', d2]);
-            remount = (await timedCat(again.m, path.join(d2, 'big.bin'))).seconds;
-            progress(`warm-read: new mount, warm blob cache: ${remount.toFixed(3)} s`);
-          } finally {
-            await again.scope.close();
+          // Two new mounts, one after the other (best of two, as the floor it is compared with).
+          const remounts: number[] = [];
+          for (let i = 0; i < 2; i++) {
+            progress(`warm-read: new mount #${i + 1} on the same cache dir`);
+            const again = await mountFresh(reg.host, { cacheDir: path.join(keepCache, 'cache') });
+            try {
+              const d2 = await tagDir(again.m.mnt, 'bench/big', 'v1');
+              await run(['ls', '-l', d2]);
+              const s = (await timedCat(again.m, path.join(d2, 'big.bin'))).seconds;
+              remounts.push(s);
+              progress(`warm-read: new mount #${i + 1}, warm blob cache: ${s.toFixed(3)} s`);
+            } finally {
+              await again.scope.close();
+            }
           }
+          const remount = Math.min(...remounts);
           const ratio = localBest.best / warmBest.best;
           results.push({
             name: 'warm-read-1g',
@@ -371,7 +376,7 @@ async function benchBigFile(cfg: BenchConfig, results: Result[]): Promise<void> 
               bytesIdentical: cmp.code === 0,
               cmpOutput: cmp.code === 0 ? undefined : (cmp.stdout + cmp.stderr).trim(),
               cacheDirBytes: Number(du.stdout.split(/\s/)[0]),
-              newMountWarmCacheSeconds: round(remount),
+              newMountWarmCacheSeconds: remounts.map((v) => round(v)),
               newMountWarmCacheRatio: round(localBest.best / remount),
             },
           });
@@ -398,7 +403,12 @@ async function benchBigFile(cfg: BenchConfig, results: Result[]): Promise<void> 
               ratio: round(floorRatio),
               target: 'floor/mount >= 0.8',
               met: floorRatio >= 0.8,
-              details: { readBytes: cfg.bigSize, note: 'a new mount over the cache dir the cold read filled: the blob cache read path without the old mount\'s page cache' },
+              details: {
+                readBytes: cfg.bigSize,
+                mountSeconds: remounts.map((v) => round(v)),
+                fuseFloorSeconds: floorBest.all.map((v) => round(v)),
+                note: 'best of two new mounts over the cache dir the cold read filled (the blob cache read path without the old mount\'s page cache), against the best of two floor runs',
+              },
             });
           }
         }
