@@ -368,11 +368,13 @@ test('token: setPassword rotates a password at run time; old one refused, new on
   });
   t.is((await fetch(ts.url, form(old))).status, 401);
   t.is((await fetch(ts.url, form(fresh))).status, 200);
-  // Token lifetime is per test: a 1 s token is refused by the registry once expired (exp is written early by the leeway distribution adds).
-  ts.tokenLifetimeSeconds = 1;
+  // Token lifetime is per test: a short token is refused by the registry once expired (exp is written early by the leeway distribution adds).
+  // exp counts from the issuing second (rounded down), so a token of n s lives between n-1 and n s: 3 s leaves room for the first HEAD under load.
+  ts.tokenLifetimeSeconds = 3;
+  const issuedAt = Date.now();
   const short = await token(ts, ['repository:rot/app:pull'], [TEST_USERNAME, fresh]);
   t.is((await fetch(`${reg.url}/v2/rot/app/blobs/${sha256(Buffer.from('rotated'))}`, { method: 'HEAD', headers: bearer(short.token) })).status, 200);
-  await new Promise((r) => setTimeout(r, 2100));
+  await new Promise((r) => setTimeout(r, Math.max(0, issuedAt + 3200 - Date.now())));
   t.is((await fetch(`${reg.url}/v2/rot/app/blobs/${sha256(Buffer.from('rotated'))}`, { method: 'HEAD', headers: bearer(short.token) })).status, 401);
 });
 
